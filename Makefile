@@ -1,0 +1,46 @@
+# Inzwa: `make run` starts the assistant, `make test` runs every test. Both set up from nothing:
+# a .venv, the Python packages, espeak-ng, and the default models (all cached after the first run).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# llama-cpp-python builds from source; the CPU here advertises AMX but may not run it, so a native
+# build dies with SIGILL (design notes §5). These flags build a portable AVX2 library.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+
+.PHONY: setup system-deps models run test test-fast lint bench clean
+
+setup: system-deps $(STAMP) models
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $@
+
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+models: $(STAMP)
+	$(BIN)/inzwa models fetch
+
+run: setup
+	exec $(BIN)/inzwa run
+
+test: setup
+	$(BIN)/python -m pytest -ra
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -ra -m "not e2e and not models"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python -m tests.bench
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .ruff_cache

@@ -1,0 +1,35 @@
+"""`python -m asr_worker`: load Whisper, warm it up, then transcribe session audio."""
+
+from __future__ import annotations
+
+import asyncio
+
+from asr_worker.engine import WhisperEngine
+from asr_worker.worker import AsrWorker
+from common import logs
+from common.frames import AsrWork
+from common.models import model_info, resolve
+from common.settings import get_settings
+from common.worker import WorkerRuntime
+
+
+async def main() -> None:
+    settings = get_settings()
+    logs.setup("asr_worker", settings.log_level, settings.log_content)
+    path = resolve(settings.asr_model, settings.models_dir)
+    engine = WhisperEngine.load(
+        path,
+        compute_type=settings.asr_compute_type,
+        threads=settings.asr_threads,
+        beam_size=settings.asr_beam_size,
+    )
+    engine.warmup()
+    worker = AsrWorker(engine, settings)
+    info = {**model_info(settings.asr_model, settings.models_dir), "engine": settings.asr_engine}
+    runtime = WorkerRuntime("asr", settings, AsrWork, worker.handle, info)
+    worker.runtime = runtime
+    await runtime.serve()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

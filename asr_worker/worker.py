@@ -1,0 +1,124 @@
+"""The ASR worker process: session audio in, VAD events and transcripts out.
+
+Each session gets its own inbox and task, so sessions never wait on each other's socket
+order; when transcription falls behind, the task feeds all queued audio in one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from asr_worker.engine import ASR
+from asr_worker.session import AsrSession, SpeechStarted, Transcript
+from common.frames import AsrWork, AudioIn, EndTurn, SessionEnd, SessionStart, TranscriptChunk, VadEvent
+from common.settings import Settings
+from common.worker import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+_END_TURN = "end_turn"
+_CLOSE = "close"
+
+
+@dataclass
+class SessionStream:
+    session_id: str
+    asr: AsrSession
+    inbox: asyncio.Queue[bytes | str] = field(default_factory=asyncio.Queue)
+    utterance: int = 1
+    task: asyncio.Task[None] | None = None
+
+
+class AsrWorker:
+    def __init__(self, engine: ASR, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.runtime: WorkerRuntime | None = None
+        self.streams: dict[str, SessionStream] = {}
+
+    async def handle(self, message: AsrWork) -> None:
+        match message:
+            case SessionStart():
+                self._stream(message.session_id, message.language)
+            case AudioIn():
+                # Audio for a session this instance has not seen (it restarted) opens it.
+                self._stream(message.session_id).inbox.put_nowait(message.pcm)
+            case EndTurn():
+                self._stream(message.session_id).inbox.put_nowait(_END_TURN)
+            case SessionEnd():
+                stream = self.streams.pop(message.session_id, None)
+                if stream is not None:
+                    stream.inbox.put_nowait(_CLOSE)
+
+    def _stream(self, session_id: str, language: str = "") -> SessionStream:
+        stream = self.streams.get(session_id)
+        if stream is None:
+            stream = SessionStream(session_id, self._new_session(language))
+            stream.task = asyncio.create_task(self._run(stream))
+            self.streams[session_id] = stream
+        return stream
+
+    def _new_session(self, language: str) -> AsrSession:
+        s = self.settings
+        language = language or s.effective_asr_language
+        return AsrSession(
+            self.engine,
+            language=None if language == "auto" else language,
+            silence_ms=s.vad_silence_ms,
+            min_speech_ms=s.vad_min_speech_ms,
+            partial_interval_ms=s.asr_partial_interval_ms,
+            max_audio_s=s.max_audio_seconds,
+            aggressiveness=s.vad_aggressiveness,
+        )
+
+    async def _run(self, stream: SessionStream) -> None:
+        while True:
+            items = [await stream.inbox.get()]
+            while not stream.inbox.empty():
+                items.append(stream.inbox.get_nowait())
+            for item in _coalesce(items):
+                if item == _CLOSE:
+                    return
+                try:
+                    await self._process(stream, item)
+                except Exception:
+                    log.exception("asr failed", extra={"session_id": stream.session_id})
+
+    async def _process(self, stream: SessionStream, item: bytes | str) -> None:
+        if item == _END_TURN:
+            events = await asyncio.to_thread(stream.asr.end_turn)
+        else:
+            assert isinstance(item, bytes)
+            events = await asyncio.to_thread(stream.asr.feed, item)
+        for event in events:
+            await self._emit(stream, event)
+
+    async def _emit(self, stream: SessionStream, event: SpeechStarted | Transcript) -> None:
+        assert self.runtime is not None
+        if isinstance(event, SpeechStarted):
+            frame: VadEvent | TranscriptChunk = VadEvent(
+                session_id=stream.session_id, turn_id=stream.utterance,
+                event="speech_start", at_ms=event.at_ms,
+            )
+        else:
+            frame = TranscriptChunk(
+                session_id=stream.session_id, turn_id=stream.utterance, text=event.text,
+                is_final=event.is_final, start_ms=event.start_ms, end_ms=event.end_ms,
+                confidence=event.confidence, language=event.language,
+            )
+        await self.runtime.emit(frame)
+        if isinstance(event, Transcript) and event.is_final:
+            stream.utterance += 1
+
+
+def _coalesce(items: list[bytes | str]) -> list[bytes | str]:
+    """Join runs of audio into one chunk so a backlog costs one feed, not hundreds."""
+    out: list[bytes | str] = []
+    for item in items:
+        if isinstance(item, bytes) and out and isinstance(out[-1], bytes):
+            out[-1] = out[-1] + item
+        else:
+            out.append(item)
+    return out

@@ -1,0 +1,192 @@
+"""Every message that crosses a ZeroMQ socket, as one msgspec tagged union.
+
+Structs are array-like (compact, positional) with tags, so fields are only ever appended and
+every new field has a default. Each socket decodes with one typed decoder for the union of the
+messages it may carry (see the `*Message` aliases at the bottom).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import msgspec
+
+
+def now_ns() -> int:
+    return time.monotonic_ns()
+
+
+class Frame(msgspec.Struct, tag=True, array_like=True, omit_defaults=True, gc=False):
+    """The envelope every frame carries.
+
+    `request_id` names the piece of work a result belongs to (one LLM generation, one TTS phrase)
+    so results can be matched, deduplicated and replayed.
+    """
+
+    session_id: str = ""
+    turn_id: int = 0
+    seq: int = 0
+    ts_ns: int = 0
+    request_id: str = ""
+
+
+# --- the seed's data chunks -------------------------------------------------------------------
+
+
+class TranscriptChunk(Frame):
+    text: str = ""
+    is_final: bool = False
+    start_ms: int = 0
+    end_ms: int = 0
+    confidence: float = 0.0
+    language: str = ""
+
+
+class TokenChunk(Frame):
+    token: str = ""
+    logprob: float | None = None
+    is_final: bool = False
+
+
+class AudioChunk(Frame):
+    format: Literal["opus", "pcm16"] = "pcm16"
+    sample_rate: int = 16000
+    payload: bytes = b""
+    is_final: bool = False  # last chunk of its request (a phrase)
+    text: str = ""  # the phrase this audio speaks (on the final chunk)
+
+
+# --- gateway -> orchestrator (ingress) -----------------------------------------------------------
+
+
+class SessionStart(Frame):
+    reply_to: str = ""  # the gateway's egress endpoint
+    language: str = ""
+    codec: str = "pcm16"
+    sample_rate: int = 16000
+
+
+class AudioIn(Frame):
+    """Client PCM16 mono audio at 16 kHz; `seq` counts frames within the session."""
+
+    pcm: bytes = b""
+
+
+class EndTurn(Frame):
+    """The client says the user turn is over (push-to-talk)."""
+
+
+class SessionEnd(Frame):
+    reason: str = ""
+
+
+# --- orchestrator -> gateway (egress) -------------------------------------------------------------
+
+
+class TurnEvent(Frame):
+    """Lifecycle events forwarded to the client as JSON: tts.start, tts.end, tts.cancel, ..."""
+
+    event: str = ""
+    text: str = ""
+
+
+class ErrorEvent(Frame):
+    code: str = ""
+    message: str = ""
+    fatal: bool = False  # the session cannot go on
+
+
+# --- orchestrator -> workers (work) ---------------------------------------------------------------
+
+
+class ChatMessage(msgspec.Struct, array_like=True, gc=False):
+    role: str
+    content: str
+
+
+class GenerateRequest(Frame):
+    messages: list[ChatMessage] = []
+    max_new_tokens: int = 0
+    language: str = ""
+
+
+class SynthesizeRequest(Frame):
+    text: str = ""
+    language: str = ""
+    voice: str = ""
+    sample_rate: int = 16000
+
+
+# --- control (orchestrator PUB -> everyone SUB) ---------------------------------------------------
+
+
+class Cancel(Frame):
+    """Stop all work of (session_id, turn_id); turn_id -1 means every turn of the session."""
+
+
+class Ping(Frame):
+    pass
+
+
+class StackStatus(Frame):
+    """The orchestrator's view of the workers, published periodically for gateways' /readyz."""
+
+    ready: dict[str, int] = {}  # kind -> READY instances
+
+
+# --- workers -> orchestrator (results) ------------------------------------------------------------
+
+
+class Ready(Frame):
+    kind: str = ""
+    instance_id: str = ""
+    endpoint: str = ""
+    model: str = ""
+    info: dict[str, str] = {}
+
+
+class Heartbeat(Frame):
+    """Sent only by READY instances, and carries what READY carries, so an orchestrator that
+    restarted learns every live instance from heartbeats alone."""
+
+    kind: str = ""
+    instance_id: str = ""
+    busy: int = 0
+    endpoint: str = ""
+    model: str = ""
+
+
+class VadEvent(Frame):
+    """Speech activity seen by the ASR worker: "speech_start" (barge-in) or "speech_end"."""
+
+    event: str = ""
+    at_ms: int = 0
+
+
+class WorkerError(Frame):
+    kind: str = ""
+    code: str = ""
+    message: str = ""
+
+
+IngressMessage = SessionStart | AudioIn | EndTurn | SessionEnd
+EgressMessage = TranscriptChunk | TokenChunk | AudioChunk | TurnEvent | ErrorEvent
+ControlMessage = Cancel | Ping | StackStatus
+ResultMessage = (
+    Ready | Heartbeat | WorkerError | VadEvent | TranscriptChunk | TokenChunk | AudioChunk
+)
+AsrWork = SessionStart | AudioIn | EndTurn | SessionEnd
+LlmWork = GenerateRequest
+TtsWork = SynthesizeRequest
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(frame: Frame) -> bytes:
+    return _encoder.encode(frame)
+
+
+def decoder(union: object) -> msgspec.msgpack.Decoder:
+    """One typed decoder per socket, for the union that socket carries."""
+    return msgspec.msgpack.Decoder(union)

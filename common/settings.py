@@ -1,0 +1,142 @@
+"""Settings shared by every process, read from `INZWA_*` environment variables (and `.env`).
+
+Every process reads the same settings so that endpoints agree without a config server: the
+ZeroMQ endpoints derive from one base port unless set one by one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are Inzwa, a friendly voice assistant. Your answers are spoken aloud, so reply in "
+    "one or two short, plain sentences without lists, markdown or emojis."
+)
+
+
+def _default_models_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "inzwa" / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INZWA_", env_file=".env", extra="ignore")
+
+    # --- general (seed fields) ---
+    debug: bool = False
+    log_level: str = "INFO"
+    log_content: bool = False  # raw audio / transcript text in logs only when True
+    cors_allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    request_timeout_s: float = 30.0
+    max_text_chars: int = 2000
+    max_audio_seconds: float = 30.0
+    enable_webrtc: bool = False
+    language: str = "en"
+
+    # --- gateway ---
+    host: str = "127.0.0.1"
+    port: int = 8000
+    start_timeout_s: float = 10.0
+    max_frame_ms: int = 100  # largest binary audio message accepted, in ms of audio
+    gateway_id: str = "gw0"
+
+    # --- ZeroMQ endpoints (derived from zmq_base_port unless set) ---
+    zmq_host: str = "127.0.0.1"
+    zmq_base_port: int = 5550
+    ingress_endpoint: str = ""  # gateways PUSH -> orchestrator PULL
+    control_endpoint: str = ""  # orchestrator PUB -> workers and gateways SUB
+    results_endpoint: str = ""  # workers PUSH -> orchestrator PULL
+    egress_endpoint: str = ""  # orchestrator PUSH -> this gateway's PULL
+    asr_work_endpoint: str = ""  # each worker binds its own PULL; index added to the port
+    llm_work_endpoint: str = ""
+    tts_work_endpoint: str = ""
+    heartbeat_interval_s: float = 1.0
+    heartbeat_liveness: int = 5  # missed beats before an instance is declared dead
+
+    # --- models ---
+    models_dir: Path = Field(default_factory=_default_models_dir)
+    asr_engine: Literal["faster-whisper"] = "faster-whisper"
+    asr_model: str = "whisper-base"  # a name from the model catalogue, or a local directory
+    asr_compute_type: str = "int8"
+    asr_threads: int = 2
+    asr_beam_size: int = 1
+    asr_language: str = ""  # empty: follow `language`; "auto": detect
+    vad_aggressiveness: int = Field(default=2, ge=0, le=3)
+    vad_silence_ms: int = 500  # trailing silence that ends a turn
+    vad_min_speech_ms: int = 200  # speech shorter than this does not open a turn
+    asr_partial_interval_ms: int = 300
+
+    llm_engine: Literal["llama-cpp", "vllm"] = "llama-cpp"
+    llm_model: str = "smollm2-135m"
+    llm_threads: int = 2
+    llm_context: int = 4096
+    llm_max_new_tokens: int = 80
+    llm_temperature: float = 0.3
+    llm_seed: int = 0
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    history_turns: int = 8
+
+    tts_engine: Literal["piper-onnx"] = "piper-onnx"
+    tts_model: str = "piper-en-us-joe-medium"
+    tts_threads: int = 1
+    tts_espeak_voice: str = ""  # empty: the voice's own espeak voice
+    audio_out_codec: Literal["pcm16", "opus"] = "pcm16"
+    audio_out_sample_rate: int = 16000
+    audio_frame_ms: int = 20
+
+    # --- process supervision ---
+    run_dir: Path = Path(".run")
+    instance: int = 0  # replica index of this worker process
+
+    @field_validator("cors_allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):  # a comma-separated list, or a JSON array
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    def _tcp(self, offset: int) -> str:
+        return f"tcp://{self.zmq_host}:{self.zmq_base_port + offset}"
+
+    @property
+    def ingress(self) -> str:
+        return self.ingress_endpoint or self._tcp(0)
+
+    @property
+    def control(self) -> str:
+        return self.control_endpoint or self._tcp(1)
+
+    @property
+    def results(self) -> str:
+        return self.results_endpoint or self._tcp(2)
+
+    @property
+    def egress(self) -> str:
+        return self.egress_endpoint or self._tcp(3)
+
+    def work_endpoint(self, kind: str, instance: int | None = None) -> str:
+        """The endpoint a worker instance binds its work PULL socket on."""
+        index = self.instance if instance is None else instance
+        explicit = getattr(self, f"{kind}_work_endpoint")
+        if explicit:
+            base, _, port = explicit.rpartition(":")
+            return f"{base}:{int(port) + index}"
+        offsets = {"asr": 10, "llm": 20, "tts": 30}
+        return self._tcp(offsets[kind] + index)
+
+    @property
+    def effective_asr_language(self) -> str:
+        return self.asr_language or self.language
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

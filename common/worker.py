@@ -1,0 +1,148 @@
+"""The protocol side of every worker process (Paranoid Pirate style).
+
+A worker loads its model and warms it up *before* it builds a `WorkerRuntime`; the runtime then
+binds the instance's work PULL socket, announces READY on the results socket and heartbeats
+while it lives. Cancels arrive over the control SUB socket and are remembered for a while, so
+a handler can stop generating for a turn that the user interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+from common import transport
+from common.frames import Cancel, ControlMessage, Frame, Heartbeat, Ready, decoder
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CANCEL_MEMORY_S = 120.0
+
+
+class WorkerRuntime:
+    def __init__(
+        self,
+        kind: str,
+        settings: Settings,
+        work_union: Any,
+        handler: Callable[[Any], Awaitable[None]],
+        model_info: dict[str, str],
+    ) -> None:
+        self.kind = kind
+        self.settings = settings
+        self.instance_id = f"{kind}-{settings.instance}-{uuid.uuid4().hex[:8]}"
+        self.endpoint = settings.work_endpoint(kind)
+        self.busy = 0
+        self._work_decoder = decoder(work_union)
+        self._handler = handler
+        self._model_info = model_info
+        self._cancelled: dict[tuple[str, int], float] = {}
+        self._results = transport.push(settings.results)
+        self._stopping = asyncio.Event()
+
+    # --- what handlers use ---------------------------------------------------------------------
+
+    async def emit(self, frame: Frame) -> bool:
+        """Send a result to the orchestrator; blocks (bounded) rather than dropping."""
+        frame.ts_ns = frame.ts_ns or time.monotonic_ns()
+        for _ in range(30):  # the orchestrator may be restarting: retry for ~30 s, then give up
+            if await transport.send(self._results, frame):
+                return True
+        log.error("result dropped: orchestrator unreachable", extra={"frame": type(frame).__name__})
+        return False
+
+    def is_cancelled(self, session_id: str, turn_id: int) -> bool:
+        return (session_id, turn_id) in self._cancelled or (session_id, -1) in self._cancelled
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        work = transport.pull(self.endpoint, bind=True)
+        control = transport.sub(self.settings.control)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        await self.emit(self._ready())
+        log.info("ready", extra={"instance": self.instance_id, "endpoint": self.endpoint})
+        tasks = [
+            asyncio.create_task(transport.read_forever(work, self._work_decoder, self._handler)),
+            asyncio.create_task(
+                transport.read_forever(control, decoder(ControlMessage), self._on_control)
+            ),
+            asyncio.create_task(self._heartbeat()),
+        ]
+        await self._stopping.wait()
+        log.info("stopping", extra={"instance": self.instance_id, "pid": os.getpid()})
+        await transport.cancel_tasks(tasks)
+        transport.close_all()
+
+    def _ready(self) -> Ready:
+        return Ready(
+            kind=self.kind,
+            instance_id=self.instance_id,
+            endpoint=self.endpoint,
+            model=self._model_info.get("name", ""),
+            info=self._model_info,
+        )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            beat = Heartbeat(
+                kind=self.kind,
+                instance_id=self.instance_id,
+                busy=self.busy,
+                endpoint=self.endpoint,
+                model=self._model_info.get("name", ""),
+            )
+            await transport.send(self._results, beat, timeout_s=0.1)
+            self._forget_old_cancels()
+
+    async def _on_control(self, message: ControlMessage) -> None:
+        if isinstance(message, Cancel):
+            self._cancelled[(message.session_id, message.turn_id)] = time.monotonic()
+
+    def _forget_old_cancels(self) -> None:
+        horizon = time.monotonic() - CANCEL_MEMORY_S
+        for key in [k for k, t in self._cancelled.items() if t < horizon]:
+            del self._cancelled[key]
+
+
+_DONE = object()
+
+
+async def iterate_in_thread(
+    make_iterator: Callable[[], Iterator[Any]], maxsize: int = 8
+) -> AsyncIterator[Any]:
+    """Run a blocking iterator (an engine's stream) in a thread; yield its items here.
+
+    The bounded queue gives backpressure: the engine thread waits when the consumer (the socket)
+    falls behind instead of piling up frames in memory.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=maxsize)
+
+    def produce() -> None:
+        try:
+            for item in make_iterator():
+                asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            asyncio.run_coroutine_threadsafe(queue.put(exc), loop).result()
+        asyncio.run_coroutine_threadsafe(queue.put(_DONE), loop).result()
+
+    producer = loop.run_in_executor(None, produce)
+    while True:
+        item = await queue.get()
+        if item is _DONE:
+            break
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+    await producer

@@ -1,0 +1,47 @@
+"""Start and control the five-process stack under supervisord."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from common.settings import Settings
+
+CONFIG = Path(__file__).with_name("supervisord.conf")
+PROGRAMS = ("orchestrator", "asr_worker", "llm_worker", "tts_worker", "gateway")
+
+
+def stack_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment supervisord and supervisorctl need to expand the config."""
+    env = dict(os.environ if base is None else base)
+    run_dir = Path(env.get("INZWA_RUN_DIR", str(settings.run_dir))).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env["INZWA_RUN_DIR"] = str(run_dir)
+    env.setdefault("INZWA_PYTHON", sys.executable)
+    env.setdefault("INZWA_WORKDIR", os.getcwd())
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def supervisord_command() -> list[str]:
+    return [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(CONFIG)]
+
+
+def run_foreground(settings: Settings) -> None:
+    """Replace this process with supervisord, so Ctrl-C and SIGTERM reach it directly."""
+    env = stack_env(settings)
+    print(
+        f"Inzwa: ws://{settings.host}:{settings.port}/ws/audio  "
+        f"(http://{settings.host}:{settings.port}/readyz; logs in {env['INZWA_RUN_DIR']})",
+        flush=True,
+    )
+    command = supervisord_command()
+    os.execve(command[0], command, env)
+
+
+def ctl(settings: Settings, args: list[str]) -> int:
+    """supervisorctl against the running stack, e.g. ["restart", "llm_worker"]."""
+    command = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(CONFIG), *args]
+    return subprocess.call(command, env=stack_env(settings))

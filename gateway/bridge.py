@@ -1,0 +1,90 @@
+"""The gateway's side of ZeroMQ: ingress to the orchestrator, egress back, stack status.
+
+Each WebSocket connection registers an outbox; the one egress reader routes every frame to the
+outbox of its session. Outboxes are bounded generously (reply audio arrives faster than real
+time); a client that falls that far behind is disconnected rather than slowing anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from common import transport
+from common.frames import ControlMessage, EgressMessage, Frame, StackStatus, decoder
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+OUTBOX_LIMIT = 6000  # frames: two minutes of 20 ms audio
+KINDS = ("asr", "llm", "tts")
+
+
+@dataclass
+class Connection:
+    session_id: str
+    outbox: asyncio.Queue[Frame | None] = field(default_factory=asyncio.Queue)
+    overflowed: bool = False
+
+
+class Bridge:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.connections: dict[str, Connection] = {}
+        self.status = StackStatus()
+        self.status_at = 0.0
+        self._ingress = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._ingress = transport.push(self.settings.ingress)
+        egress = transport.pull(self.settings.egress, bind=True)
+        control = transport.sub(self.settings.control)
+        self._tasks = [
+            asyncio.create_task(transport.read_forever(egress, decoder(EgressMessage), self._route)),
+            asyncio.create_task(
+                transport.read_forever(control, decoder(ControlMessage), self._on_control)
+            ),
+        ]
+
+    async def stop(self) -> None:
+        await transport.cancel_tasks(self._tasks)
+        transport.close_all()
+
+    async def send(self, frame: Frame) -> bool:
+        assert self._ingress is not None
+        return await transport.send(self._ingress, frame, timeout_s=self.settings.request_timeout_s)
+
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        """Ready when the orchestrator spoke recently and every worker kind has an instance."""
+        age = time.monotonic() - self.status_at
+        fresh = age < self.settings.heartbeat_interval_s * self.settings.heartbeat_liveness
+        counts = {kind: self.status.ready.get(kind, 0) for kind in KINDS} if fresh else {}
+        ok = fresh and all(counts.get(kind, 0) > 0 for kind in KINDS)
+        return ok, {"orchestrator": fresh, "workers": counts}
+
+    def register(self, session_id: str) -> Connection:
+        connection = Connection(session_id)
+        self.connections[session_id] = connection
+        return connection
+
+    def unregister(self, session_id: str) -> None:
+        self.connections.pop(session_id, None)
+
+    async def _route(self, frame: EgressMessage) -> None:
+        connection = self.connections.get(frame.session_id)
+        if connection is None or connection.overflowed:
+            return
+        if connection.outbox.qsize() >= OUTBOX_LIMIT:
+            connection.overflowed = True  # the sender closes the socket with a reason
+            connection.outbox.put_nowait(None)
+            log.warning("client too slow; closing", extra={"session_id": frame.session_id})
+            return
+        connection.outbox.put_nowait(frame)
+
+    async def _on_control(self, message: ControlMessage) -> None:
+        if isinstance(message, StackStatus):
+            self.status = message
+            self.status_at = time.monotonic()

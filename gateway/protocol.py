@@ -1,0 +1,108 @@
+"""The WebSocket protocol of `/ws/audio`: client control messages in, server events out.
+
+Client text messages are JSON objects tagged by "type" and decoded by one typed decoder, so a
+malformed or unknown message becomes a precise error instead of a crash. Binary messages are
+PCM16 LE mono audio at the session's sample rate.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+import msgspec
+
+from common.frames import AudioChunk, ErrorEvent, Frame, TokenChunk, TranscriptChunk, TurnEvent
+
+SUPPORTED_RATES = (16000,)
+SUPPORTED_CODECS = ("pcm16",)
+
+# WebSocket close codes (RFC 6455 and IANA registry)
+CLOSE_NORMAL = 1000
+CLOSE_UNSUPPORTED = 1003
+CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN = 1013
+
+
+class Start(msgspec.Struct, tag="start", tag_field="type"):
+    session_id: str = ""
+    auth_token: str = ""
+    codec: str = "pcm16"
+    sample_rate: int = 16000
+    language: str = ""
+
+
+class EndTurnMessage(msgspec.Struct, tag="end_turn", tag_field="type"):
+    pass
+
+
+ClientMessage = Start | EndTurnMessage
+_client_decoder = msgspec.json.Decoder(ClientMessage)
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def parse_client_message(text: str) -> ClientMessage:
+    try:
+        return _client_decoder.decode(text)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError("bad_message", f"invalid control message: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError("bad_json", f"control message is not valid JSON: {exc}") from None
+
+
+def check_start(start: Start) -> str:
+    """Validate a start message; returns the session id to use."""
+    if start.codec not in SUPPORTED_CODECS:
+        raise ProtocolError("unsupported_codec", f"codec {start.codec!r} is not supported")
+    if start.sample_rate not in SUPPORTED_RATES:
+        raise ProtocolError(
+            "unsupported_sample_rate",
+            f"sample_rate {start.sample_rate} is not supported; use {SUPPORTED_RATES[0]}",
+        )
+    if not start.session_id:
+        return str(uuid.uuid4())
+    try:
+        return str(uuid.UUID(start.session_id))
+    except ValueError:
+        raise ProtocolError("bad_session_id", "session_id must be a UUID") from None
+
+
+def check_audio(data: bytes, max_bytes: int) -> None:
+    if not data:
+        raise ProtocolError("empty_frame", "binary audio frame is empty")
+    if len(data) % 2:
+        raise ProtocolError("odd_frame", "PCM16 frame has an odd number of bytes")
+    if len(data) > max_bytes:
+        raise ProtocolError("frame_too_large", f"audio frame of {len(data)} bytes > {max_bytes}")
+
+
+def event_for(frame: Frame) -> dict[str, Any] | bytes | None:
+    """What the client is sent for an egress frame: a JSON event or raw audio bytes."""
+    match frame:
+        case TranscriptChunk():
+            kind: Literal["asr.final", "asr.partial"] = (
+                "asr.final" if frame.is_final else "asr.partial"
+            )
+            return {
+                "type": kind, "turn_id": frame.turn_id, "text": frame.text,
+                "start_ms": frame.start_ms, "end_ms": frame.end_ms,
+                "conf": round(frame.confidence, 3), "language": frame.language,
+            }
+        case TokenChunk():
+            return {"type": "llm.partial", "turn_id": frame.turn_id, "token": frame.token}
+        case AudioChunk():
+            return frame.payload
+        case TurnEvent():
+            event: dict[str, Any] = {"type": frame.event, "turn_id": frame.turn_id}
+            if frame.text:
+                event["text"] = frame.text
+            return event
+        case ErrorEvent():
+            return {"type": "error", "code": frame.code, "message": frame.message}
+    return None

@@ -1,0 +1,42 @@
+"""`python -m llm_worker`: load the LLM, warm it up, then serve generation requests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from common import logs
+from common.frames import LlmWork
+from common.models import model_info, resolve
+from common.settings import get_settings
+from common.worker import WorkerRuntime
+from llm_worker.engine import load_engine
+from llm_worker.worker import LlmWorker
+
+log = logging.getLogger("llm_worker")
+
+
+async def main() -> None:
+    settings = get_settings()
+    logs.setup("llm_worker", settings.log_level, settings.log_content)
+    path = resolve(settings.llm_model, settings.models_dir)
+    engine = load_engine(
+        settings.llm_engine,
+        path,
+        context=settings.llm_context,
+        threads=settings.llm_threads,
+        seed=settings.llm_seed,
+        temperature=settings.llm_temperature,
+    )
+    engine.warmup()
+    worker = LlmWorker(engine, settings.llm_max_new_tokens)
+    info = {**model_info(settings.llm_model, settings.models_dir), "engine": settings.llm_engine}
+    runtime = WorkerRuntime("llm", settings, LlmWork, worker.handle, info)
+    worker.runtime = runtime
+    generation = asyncio.create_task(worker.run())
+    await runtime.serve()
+    generation.cancel()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

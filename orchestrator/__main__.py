@@ -1,0 +1,19 @@
+"""`python -m orchestrator`: sessions, turns and routing between gateways and workers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from common import logs
+from common.settings import get_settings
+from orchestrator.service import Orchestrator
+
+
+async def main() -> None:
+    settings = get_settings()
+    logs.setup("orchestrator", settings.log_level, settings.log_content)
+    await Orchestrator(settings).serve()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

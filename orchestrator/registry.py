@@ -1,0 +1,103 @@
+"""Worker instances by kind: who is READY, who is alive, and the PUSH socket to each.
+
+Sessions are pinned to one instance per kind (streaming ASR state and the LLM's KV cache live
+there), so the orchestrator holds one PUSH socket per instance and chooses the socket itself:
+a shared PUSH would round-robin a session's frames over instances.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import zmq.asyncio
+
+from common import transport
+from common.frames import Frame
+
+log = logging.getLogger(__name__)
+
+KINDS = ("asr", "llm", "tts")
+
+
+@dataclass
+class Instance:
+    kind: str
+    instance_id: str
+    endpoint: str
+    model: str
+    socket: zmq.asyncio.Socket
+    last_seen: float = field(default_factory=time.monotonic)
+    sessions: int = 0
+    info: dict[str, str] = field(default_factory=dict)
+
+
+class WorkerRegistry:
+    def __init__(self, liveness_s: float) -> None:
+        self.liveness_s = liveness_s
+        self._instances: dict[str, Instance] = {}
+        self._by_endpoint: dict[str, str] = {}
+
+    def announce(
+        self, kind: str, instance_id: str, endpoint: str, model: str, info: dict[str, str]
+    ) -> tuple[Instance, str | None]:
+        """Register a READY instance; returns it and the id of an instance it replaced.
+
+        A restarted worker binds the same endpoint under a new id: the old instance is gone
+        and its sessions move to the new one.
+        """
+        known = self._instances.get(instance_id)
+        if known is not None:
+            known.last_seen = time.monotonic()
+            return known, None
+        replaced = self._by_endpoint.get(endpoint)
+        socket = None
+        if replaced is not None and replaced in self._instances:
+            socket = self._instances.pop(replaced).socket  # same peer address: keep the socket
+        instance = Instance(
+            kind, instance_id, endpoint, model, socket or transport.push(endpoint), info=info
+        )
+        self._instances[instance_id] = instance
+        self._by_endpoint[endpoint] = instance_id
+        log.info("instance ready", extra={"kind": kind, "instance": instance_id})
+        return instance, replaced
+
+    def seen(self, instance_id: str) -> None:
+        if instance_id in self._instances:
+            self._instances[instance_id].last_seen = time.monotonic()
+
+    def get(self, instance_id: str | None) -> Instance | None:
+        return self._instances.get(instance_id) if instance_id else None
+
+    def alive(self, kind: str) -> list[Instance]:
+        horizon = time.monotonic() - self.liveness_s
+        return [i for i in self._instances.values() if i.kind == kind and i.last_seen >= horizon]
+
+    def is_alive(self, instance: Instance) -> bool:
+        return instance.last_seen >= time.monotonic() - self.liveness_s
+
+    def pick(self, kind: str) -> Instance | None:
+        """The live instance of `kind` with the fewest pinned sessions."""
+        candidates = self.alive(kind)
+        return min(candidates, key=lambda i: i.sessions) if candidates else None
+
+    def reap(self) -> list[Instance]:
+        """Forget instances that missed their heartbeats; returns them."""
+        dead = [i for i in self._instances.values() if not self.is_alive(i)]
+        for instance in dead:
+            del self._instances[instance.instance_id]
+            if self._by_endpoint.get(instance.endpoint) == instance.instance_id:
+                del self._by_endpoint[instance.endpoint]
+            instance.socket.close(linger=0)
+            log.warning("instance lost", extra={"kind": instance.kind, "instance": instance.instance_id})
+        return dead
+
+    def ready_counts(self) -> dict[str, int]:
+        return {kind: len(self.alive(kind)) for kind in KINDS}
+
+    def all(self) -> list[Instance]:
+        return list(self._instances.values())
+
+    async def send(self, instance: Instance, frame: Frame) -> bool:
+        return await transport.send(instance.socket, frame)

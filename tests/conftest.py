@@ -1,0 +1,44 @@
+"""Shared fixtures: paths, settings, and real models loaded once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from common.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    path = Path(os.environ.get("INZWA_FIXTURES_DIR", ROOT.parent / "shared" / "fixtures" / "speech"))
+    if not path.is_dir():
+        pytest.fail(f"speech fixtures not found at {path} (set INZWA_FIXTURES_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def whisper_engine(settings: Settings):
+    """The real Whisper engine, loaded once for every test that needs it."""
+    from asr_worker.engine import WhisperEngine
+    from common.models import resolve
+
+    path = resolve(settings.asr_model, settings.models_dir)
+    return WhisperEngine.load(path, compute_type=settings.asr_compute_type, threads=settings.asr_threads)
+
+
+@pytest.fixture(scope="session")
+def piper_voice(settings: Settings):
+    """The real Piper VITS voice, loaded once for every test that needs it."""
+    from common.models import resolve
+    from tts_worker.engine import PiperVoice
+
+    return PiperVoice.load(resolve(settings.tts_model, settings.models_dir), threads=settings.tts_threads)

@@ -1,0 +1,127 @@
+"""Start the real five-process stack under supervisord on free loopback ports (tests, bench).
+
+Everything binds to 127.0.0.1; `stop()` ends supervisord and its whole process group, and the
+stack is also stopped when the test session ends.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from common.settings import Settings
+from deploy.stack import PROGRAMS, stack_env, supervisord_command
+
+ROOT = Path(__file__).resolve().parent.parent
+ZMQ_PORTS = 40  # ports above the base that the stack may bind
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_port_range(count: int) -> int:
+    for _ in range(200):
+        base = random.randrange(20000, 45000)
+        if all(_port_free(base + i) for i in range(count)):
+            return base
+    raise RuntimeError("no free port range for the stack's ZeroMQ sockets")
+
+
+class Stack:
+    def __init__(self, run_dir: Path, **overrides: str) -> None:
+        self.run_dir = run_dir
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "INZWA_HOST": "127.0.0.1",
+            "INZWA_PORT": str(self.port),
+            "INZWA_ZMQ_BASE_PORT": str(free_port_range(ZMQ_PORTS)),
+            "INZWA_RUN_DIR": str(run_dir),
+            "INZWA_WORKDIR": str(ROOT),
+            **overrides,
+        }
+        self.env = stack_env(Settings(), env)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/audio"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 240.0) -> None:
+        log = (self.run_dir / "stack.out").open("wb")
+        self.process = subprocess.Popen(
+            supervisord_command(), env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.wait_ready(timeout_s)
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"supervisord exited early:\n{self.logs()}")
+            if self.ready():
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"stack not ready after {timeout_s} s:\n{self.logs()}")
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.http}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [self.env["INZWA_PYTHON"], "-m", "supervisor.supervisorctl", "-c",
+                   str(ROOT / "deploy" / "supervisord.conf"), *args]
+        return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=60)
+
+    def pids(self) -> dict[str, int]:
+        out = self.ctl("status").stdout
+        pids = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) >= 4 and parts[1] == "RUNNING" and parts[0] in PROGRAMS:
+                pids[parts[0]] = int(parts[3].rstrip(","))
+        return pids
+
+    def logs(self, tail: int = 40) -> str:
+        chunks = []
+        for path in sorted(self.run_dir.glob("*.log")) + [self.run_dir / "stack.out"]:
+            if path.exists():
+                lines = path.read_text(errors="replace").splitlines()[-tail:]
+                chunks.append(f"--- {path.name}\n" + "\n".join(lines))
+        return "\n".join(chunks)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)

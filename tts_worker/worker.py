@@ -1,0 +1,69 @@
+"""The TTS worker process: phrases in, 20 ms PCM16 AudioChunks out, in arrival order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from common.frames import AudioChunk, SynthesizeRequest
+from common.worker import WorkerRuntime, iterate_in_thread
+from tts_worker.engine import TTS
+
+log = logging.getLogger(__name__)
+
+
+class TtsWorker:
+    def __init__(self, voice: TTS, frame_ms: int) -> None:
+        self.voice = voice
+        self.frame_ms = frame_ms
+        self.runtime: WorkerRuntime | None = None
+        self._queue: asyncio.Queue[SynthesizeRequest] = asyncio.Queue()
+
+    async def handle(self, request: SynthesizeRequest) -> None:
+        await self._queue.put(request)
+
+    async def run(self) -> None:
+        while True:
+            request = await self._queue.get()
+            assert self.runtime is not None
+            self.runtime.busy = self._queue.qsize() + 1
+            try:
+                seq = await self._synthesize(request)
+            except Exception:
+                log.exception("synthesis failed", extra={"session_id": request.session_id})
+                seq = 1_000_000
+            await self._emit(request, seq, b"", final=True)
+            self.runtime.busy = self._queue.qsize()
+
+    async def _synthesize(self, request: SynthesizeRequest) -> int:
+        runtime = self.runtime
+        assert runtime is not None
+        seq = 0
+        if runtime.is_cancelled(request.session_id, request.turn_id):
+            return seq
+        frames = iterate_in_thread(
+            lambda: self.voice.synthesize_stream(
+                request.text, sample_rate=request.sample_rate, frame_ms=self.frame_ms
+            )
+        )
+        async for payload in frames:
+            if runtime.is_cancelled(request.session_id, request.turn_id):
+                break  # the rest of the stream is dropped; the thread ends at its next frame
+            await self._emit(request, seq, payload, final=False)
+            seq += 1
+        return seq
+
+    async def _emit(self, request: SynthesizeRequest, seq: int, payload: bytes, *, final: bool) -> None:
+        assert self.runtime is not None
+        await self.runtime.emit(
+            AudioChunk(
+                session_id=request.session_id,
+                turn_id=request.turn_id,
+                request_id=request.request_id,
+                seq=seq,
+                sample_rate=request.sample_rate,
+                payload=payload,
+                is_final=final,
+                text=request.text if final else "",
+            )
+        )
