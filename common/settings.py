@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     # --- ZeroMQ endpoints (derived from zmq_base_port unless set) ---
     zmq_host: str = "127.0.0.1"
     zmq_base_port: int = 5550
+    zmq_bind_host: str = ""  # e.g. "0.0.0.0" in containers; empty: bind where peers connect
     ingress_endpoint: str = ""  # gateways PUSH -> orchestrator PULL
     control_endpoint: str = ""  # orchestrator PUB -> workers and gateways SUB
     results_endpoint: str = ""  # workers PUSH -> orchestrator PULL
@@ -105,6 +106,13 @@ class Settings(BaseSettings):
 
     def _tcp(self, offset: int) -> str:
         return f"tcp://{self.zmq_host}:{self.zmq_base_port + offset}"
+
+    def bindable(self, endpoint: str) -> str:
+        """The address to bind for an endpoint peers connect to (differs in containers)."""
+        if not self.zmq_bind_host or not endpoint.startswith("tcp://"):
+            return endpoint
+        port = endpoint.rpartition(":")[2]
+        return f"tcp://{self.zmq_bind_host}:{port}"
 
     @property
     def ingress(self) -> str:

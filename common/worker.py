@@ -64,7 +64,7 @@ class WorkerRuntime:
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        work = transport.pull(self.endpoint, bind=True)
+        work = transport.pull(self.settings.bindable(self.endpoint), bind=True)
         control = transport.sub(self.settings.control)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

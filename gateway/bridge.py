@@ -40,7 +40,7 @@ class Bridge:
 
     async def start(self) -> None:
         self._ingress = transport.push(self.settings.ingress)
-        egress = transport.pull(self.settings.egress, bind=True)
+        egress = transport.pull(self.settings.bindable(self.settings.egress), bind=True)
         control = transport.sub(self.settings.control)
         self._tasks = [
             asyncio.create_task(transport.read_forever(egress, decoder(EgressMessage), self._route)),

@@ -51,13 +51,13 @@ class Orchestrator:
         self.registry = WorkerRegistry(settings.heartbeat_interval_s * settings.heartbeat_liveness)
         self.sessions: dict[str, Session] = {}
         self._egress: dict[str, zmq.asyncio.Socket] = {}
-        self._control = transport.pub(settings.control, bind=True)
+        self._control = transport.pub(settings.bindable(settings.control), bind=True)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        ingress = transport.pull(self.settings.ingress, bind=True)
-        results = transport.pull(self.settings.results, bind=True)
+        ingress = transport.pull(self.settings.bindable(self.settings.ingress), bind=True)
+        results = transport.pull(self.settings.bindable(self.settings.results), bind=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -120,7 +120,7 @@ class Orchestrator:
         session = self.sessions.pop(end.session_id, None)
         if session is None:
             return
-        self._cancel_turn(session, tell_client=False)
+        await self._cancel_turn(session, tell_client=False)
         await self._to_worker(session, "asr", end)
         for instance_id in session.pins.values():
             instance = self.registry.get(instance_id)
@@ -172,7 +172,7 @@ class Orchestrator:
         """The user speaks while a reply is under way: that reply stops (barge-in)."""
         session = self.sessions.get(event.session_id)
         if session is not None and session.turn is not None and not session.turn.finished:
-            self._cancel_turn(session, tell_client=True)
+            await self._cancel_turn(session, tell_client=True)
 
     async def _on_worker_error(self, error: WorkerError) -> None:
         session = self.sessions.get(error.session_id)
@@ -184,7 +184,7 @@ class Orchestrator:
     # --- turns ---------------------------------------------------------------------------------
 
     async def _start_turn(self, session: Session, user_text: str) -> None:
-        self._cancel_turn(session, tell_client=True)
+        await self._cancel_turn(session, tell_client=True)
         session.turns += 1
         turn_id = session.turns
         turn = Turn(turn_id, user_text, request_id=f"{session.session_id}:{turn_id}:llm")
@@ -200,19 +200,17 @@ class Orchestrator:
         if not await self._to_worker(session, "llm", request):
             turn.finished = True
 
-    def _cancel_turn(self, session: Session, *, tell_client: bool) -> None:
+    async def _cancel_turn(self, session: Session, *, tell_client: bool) -> None:
         """Stop the turn in progress everywhere; history keeps only what was spoken."""
         turn = session.turn
         if turn is None or turn.finished:
             return
         turn.finished = True
         cancel = Cancel(session_id=session.session_id, turn_id=turn.turn_id)
-        asyncio.ensure_future(transport.send(self._control, cancel, timeout_s=0))
+        await transport.send(self._control, cancel, timeout_s=0)
         session.remember(turn.user_text, " ".join(turn.spoken))
         if tell_client and turn.audio_started:
-            asyncio.ensure_future(
-                self._to_client(session, TurnEvent(turn_id=turn.turn_id, event="tts.cancel"))
-            )
+            await self._to_client(session, TurnEvent(turn_id=turn.turn_id, event="tts.cancel"))
 
     def _current(self, frame: Frame) -> tuple[Session, Turn] | None:
         session = self.sessions.get(frame.session_id)

@@ -29,6 +29,7 @@ def settings() -> Settings:
 def whisper_engine(settings: Settings):
     """The real Whisper engine, loaded once for every test that needs it."""
     from asr_worker.engine import WhisperEngine
+
     from common.models import resolve
 
     path = resolve(settings.asr_model, settings.models_dir)
@@ -42,3 +43,16 @@ def piper_voice(settings: Settings):
     from tts_worker.engine import PiperVoice
 
     return PiperVoice.load(resolve(settings.tts_model, settings.models_dir), threads=settings.tts_threads)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    """The real five-process stack under supervisord, on free loopback ports, once per session."""
+    from tests.stack import Stack
+
+    running = Stack(tmp_path_factory.mktemp("stack"))
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()

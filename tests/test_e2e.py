@@ -1,0 +1,139 @@
+"""End to end: the real five processes, real models, real speech over the WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import websockets
+from asr_worker.wer import normalize
+
+from common.audio import SAMPLE_RATE, pcm16_to_float, rms_dbfs
+from gateway.client import TalkResult, talk
+from tests.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def capital_turn(stack: Stack, fixtures_dir: Path) -> TalkResult:
+    return asyncio.run(talk(fixtures_dir / "q_en_capital.wav", stack.url, timeout_s=90))
+
+
+def test_voice_round_trip(capital_turn: TalkResult) -> None:
+    result = capital_turn
+    assert result.errors == []
+    assert result.completed
+    words = normalize(result.transcript).split()
+    assert "capital" in words and "zimbabwe" in words
+    assert result.reply_text.strip()
+    audio = bytes(result.reply_audio)
+    assert len(audio) / 2 / SAMPLE_RATE > 0.5  # PCM16 at 16 kHz, as the session asked
+    assert rms_dbfs(audio) > -35.0  # speech, not silence
+    assert result.v2v_ms is not None and result.v2v_ms > 0
+
+
+def test_events_arrive_in_turn_order(capital_turn: TalkResult) -> None:
+    kinds = [event["type"] for event in capital_turn.events]
+    final = kinds.index("asr.final")
+    assert final < kinds.index("llm.partial") < kinds.index("tts.start") < kinds.index("tts.end")
+    assert kinds.count("tts.end") == 1
+
+
+def test_reply_audio_is_intelligible(capital_turn: TalkResult, whisper_engine) -> None:
+    """The voice says the reply: transcribing it recovers most of the reply's words."""
+    audio = pcm16_to_float(bytes(capital_turn.reply_audio))
+    heard = set(normalize(whisper_engine.transcribe(audio, "en").text).split())
+    said = normalize(capital_turn.reply_text).split()
+    recovered = sum(word in heard for word in said) / len(said)
+    assert recovered >= 0.6, (capital_turn.reply_text, heard)
+
+
+def test_five_processes_are_running(stack: Stack) -> None:
+    pids = stack.pids()
+    assert set(pids) == {"orchestrator", "asr_worker", "llm_worker", "tts_worker", "gateway"}
+    assert len(set(pids.values())) == 5
+    for pid in pids.values():
+        os.kill(pid, 0)  # raises if the process does not exist
+
+
+def test_restarting_the_llm_worker_keeps_the_assistant_working(
+    stack: Stack, fixtures_dir: Path, capital_turn: TalkResult
+) -> None:
+    before = stack.pids()["llm_worker"]
+    assert stack.ctl("restart", "llm_worker").returncode == 0
+    deadline = time.monotonic() + 120
+    while stack.pids().get("llm_worker") in (None, before) or not stack.ready():
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.5)
+    result = asyncio.run(talk(fixtures_dir / "q_en_weather.wav", stack.url, timeout_s=90))
+    assert result.completed and result.errors == [], result.summary()
+    assert "rain" in normalize(result.transcript).split()
+    assert result.reply_text.strip() and len(result.reply_audio) > SAMPLE_RATE
+
+
+async def _exchange(url: str, *messages: str | bytes, wait: int = 1) -> tuple[list, int | None]:
+    """Send messages; collect up to `wait` replies after the last one and the close code."""
+    replies: list = []
+    async with websockets.connect(url) as ws:
+        for message in messages:
+            await ws.send(message)
+        try:
+            while len(replies) < wait + 1:
+                replies.append(await asyncio.wait_for(ws.recv(), 3))
+        except websockets.ConnectionClosed:
+            pass
+        except TimeoutError:
+            pass
+        code = ws.close_code
+    return [json.loads(r) if isinstance(r, str) else r for r in replies], code
+
+
+START = json.dumps({"type": "start", "codec": "pcm16", "sample_rate": 16000})
+
+
+@pytest.mark.parametrize(
+    ("first", "code", "close"),
+    [
+        (json.dumps({"type": "start", "sample_rate": 44100}), "unsupported_sample_rate", 1003),
+        (json.dumps({"type": "start", "codec": "mp3"}), "unsupported_codec", 1003),
+        (b"\x00\x00" * 320, "start_required", 1008),
+        ("{not json", "bad_json", 1008),
+        (json.dumps({"type": "shout"}), "bad_message", 1008),
+        (json.dumps({"type": "start", "session_id": "abc"}), "bad_session_id", 1008),
+    ],
+)
+def test_a_bad_start_is_refused_with_a_reason(stack: Stack, first: str | bytes, code: str,
+                                               close: int) -> None:
+    replies, close_code = asyncio.run(_exchange(stack.url, first))
+    assert replies[0]["type"] == "error" and replies[0]["code"] == code
+    assert close_code == close
+
+
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [
+        (b"\x00\x00\x00", "odd_frame"),
+        (b"\x00\x00" * 16000, "frame_too_large"),
+        (json.dumps({"type": "start"}), "already_started"),
+        (json.dumps({"type": "end_turn", "x": [1]}), None),  # unknown fields are tolerated
+    ],
+)
+def test_a_bad_frame_gets_an_error_and_the_session_goes_on(stack: Stack, bad: str | bytes,
+                                                           code: str | None) -> None:
+    silence = np.zeros(320, dtype="<i2").tobytes()
+    replies, close_code = asyncio.run(
+        _exchange(stack.url, START, bad, silence, json.dumps({"type": "end_turn"}), wait=1)
+    )
+    assert replies[0]["type"] == "session.started"
+    errors = [r for r in replies[1:] if isinstance(r, dict) and r.get("type") == "error"]
+    if code is None:
+        assert errors == []
+    else:
+        assert errors and errors[0]["code"] == code
+    assert close_code is None or close_code == 1000  # the server did not end the session
