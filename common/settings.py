@@ -75,7 +75,7 @@ class Settings(BaseSettings):
 
     llm_engine: Literal["llama-cpp", "vllm"] = "llama-cpp"
     llm_model: str = "smollm2-135m"
-    llm_threads: int = 2
+    llm_threads: int = 1  # llama.cpp threads spin: 2 on a shared 2-core box ran 100x slower
     llm_context: int = 4096
     llm_max_new_tokens: int = 80
     llm_temperature: float = 0.3

@@ -1,0 +1,216 @@
+"""The orchestrator over real ZeroMQ sockets, with fake workers and a fake gateway.
+
+Frames go in at the sockets and we assert the frames that come out (pipecat-style), so routing,
+phrase streaming, turn completion, history and barge-in are checked without loading a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from common import transport
+from common.frames import (
+    AsrWork,
+    AudioChunk,
+    AudioIn,
+    Cancel,
+    ControlMessage,
+    EgressMessage,
+    GenerateRequest,
+    Ready,
+    SessionStart,
+    StackStatus,
+    SynthesizeRequest,
+    TokenChunk,
+    TranscriptChunk,
+    TurnEvent,
+    VadEvent,
+    decoder,
+    encode,
+)
+from common.settings import Settings
+from orchestrator.service import Orchestrator
+from tests.stack import free_port_range
+
+SID = "0b0f4a52-1d1e-4c1e-9a7e-2b7c4f0d9e11"
+
+
+class Harness:
+    """A fake gateway and one fake instance per worker kind around a real orchestrator."""
+
+    def __init__(self) -> None:
+        self.settings = Settings(_env_file=None, zmq_base_port=free_port_range(40),
+                                 heartbeat_interval_s=0.2, system_prompt="SYSTEM")
+        s = self.settings
+        self.ingress = transport.push(s.ingress)
+        self.results = transport.push(s.results)
+        self.egress = transport.pull(s.egress)
+        self.control = transport.sub(s.control)
+        self.work = {kind: transport.pull(s.work_endpoint(kind, 0)) for kind in ("asr", "llm", "tts")}
+        self.decoders = {"asr": decoder(AsrWork), "llm": decoder(GenerateRequest),
+                         "tts": decoder(SynthesizeRequest)}
+
+    async def announce(self) -> None:
+        for kind in self.work:
+            ready = Ready(kind=kind, instance_id=f"{kind}-fake", endpoint=self.settings.work_endpoint(kind, 0))
+            await transport.send(self.results, ready)
+
+    async def beat_forever(self) -> None:
+        while True:
+            await self.announce()
+            await asyncio.sleep(0.1)
+
+    async def recv(self, sock: zmq.asyncio.Socket, dec: msgspec.msgpack.Decoder) -> Any:
+        return dec.decode(await asyncio.wait_for(sock.recv(), 5))
+
+    async def worker_got(self, kind: str) -> Any:
+        return await self.recv(self.work[kind], self.decoders[kind])
+
+    async def client_got(self) -> Any:
+        return await self.recv(self.egress, decoder(EgressMessage))
+
+    async def result(self, frame: msgspec.Struct) -> None:
+        assert await transport.send(self.results, frame)
+
+    async def start_session(self) -> None:
+        """Start once the orchestrator reports every fake worker READY (as gateways wait)."""
+        while True:
+            status = await self.recv(self.control, decoder(ControlMessage))
+            if isinstance(status, StackStatus) and all(status.ready.get(k) for k in self.work):
+                break
+        await transport.send(self.ingress, SessionStart(session_id=SID, reply_to=self.settings.egress))
+        assert isinstance(await self.worker_got("asr"), SessionStart)
+
+    async def speak_reply(self, turn: int, tokens: list[str]) -> GenerateRequest:
+        """The user finishes a sentence; the fake LLM answers with `tokens`."""
+        await self.result(TranscriptChunk(session_id=SID, turn_id=turn, text=f"question {turn}",
+                                          is_final=True))
+        got = await self.client_got()
+        assert isinstance(got, TranscriptChunk) and got.is_final, got
+        request = await self.worker_got("llm")
+        for seq, token in enumerate(tokens):
+            await self.result(TokenChunk(session_id=SID, turn_id=request.turn_id, seq=seq,
+                                         request_id=request.request_id, token=token))
+        return request
+
+
+def run(scenario: Callable[[Harness], Awaitable[None]]) -> None:
+    async def main() -> None:
+        harness = Harness()
+        orchestrator = Orchestrator(harness.settings)
+        serving = asyncio.create_task(orchestrator.serve())
+        beating = asyncio.create_task(harness.beat_forever())
+        try:
+            await harness.start_session()
+            await scenario(harness)
+        finally:
+            serving.cancel()
+            beating.cancel()
+            await asyncio.gather(serving, beating, return_exceptions=True)
+            transport.close_all()
+
+    asyncio.run(main())
+
+
+async def synthesize(h: Harness, request: SynthesizeRequest, frames: int = 2) -> None:
+    for seq in range(frames):
+        await h.result(AudioChunk(session_id=SID, turn_id=request.turn_id, seq=seq,
+                                  request_id=request.request_id, payload=b"\x01\x00" * 320))
+    await h.result(AudioChunk(session_id=SID, turn_id=request.turn_id, seq=frames,
+                              request_id=request.request_id, is_final=True, text=request.text))
+
+
+async def drain_client(h: Harness, until: str) -> list[Any]:
+    frames = []
+    while True:
+        frame = await h.client_got()
+        frames.append(frame)
+        if isinstance(frame, TurnEvent) and frame.event == until:
+            return frames
+
+
+def test_audio_goes_to_the_pinned_asr_instance() -> None:
+    async def scenario(h: Harness) -> None:
+        await transport.send(h.ingress, AudioIn(session_id=SID, seq=1, pcm=b"\x00\x00" * 320))
+        got = await h.worker_got("asr")
+        assert isinstance(got, AudioIn) and got.pcm == b"\x00\x00" * 320
+
+    run(scenario)
+
+
+def test_a_full_turn_streams_phrases_and_audio_in_order() -> None:
+    async def scenario(h: Harness) -> None:
+        request = await h.speak_reply(1, ["Hello", " there", ",", " my", " good", " friend", ".", " Harare", " is", " big", "."])
+        assert [m.role for m in request.messages] == ["system", "user"]
+        assert request.messages[0].content == "SYSTEM"
+        first = await h.worker_got("tts")
+        second = await h.worker_got("tts")  # sent while the LLM is still going
+        assert (first.text, second.text) == ("Hello there,", "my good friend.")
+        await h.result(TokenChunk(session_id=SID, turn_id=1, request_id=request.request_id,
+                                  seq=99, is_final=True))
+        await synthesize(h, first)
+        third = await h.worker_got("tts")  # the window of two opened again
+        assert third.text == "Harare is big."
+        await synthesize(h, second)
+        await synthesize(h, third)
+        frames = await drain_client(h, "tts.end")
+        tokens = [f.token for f in frames if isinstance(f, TokenChunk)]
+        assert "".join(tokens) == "Hello there, my good friend. Harare is big."
+        audio = [f for f in frames if isinstance(f, AudioChunk)]
+        assert [a.seq for a in audio] == list(range(1, 7))  # strictly increasing, no gaps
+        kinds = [f.event for f in frames if isinstance(f, TurnEvent)]
+        assert kinds == ["tts.start", "tts.end"]
+
+    run(scenario)
+
+
+def test_history_carries_earlier_turns() -> None:
+    async def scenario(h: Harness) -> None:
+        request = await h.speak_reply(1, ["Fine", " thanks", "."])
+        await h.result(TokenChunk(session_id=SID, turn_id=1, request_id=request.request_id,
+                                  seq=9, is_final=True))
+        await synthesize(h, await h.worker_got("tts"))
+        await drain_client(h, "tts.end")
+        second = await h.speak_reply(2, ["Ok", "."])
+        contents = [(m.role, m.content) for m in second.messages]
+        assert contents == [("system", "SYSTEM"), ("user", "question 1"),
+                            ("assistant", "Fine thanks."), ("user", "question 2")]
+
+    run(scenario)
+
+
+def test_speech_during_the_reply_cancels_it_and_keeps_only_what_was_spoken() -> None:
+    async def scenario(h: Harness) -> None:
+        request = await h.speak_reply(1, ["One", " two", ".", " Three", " four", " five", ".", " Six", " seven", " eight", "."])
+        first = await h.worker_got("tts")
+        await synthesize(h, first)
+        await h.result(VadEvent(session_id=SID, turn_id=2, event="speech_start", at_ms=5000))
+        cancel = await h.recv(h.control, decoder(ControlMessage))
+        while not isinstance(cancel, Cancel):
+            cancel = await h.recv(h.control, decoder(ControlMessage))
+        assert (cancel.session_id, cancel.turn_id) == (SID, request.turn_id)
+        frames = await drain_client(h, "tts.cancel")
+        assert any(isinstance(f, AudioChunk) for f in frames)
+        # late audio of the cancelled turn is not forwarded
+        await synthesize(h, await h.worker_got("tts"))
+        nxt = await h.speak_reply(2, ["Yes", "."])
+        assert ("assistant", "One two.") in [(m.role, m.content) for m in nxt.messages]
+        stray = [f for f in await drain_client_until_token(h) if isinstance(f, AudioChunk)]
+        assert stray == []
+
+    run(scenario)
+
+
+async def drain_client_until_token(h: Harness) -> list[Any]:
+    frames = []
+    while True:
+        frame = await h.client_got()
+        frames.append(frame)
+        if isinstance(frame, TokenChunk):
+            return frames
