@@ -81,6 +81,14 @@ class SessionEnd(Frame):
     reason: str = ""
 
 
+class PlaybackMark(Frame):
+    """The gateway has sent the client a phrase's last audio (`text`), or, with `done`, all of
+    the turn's audio: what the person has heard, for the dialogue history."""
+
+    text: str = ""
+    done: bool = False
+
+
 # --- orchestrator -> gateway (egress) -------------------------------------------------------------
 
 
@@ -170,7 +178,7 @@ class WorkerError(Frame):
     message: str = ""
 
 
-IngressMessage = SessionStart | AudioIn | EndTurn | SessionEnd
+IngressMessage = SessionStart | AudioIn | EndTurn | SessionEnd | PlaybackMark
 EgressMessage = TranscriptChunk | TokenChunk | AudioChunk | TurnEvent | ErrorEvent
 ControlMessage = Cancel | Ping | StackStatus
 ResultMessage = (

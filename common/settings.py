@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     start_timeout_s: float = 10.0
     max_frame_ms: int = 100  # largest binary audio message accepted, in ms of audio
     gateway_id: str = "gw0"
+    playback_lead_ms: int = 250  # reply audio runs at most this far ahead of real time
 
     # --- ZeroMQ endpoints (derived from zmq_base_port unless set) ---
     zmq_host: str = "127.0.0.1"

@@ -12,10 +12,20 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from common.audio import frame_bytes
-from common.frames import AudioIn, EndTurn, SessionEnd, SessionStart
+from common.frames import (
+    AudioChunk,
+    AudioIn,
+    EndTurn,
+    Frame,
+    PlaybackMark,
+    SessionEnd,
+    SessionStart,
+    TurnEvent,
+)
 from common.logs import session_var
 from common.settings import Settings, get_settings
 from gateway.bridge import Bridge, Connection
+from gateway.playback import ClientTooSlow
 from gateway.protocol import (
     CLOSE_POLICY,
     CLOSE_TRY_AGAIN,
@@ -159,16 +169,27 @@ class AudioSocket:
             raise ProtocolError("already_started", "this session has already started")
 
     async def _send_loop(self, connection: Connection) -> None:
-        while True:
-            frame = await connection.outbox.get()
-            if frame is None:  # the bridge gave up on this client
-                await self._refuse("client_too_slow", "reply audio was not read in time", CLOSE_POLICY)
-                return
-            event = event_for(frame)
-            try:
-                if isinstance(event, bytes):
-                    await self.ws.send_bytes(event)
-                elif event is not None:
-                    await self.ws.send_json(event)
-            except (WebSocketDisconnect, RuntimeError):
-                return
+        try:
+            while True:
+                await self._deliver(connection.session_id, await connection.outbox.next())
+        except ClientTooSlow:
+            log.warning("client too slow; closing", extra={"session_id": connection.session_id})
+            await self._refuse("client_too_slow", "reply audio was not read in time", CLOSE_POLICY)
+        except (WebSocketDisconnect, RuntimeError):
+            return
+
+    async def _deliver(self, session_id: str, frame: Frame) -> None:
+        """Send one frame to the client; tell the orchestrator what has been heard."""
+        if isinstance(frame, AudioChunk) and not frame.payload:
+            if frame.is_final:  # a phrase's end marker: its audio has all gone out
+                await self.bridge.send(
+                    PlaybackMark(session_id=session_id, turn_id=frame.turn_id, text=frame.text)
+                )
+            return
+        event = event_for(frame)
+        if isinstance(event, bytes):
+            await self.ws.send_bytes(event)
+        elif event is not None:
+            await self.ws.send_json(event)
+        if isinstance(frame, TurnEvent) and frame.event == "tts.end":
+            await self.bridge.send(PlaybackMark(session_id=session_id, turn_id=frame.turn_id, done=True))

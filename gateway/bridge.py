@@ -1,8 +1,9 @@
 """The gateway's side of ZeroMQ: ingress to the orchestrator, egress back, stack status.
 
 Each WebSocket connection registers an outbox; the one egress reader routes every frame to the
-outbox of its session. Outboxes are bounded generously (reply audio arrives faster than real
-time); a client that falls that far behind is disconnected rather than slowing anyone else.
+outbox of its session and never waits on a client. Outboxes are bounded generously (reply audio
+arrives faster than real time and is paced out); a client that falls that far behind is
+disconnected rather than slowing anyone else.
 """
 
 from __future__ import annotations
@@ -10,23 +11,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from common import transport
 from common.frames import ControlMessage, EgressMessage, Frame, StackStatus, decoder
 from common.settings import Settings
+from gateway.playback import Outbox
 
 log = logging.getLogger(__name__)
 
-OUTBOX_LIMIT = 6000  # frames: two minutes of 20 ms audio
 KINDS = ("asr", "llm", "tts")
 
 
 @dataclass
 class Connection:
     session_id: str
-    outbox: asyncio.Queue[Frame | None] = field(default_factory=asyncio.Queue)
-    overflowed: bool = False
+    outbox: Outbox
 
 
 class Bridge:
@@ -66,7 +66,9 @@ class Bridge:
         return ok, {"orchestrator": fresh, "workers": counts}
 
     def register(self, session_id: str) -> Connection:
-        connection = Connection(session_id)
+        lead_s = self.settings.playback_lead_ms / 1000
+        outbox = Outbox(sample_rate=self.settings.audio_out_sample_rate, lead_s=lead_s)
+        connection = Connection(session_id, outbox)
         self.connections[session_id] = connection
         return connection
 
@@ -75,14 +77,8 @@ class Bridge:
 
     async def _route(self, frame: EgressMessage) -> None:
         connection = self.connections.get(frame.session_id)
-        if connection is None or connection.overflowed:
-            return
-        if connection.outbox.qsize() >= OUTBOX_LIMIT:
-            connection.overflowed = True  # the sender closes the socket with a reason
-            connection.outbox.put_nowait(None)
-            log.warning("client too slow; closing", extra={"session_id": frame.session_id})
-            return
-        connection.outbox.put_nowait(frame)
+        if connection is not None:
+            connection.outbox.put(frame)
 
     async def _on_control(self, message: ControlMessage) -> None:
         if isinstance(message, StackStatus):

@@ -24,6 +24,7 @@ from common.frames import (
     Heartbeat,
     IngressMessage,
     Ping,
+    PlaybackMark,
     Ready,
     ResultMessage,
     SessionEnd,
@@ -104,6 +105,8 @@ class Orchestrator:
                     await self._to_worker(session, "asr", message)
             case SessionEnd():
                 await self._end_session(message)
+            case PlaybackMark():
+                self._on_playback(message)
 
     async def _start_session(self, start: SessionStart) -> None:
         session = Session(
@@ -171,8 +174,19 @@ class Orchestrator:
     async def _on_speech_start(self, event: VadEvent) -> None:
         """The user speaks while a reply is under way: that reply stops (barge-in)."""
         session = self.sessions.get(event.session_id)
-        if session is not None and session.turn is not None and not session.turn.finished:
+        if session is not None:
             await self._cancel_turn(session, tell_client=True)
+
+    def _on_playback(self, mark: PlaybackMark) -> None:
+        session = self.sessions.get(mark.session_id)
+        turn = session.turn if session is not None else None
+        if session is None or turn is None or turn.turn_id != mark.turn_id or turn.closed:
+            return
+        if mark.text:
+            turn.played.append(mark.text)
+        if mark.done:
+            turn.closed = True
+            session.remember(turn.user_text, turn.reply_text.strip())
 
     async def _on_worker_error(self, error: WorkerError) -> None:
         session = self.sessions.get(error.session_id)
@@ -198,17 +212,17 @@ class Orchestrator:
             language=session.language,
         )
         if not await self._to_worker(session, "llm", request):
-            turn.finished = True
+            turn.cancelled = turn.closed = True
 
     async def _cancel_turn(self, session: Session, *, tell_client: bool) -> None:
-        """Stop the turn in progress everywhere; history keeps only what was spoken."""
+        """Stop the turn in progress everywhere; history keeps only what was heard."""
         turn = session.turn
-        if turn is None or turn.finished:
+        if turn is None or turn.closed:
             return
-        turn.finished = True
+        turn.cancelled = turn.closed = True
         cancel = Cancel(session_id=session.session_id, turn_id=turn.turn_id)
         await transport.send(self._control, cancel, timeout_s=0)
-        session.remember(turn.user_text, " ".join(turn.spoken))
+        session.remember(turn.user_text, " ".join(turn.played))
         if tell_client and turn.audio_started:
             await self._to_client(session, TurnEvent(turn_id=turn.turn_id, event="tts.cancel"))
 
@@ -217,7 +231,7 @@ class Orchestrator:
         if session is None or session.turn is None:
             return None
         turn = session.turn
-        if turn.turn_id != frame.turn_id or turn.finished:
+        if turn.turn_id != frame.turn_id or not turn.active:
             return None  # a superseded or cancelled turn: its late frames go nowhere
         return session, turn
 
@@ -267,18 +281,19 @@ class Orchestrator:
         if not turn.audio_started:
             turn.audio_started = True
             await self._to_client(session, TurnEvent(turn_id=turn.turn_id, event="tts.start"))
-        if chunk.payload:
+        request_id = chunk.request_id
+        if chunk.payload or chunk.is_final:  # the final marker tells the gateway a phrase ended
             turn.audio_seq += 1
             chunk.seq, chunk.request_id = turn.audio_seq, ""
             await self._to_client(session, chunk)
         if chunk.is_final:
-            turn.spoken.append(turn.in_flight.pop(chunk.request_id or "", ""))
+            turn.in_flight.pop(request_id, None)
             await self._pump_tts(session, turn)
 
     async def _finish_turn(self, session: Session, turn: Turn) -> None:
-        turn.finished = True
+        """All audio is forwarded; the history is written when the gateway says it was sent."""
+        turn.forwarded_all = True
         reply = turn.reply_text.strip()
-        session.remember(turn.user_text, reply)
         await self._to_client(session, TurnEvent(turn_id=turn.turn_id, event="tts.end", text=reply))
         log.info("turn done", extra={"session_id": session.session_id, "turn_id": turn.turn_id})
 

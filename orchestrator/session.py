@@ -21,13 +21,20 @@ class Turn:
     reply_text: str = ""
     pending: deque[str] = field(default_factory=deque)
     in_flight: dict[str, str] = field(default_factory=dict)  # request_id -> phrase text
-    spoken: list[str] = field(default_factory=list)  # phrases whose audio was all forwarded
+    played: list[str] = field(default_factory=list)  # phrases the gateway says were heard
     phrases: int = 0
     llm_done: bool = False
     audio_started: bool = False
     audio_seq: int = 0
     token_seq: int = 0
-    finished: bool = False
+    forwarded_all: bool = False  # tts.end sent: nothing more to generate or forward
+    cancelled: bool = False
+    closed: bool = False  # in the history; nothing more to do
+
+    @property
+    def active(self) -> bool:
+        """Still generating or forwarding (frames for it are wanted)."""
+        return not (self.cancelled or self.forwarded_all)
 
     def queue_phrase(self, phrase: str) -> None:
         """Bounded without loss: past the bound a phrase joins the last queued one."""

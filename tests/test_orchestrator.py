@@ -23,6 +23,7 @@ from common.frames import (
     ControlMessage,
     EgressMessage,
     GenerateRequest,
+    PlaybackMark,
     Ready,
     SessionStart,
     StackStatus,
@@ -163,7 +164,9 @@ def test_a_full_turn_streams_phrases_and_audio_in_order() -> None:
         tokens = [f.token for f in frames if isinstance(f, TokenChunk)]
         assert "".join(tokens) == "Hello there, my good friend. Harare is big."
         audio = [f for f in frames if isinstance(f, AudioChunk)]
-        assert [a.seq for a in audio] == list(range(1, 7))  # strictly increasing, no gaps
+        assert [a.seq for a in audio] == list(range(1, 10))  # strictly increasing, no gaps
+        marks = [a.text for a in audio if a.is_final and not a.payload]  # phrase ends, for pacing
+        assert marks == ["Hello there,", "my good friend.", "Harare is big."]
         kinds = [f.event for f in frames if isinstance(f, TurnEvent)]
         assert kinds == ["tts.start", "tts.end"]
 
@@ -177,6 +180,7 @@ def test_history_carries_earlier_turns() -> None:
                                   seq=9, is_final=True))
         await synthesize(h, await h.worker_got("tts"))
         await drain_client(h, "tts.end")
+        await transport.send(h.ingress, PlaybackMark(session_id=SID, turn_id=1, done=True))
         second = await h.speak_reply(2, ["Ok", "."])
         contents = [(m.role, m.content) for m in second.messages]
         assert contents == [("system", "SYSTEM"), ("user", "question 1"),
@@ -190,6 +194,8 @@ def test_speech_during_the_reply_cancels_it_and_keeps_only_what_was_spoken() -> 
         request = await h.speak_reply(1, ["One", " two", ".", " Three", " four", " five", ".", " Six", " seven", " eight", "."])
         first = await h.worker_got("tts")
         await synthesize(h, first)
+        await transport.send(h.ingress, PlaybackMark(session_id=SID, turn_id=1, text=first.text))
+        await asyncio.sleep(0.3)  # the mark and the VAD event travel on different sockets
         await h.result(VadEvent(session_id=SID, turn_id=2, event="speech_start", at_ms=5000))
         cancel = await h.recv(h.control, decoder(ControlMessage))
         while not isinstance(cancel, Cancel):

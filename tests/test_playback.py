@@ -1,0 +1,93 @@
+"""The client outbox: events overtake audio, audio is paced, cancels drop unsent audio."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from common.frames import AudioChunk, TokenChunk, TranscriptChunk, TurnEvent
+from gateway.playback import Outbox
+
+FRAME = b"\x01\x00" * 320  # 20 ms at 16 kHz
+
+
+def audio(turn: int, n: int) -> list[AudioChunk]:
+    return [AudioChunk(turn_id=turn, seq=i + 1, payload=FRAME) for i in range(n)]
+
+
+async def take(box: Outbox, n: int) -> list:
+    return [await asyncio.wait_for(box.next(), 5) for _ in range(n)]
+
+
+def test_events_overtake_queued_audio() -> None:
+    async def main() -> None:
+        box = Outbox(lead_s=0.0)
+        for frame in [TurnEvent(turn_id=1, event="tts.start"), *audio(1, 50)]:
+            box.put(frame)
+        await take(box, 3)
+        box.put(TokenChunk(turn_id=1, token="hi"))
+        nxt = await take(box, 1)
+        assert isinstance(nxt[0], TokenChunk)
+
+    asyncio.run(main())
+
+
+def test_audio_is_paced_at_real_time_after_the_lead() -> None:
+    async def main() -> None:
+        box = Outbox(lead_s=0.2)
+        for frame in audio(1, 50):  # one second
+            box.put(frame)
+        started = time.monotonic()
+        frames = await take(box, 50)
+        elapsed = time.monotonic() - started
+        assert [f.seq for f in frames] == list(range(1, 51))
+        assert elapsed >= 1.0 - 0.2 - 0.05  # never faster than playback minus the lead
+        assert elapsed < 5.0
+
+    asyncio.run(main())
+
+
+def test_tts_end_follows_its_audio() -> None:
+    async def main() -> None:
+        box = Outbox(lead_s=10.0)
+        for frame in [TurnEvent(turn_id=1, event="tts.start"), *audio(1, 3),
+                      TurnEvent(turn_id=1, event="tts.end")]:
+            box.put(frame)
+        kinds = [getattr(f, "event", "audio") for f in await take(box, 5)]
+        assert kinds == ["tts.start", "audio", "audio", "audio", "tts.end"]
+
+    asyncio.run(main())
+
+
+def test_cancel_drops_unsent_audio_of_that_turn_only() -> None:
+    async def main() -> None:
+        box = Outbox(lead_s=0.0)
+        for frame in audio(1, 40):
+            box.put(frame)
+        await take(box, 2)
+        box.put(TurnEvent(turn_id=1, event="tts.cancel"))
+        for frame in audio(2, 2):
+            box.put(frame)
+        got = await take(box, 3)
+        assert isinstance(got[0], TurnEvent) and got[0].event == "tts.cancel"
+        assert [f.turn_id for f in got[1:]] == [2, 2]
+        assert not box.audio
+
+    asyncio.run(main())
+
+
+def test_superseded_partials_are_dropped_but_finals_never() -> None:
+    box = Outbox()
+    box.put(TranscriptChunk(text="what", is_final=False))
+    box.put(TranscriptChunk(text="what is", is_final=False))
+    box.put(TranscriptChunk(text="what is the", is_final=True))
+    box.put(TranscriptChunk(text="and", is_final=False))
+    assert [f.text for f in box.events] == ["what is", "what is the", "and"]
+    assert box.dropped_partials == 1
+
+
+def test_a_client_that_never_reads_overflows_instead_of_growing() -> None:
+    box = Outbox(limit=10)
+    for frame in audio(1, 20):
+        box.put(frame)
+    assert box.overflowed and len(box.audio) == 10
