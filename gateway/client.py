@@ -55,6 +55,7 @@ class TalkResult:
     v2v_ms: float | None = None
     asr_final_ms: float | None = None
     first_token_ms: float | None = None
+    partial_lags_ms: list[float] = field(default_factory=list)  # receipt - audio time of its end
     completed: bool = False
 
     def summary(self) -> dict[str, Any]:
@@ -139,6 +140,8 @@ class Talker:
         kind = event.get("type")
         if kind == "asr.partial":
             self.result.partials.append(event["text"])
+            audio_time = self.t0 + event.get("end_ms", 0) / 1000
+            self.result.partial_lags_ms.append((time.monotonic() - audio_time) * 1000)
         elif kind == "asr.final":
             self.result.transcript = " ".join(filter(None, [self.result.transcript, event["text"]]))
             self.result.asr_final_ms = self._since_speech_end_ms()

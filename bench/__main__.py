@@ -1,0 +1,197 @@
+"""`make bench`: latency of the real stack, and the ASR / streaming comparisons, as JSON.
+
+1. Starts the five-process stack on free loopback ports and streams the synthetic questions in
+   real time over the WebSocket: one session at a time, then 4 concurrent sessions.
+2. Stops the stack, then in this process on the same clips and models: stock faster-whisper
+   `transcribe()` against Inzwa's ASR path (latency and word error rate), and a sequential
+   non-streaming cascade (transcribe all, generate all, synthesize all) for time to first audio.
+
+Prints a table and writes bench/results/latest.json. Figures are medians and P95 over one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asr_worker.wer import corpus_wer
+from common.audio import pcm16_to_float
+from common.models import resolve
+from common.settings import Settings
+from gateway.client import Talker, TalkResult, load_clip, speech_end_s
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "speech"
+RESULTS = ROOT / "bench" / "results"
+
+
+def pct(values: list[float], q: float) -> float | None:
+    clean = [v for v in values if v is not None]
+    return None if not clean else round(float(np.percentile(clean, q)), 1)
+
+
+def summarize(values: list[float]) -> dict[str, Any]:
+    return {"p50": pct(values, 50), "p95": pct(values, 95), "n": len([v for v in values if v is not None])}
+
+
+def questions() -> list[Path]:
+    return sorted(FIXTURES.glob("q_*.wav"))
+
+
+async def one_turn(url: str, clip: Path) -> TalkResult:
+    return await Talker(load_clip(clip)).run(url, timeout_s=90)
+
+
+def turn_figures(results: list[TalkResult]) -> dict[str, Any]:
+    def first_audio_after_token(r: TalkResult) -> float | None:
+        if r.v2v_ms is None or r.first_token_ms is None:
+            return None
+        return r.v2v_ms - r.first_token_ms
+
+    def ttft(r: TalkResult) -> float | None:
+        if r.first_token_ms is None or r.asr_final_ms is None:
+            return None
+        return r.first_token_ms - r.asr_final_ms
+
+    return {
+        "turns": len(results),
+        "failed": sum(1 for r in results if not r.completed or r.errors),
+        "v2v_ms": summarize([r.v2v_ms for r in results]),
+        "asr_final_ms": summarize([r.asr_final_ms for r in results]),
+        "asr_partial_ms": summarize([lag for r in results for lag in r.partial_lags_ms]),
+        "llm_ttft_ms": summarize([ttft(r) for r in results]),
+        "tts_first_audio_ms": summarize([first_audio_after_token(r) for r in results]),
+    }
+
+
+async def sessions(url: str, rounds: int, concurrency: int) -> list[TalkResult]:
+    clips = questions()
+    results: list[TalkResult] = []
+    for round_index in range(rounds):
+        batch = [clips[(round_index * concurrency + i) % len(clips)] for i in range(concurrency)]
+        results += await asyncio.gather(*(one_turn(url, clip) for clip in batch))
+    return results
+
+
+def stack_figures(rounds: int) -> dict[str, Any]:
+    from tests.stack import Stack
+
+    with tempfile.TemporaryDirectory(prefix="inzwa-bench-") as run_dir:
+        stack = Stack(Path(run_dir))
+        try:
+            stack.start()
+            asyncio.run(one_turn(stack.url, questions()[0]))  # warm every path once
+            single = asyncio.run(sessions(stack.url, rounds * len(questions()), 1))
+            concurrent = asyncio.run(sessions(stack.url, rounds * 2, 4))
+        finally:
+            stack.stop()
+    return {"one_session": turn_figures(single), "four_sessions": turn_figures(concurrent)}
+
+
+def timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    out = fn(*args)
+    return out, (time.perf_counter() - started) * 1000
+
+
+def human_clips() -> list[tuple[Path, str]]:
+    rows = (FIXTURES / "transcripts.tsv").read_text().splitlines()[1:]
+    return [(FIXTURES / name, text) for name, text in (row.split("\t", 1) for row in rows)]
+
+
+def asr_comparison(settings: Settings) -> dict[str, Any]:
+    """Stock faster-whisper transcribe() against Inzwa's ASR path, same model, same clips."""
+    from asr_worker.engine import WhisperEngine
+
+    engine = WhisperEngine.load(resolve(settings.asr_model, settings.models_dir),
+                                compute_type=settings.asr_compute_type, threads=settings.asr_threads)
+    engine.warmup()
+    stock_ms, fast_ms, stock_pairs, fast_pairs = [], [], [], []
+    for path, reference in human_clips():
+        audio = pcm16_to_float(load_clip(path))
+        stock, t_stock = timed(engine.transcribe_stock, audio, "en")
+        fast, t_fast = timed(engine.transcribe, audio, "en")
+        stock_ms.append(t_stock)
+        fast_ms.append(t_fast)
+        stock_pairs.append((reference, stock.text))
+        fast_pairs.append((reference, fast.text))
+    return {
+        "clips": len(stock_ms),
+        "stock_transcribe_ms": summarize(stock_ms),
+        "inzwa_asr_ms": summarize(fast_ms),
+        "latency_ratio_p50": round(statistics.median(stock_ms) / statistics.median(fast_ms), 2),
+        "stock_wer": round(corpus_wer(stock_pairs), 4),
+        "inzwa_wer": round(corpus_wer(fast_pairs), 4),
+    }
+
+
+def sequential_baseline(settings: Settings) -> dict[str, Any]:
+    """Transcribe the whole utterance, generate the whole reply, synthesize it all."""
+    from asr_worker.engine import WhisperEngine
+    from llm_worker.engine import LlamaCppEngine
+    from tts_worker.engine import PiperVoice
+
+    asr = WhisperEngine.load(resolve(settings.asr_model, settings.models_dir),
+                             compute_type=settings.asr_compute_type, threads=settings.asr_threads)
+    llm = LlamaCppEngine.load(resolve(settings.llm_model, settings.models_dir),
+                              threads=settings.llm_threads, temperature=settings.llm_temperature)
+    tts = PiperVoice.load(resolve(settings.tts_model, settings.models_dir), threads=settings.tts_threads)
+    for engine in (asr, llm, tts):
+        engine.warmup()
+    totals = []
+    for clip in questions():
+        pcm = load_clip(clip)
+        speech = pcm16_to_float(pcm)[: int(speech_end_s(pcm) * 16000)]
+        started = time.perf_counter()
+        text = asr.transcribe_stock(speech, settings.effective_asr_language).text
+        messages = [{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": text}]
+        reply = "".join(llm.generate_stream(messages, max_new_tokens=settings.llm_max_new_tokens))
+        audio = list(tts.synthesize_stream(reply))
+        totals.append((time.perf_counter() - started) * 1000)
+        assert audio, "the baseline produced no audio"
+    return {"time_to_first_audio_ms": summarize(totals),
+            "with_end_of_turn_ms": summarize([t + settings.vad_silence_ms for t in totals])}
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(f"{'figure':<40}{'p50':>10}{'p95':>10}")
+    for scope in ("one_session", "four_sessions"):
+        for name, value in report["stack"][scope].items():
+            if isinstance(value, dict):
+                print(f"{scope + '.' + name:<40}{value['p50']!s:>10}{value['p95']!s:>10}")
+    asr = report["asr"]
+    print(f"asr latency ratio (stock / inzwa)       {asr['latency_ratio_p50']:>10}")
+    print(f"wer stock / inzwa                       {asr['stock_wer']:>10}{asr['inzwa_wer']:>10}")
+    print(f"ttfa ratio (sequential / streaming)     {report['ttfa_ratio_p50']:>10}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=2, help="passes over the question clips")
+    args = parser.parse_args()
+    settings = Settings()
+    report: dict[str, Any] = {"machine": {"cpus": __import__("os").cpu_count(),
+                                          "python": platform.python_version()},
+                              "stack": stack_figures(args.rounds)}
+    report["asr"] = asr_comparison(settings)
+    report["sequential"] = sequential_baseline(settings)
+    streaming = report["stack"]["one_session"]["v2v_ms"]["p50"]
+    baseline = report["sequential"]["with_end_of_turn_ms"]["p50"]
+    report["ttfa_ratio_p50"] = round(baseline / streaming, 2) if streaming else None
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
+    print_table(report)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
