@@ -29,7 +29,6 @@ def settings() -> Settings:
 def whisper_engine(settings: Settings):
     """The real Whisper engine, loaded once for every test that needs it."""
     from asr_worker.engine import WhisperEngine
-
     from common.models import resolve
 
     path = resolve(settings.asr_model, settings.models_dir)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import websockets
-from asr_worker.wer import normalize
 
+from asr_worker.wer import normalize
 from common.audio import SAMPLE_RATE, pcm16_to_float, rms_dbfs
 from gateway.client import TalkResult, talk
 from tests.stack import Stack

@@ -7,6 +7,7 @@ phrase streaming, turn completion, history and barge-in are checked without load
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,7 +34,6 @@ from common.frames import (
     TurnEvent,
     VadEvent,
     decoder,
-    encode,
 )
 from common.settings import Settings
 from orchestrator.service import Orchestrator
@@ -59,7 +59,8 @@ class Harness:
 
     async def announce(self) -> None:
         for kind in self.work:
-            ready = Ready(kind=kind, instance_id=f"{kind}-fake", endpoint=self.settings.work_endpoint(kind, 0))
+            endpoint = self.settings.work_endpoint(kind, 0)
+            ready = Ready(kind=kind, instance_id=f"{kind}-fake", endpoint=endpoint)
             await transport.send(self.results, ready)
 
     async def beat_forever(self) -> None:
@@ -99,6 +100,11 @@ class Harness:
             await self.result(TokenChunk(session_id=SID, turn_id=request.turn_id, seq=seq,
                                          request_id=request.request_id, token=token))
         return request
+
+
+def tokens(text: str) -> list[str]:
+    """LLM-like tokens: words with their leading space, punctuation on its own."""
+    return re.findall(r" ?\w+|[^\w\s]", text)
 
 
 def run(scenario: Callable[[Harness], Awaitable[None]]) -> None:
@@ -147,7 +153,7 @@ def test_audio_goes_to_the_pinned_asr_instance() -> None:
 
 def test_a_full_turn_streams_phrases_and_audio_in_order() -> None:
     async def scenario(h: Harness) -> None:
-        request = await h.speak_reply(1, ["Hello", " there", ",", " my", " good", " friend", ".", " Harare", " is", " big", "."])
+        request = await h.speak_reply(1, tokens("Hello there, my good friend. Harare is big."))
         assert [m.role for m in request.messages] == ["system", "user"]
         assert request.messages[0].content == "SYSTEM"
         first = await h.worker_got("tts")
@@ -191,7 +197,7 @@ def test_history_carries_earlier_turns() -> None:
 
 def test_speech_during_the_reply_cancels_it_and_keeps_only_what_was_spoken() -> None:
     async def scenario(h: Harness) -> None:
-        request = await h.speak_reply(1, ["One", " two", ".", " Three", " four", " five", ".", " Six", " seven", " eight", "."])
+        request = await h.speak_reply(1, tokens("One two. Three four five. Six seven eight."))
         first = await h.worker_got("tts")
         await synthesize(h, first)
         await transport.send(h.ingress, PlaybackMark(session_id=SID, turn_id=1, text=first.text))
