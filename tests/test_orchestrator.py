@@ -102,7 +102,7 @@ class Harness:
         return request
 
 
-def tokens(text: str) -> list[str]:
+def llm_tokens(text: str) -> list[str]:
     """LLM-like tokens: words with their leading space, punctuation on its own."""
     return re.findall(r" ?\w+|[^\w\s]", text)
 
@@ -153,7 +153,7 @@ def test_audio_goes_to_the_pinned_asr_instance() -> None:
 
 def test_a_full_turn_streams_phrases_and_audio_in_order() -> None:
     async def scenario(h: Harness) -> None:
-        request = await h.speak_reply(1, tokens("Hello there, my good friend. Harare is big."))
+        request = await h.speak_reply(1, llm_tokens("Hello there, my good friend. Harare is big."))
         assert [m.role for m in request.messages] == ["system", "user"]
         assert request.messages[0].content == "SYSTEM"
         first = await h.worker_got("tts")
@@ -197,7 +197,7 @@ def test_history_carries_earlier_turns() -> None:
 
 def test_speech_during_the_reply_cancels_it_and_keeps_only_what_was_spoken() -> None:
     async def scenario(h: Harness) -> None:
-        request = await h.speak_reply(1, tokens("One two. Three four five. Six seven eight."))
+        request = await h.speak_reply(1, llm_tokens("One two. Three four five. Six seven eight."))
         first = await h.worker_got("tts")
         await synthesize(h, first)
         await transport.send(h.ingress, PlaybackMark(session_id=SID, turn_id=1, text=first.text))
