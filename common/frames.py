@@ -166,10 +166,19 @@ class Heartbeat(Frame):
 
 
 class VadEvent(Frame):
-    """Speech activity seen by the ASR worker: "speech_start" (barge-in) or "speech_end"."""
+    """Speech activity seen by the ASR worker: "speech_start" (a new utterance; barge-in) or
+    "speech_resume" (speech again after a pause inside the same utterance)."""
 
     event: str = ""
     at_ms: int = 0
+
+
+class TurnHypothesis(Frame):
+    """The speaker paused: the whole utterance so far, transcribed, for an early reply."""
+
+    text: str = ""
+    at_ms: int = 0
+    language: str = ""
 
 
 class WorkerError(Frame):
@@ -182,7 +191,14 @@ IngressMessage = SessionStart | AudioIn | EndTurn | SessionEnd | PlaybackMark
 EgressMessage = TranscriptChunk | TokenChunk | AudioChunk | TurnEvent | ErrorEvent
 ControlMessage = Cancel | Ping | StackStatus
 ResultMessage = (
-    Ready | Heartbeat | WorkerError | VadEvent | TranscriptChunk | TokenChunk | AudioChunk
+    Ready
+    | Heartbeat
+    | WorkerError
+    | VadEvent
+    | TurnHypothesis
+    | TranscriptChunk
+    | TokenChunk
+    | AudioChunk
 )
 AsrWork = SessionStart | AudioIn | EndTurn | SessionEnd
 LlmWork = GenerateRequest

@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     vad_silence_ms: int = 500  # trailing silence that ends a turn
     vad_min_speech_ms: int = 200  # speech shorter than this does not open a turn
     asr_partial_interval_ms: int = 300
+    early_reply: bool = True  # start the LLM at a pause, before the end of turn is certain
+    early_pause_ms: int = 200  # silence inside speech that counts as a pause
 
     llm_engine: Literal["llama-cpp", "vllm"] = "llama-cpp"
     llm_model: str = "smollm2-135m"

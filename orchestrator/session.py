@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from common.frames import ChatMessage
+from common.frames import ChatMessage, Frame
 from orchestrator.phrases import PhraseCutter
 
 PHRASE_QUEUE = 8  # phrases waiting for TTS per session (the seed's bounded queues of 8)
@@ -17,7 +17,9 @@ class Turn:
     turn_id: int
     user_text: str
     request_id: str
+    speculative: bool = False  # an early reply: frames are held until the final transcript
     cutter: PhraseCutter = field(default_factory=PhraseCutter)
+    held: list[Frame] = field(default_factory=list)
     reply_text: str = ""
     pending: deque[str] = field(default_factory=deque)
     in_flight: dict[str, str] = field(default_factory=dict)  # request_id -> phrase text

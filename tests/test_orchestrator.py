@@ -32,6 +32,7 @@ from common.frames import (
     TokenChunk,
     TranscriptChunk,
     TurnEvent,
+    TurnHypothesis,
     VadEvent,
     decoder,
 )
@@ -73,6 +74,9 @@ class Harness:
 
     async def worker_got(self, kind: str) -> Any:
         return await self.recv(self.work[kind], self.decoders[kind])
+
+    async def recv_for(self, seconds: float) -> Any:
+        return decoder(EgressMessage).decode(await asyncio.wait_for(self.egress.recv(), seconds))
 
     async def client_got(self) -> Any:
         return await self.recv(self.egress, decoder(EgressMessage))
@@ -226,3 +230,53 @@ async def drain_client_until_token(h: Harness) -> list[Any]:
         frames.append(frame)
         if isinstance(frame, TokenChunk):
             return frames
+
+
+async def client_frames_for(h: Harness, seconds: float) -> list[Any]:
+    frames = []
+    try:
+        while True:
+            frames.append(await h.recv_for(seconds))
+    except TimeoutError:
+        return frames
+
+
+def test_an_early_reply_is_held_until_the_final_confirms_it() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.result(TurnHypothesis(session_id=SID, turn_id=1, text="Will it rain?"))
+        request = await h.worker_got("llm")
+        for seq, token in enumerate(llm_tokens("Maybe, take an umbrella.")):
+            await h.result(TokenChunk(session_id=SID, turn_id=request.turn_id, seq=seq,
+                                      request_id=request.request_id, token=token))
+        await h.result(TokenChunk(session_id=SID, turn_id=request.turn_id, seq=99,
+                                  request_id=request.request_id, is_final=True))
+        await synthesize(h, await h.worker_got("tts"))
+        assert await client_frames_for(h, 0.5) == []  # nothing reaches the client yet
+        await h.result(TranscriptChunk(session_id=SID, turn_id=1, text="will it rain", is_final=True))
+        frames = await client_frames_for(h, 0.5)
+        assert isinstance(frames[0], TranscriptChunk) and frames[0].is_final
+        assert "".join(f.token for f in frames if isinstance(f, TokenChunk)) == "Maybe, take an umbrella."
+        assert any(isinstance(f, AudioChunk) and f.payload for f in frames)
+        assert [f.event for f in frames if isinstance(f, TurnEvent)] == ["tts.start", "tts.end"]
+
+    run(scenario)
+
+
+def test_an_early_reply_leaves_no_trace_when_the_speaker_goes_on() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.result(TurnHypothesis(session_id=SID, turn_id=1, text="Tell me"))
+        speculative = await h.worker_got("llm")
+        await h.result(TokenChunk(session_id=SID, turn_id=speculative.turn_id, seq=0,
+                                  request_id=speculative.request_id, token="Sure"))
+        await h.result(VadEvent(session_id=SID, turn_id=1, event="speech_resume"))
+        cancel = await h.recv(h.control, decoder(ControlMessage))
+        while not isinstance(cancel, Cancel):
+            cancel = await h.recv(h.control, decoder(ControlMessage))
+        assert cancel.turn_id == speculative.turn_id
+        request = await h.speak_reply(1, llm_tokens("A story."))
+        assert request.turn_id != speculative.turn_id
+        assert [m.content for m in request.messages] == ["SYSTEM", "question 1"]  # no trace
+        frames = await client_frames_for(h, 0.5)
+        assert "Sure" not in [f.token for f in frames if isinstance(f, TokenChunk)]
+
+    run(scenario)

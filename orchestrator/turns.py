@@ -1,0 +1,206 @@
+"""The life of a reply turn: generate, cut into phrases, synthesize, forward, cancel, remember.
+
+Early reply: when the speaker pauses, the ASR sends a hypothesis of the whole utterance and a
+*speculative* turn starts at once. Its tokens and audio are held back from the client. If the
+final transcript says the same, the turn is committed and the held frames flow out (the LLM and
+TTS time was hidden behind the end-of-turn silence); if the speaker went on, or said something
+else, the speculative turn is cancelled quietly: no client frame, no history.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+
+from common.frames import (
+    AudioChunk,
+    Cancel,
+    Frame,
+    GenerateRequest,
+    PlaybackMark,
+    SynthesizeRequest,
+    TokenChunk,
+    TranscriptChunk,
+    TurnEvent,
+    TurnHypothesis,
+)
+from common.settings import Settings
+from orchestrator.session import TTS_WINDOW, Session, Turn
+
+log = logging.getLogger(__name__)
+
+ToWorker = Callable[[Session, str, Frame], Awaitable[bool]]
+ToClient = Callable[[Session, Frame], Awaitable[None]]
+Publish = Callable[[Frame], Awaitable[None]]
+
+
+def same_words(a: str, b: str) -> bool:
+    def words(text: str) -> list[str]:
+        return re.sub(r"[^\w\s']", " ", text.lower()).split()
+
+    return words(a) == words(b)
+
+
+class Turns:
+    def __init__(
+        self, settings: Settings, to_worker: ToWorker, to_client: ToClient, publish: Publish
+    ) -> None:
+        self.settings = settings
+        self.to_worker = to_worker
+        self.to_client = to_client
+        self.publish = publish
+
+    # --- what the user said --------------------------------------------------------------------
+
+    async def on_final(self, session: Session, chunk: TranscriptChunk) -> None:
+        turn = session.turn
+        if turn is not None and turn.speculative and not turn.cancelled:
+            if same_words(turn.user_text, chunk.text):
+                await self._commit(session, turn, chunk.text)
+                return
+            await self.cancel(session, tell_client=False)
+        await self.start(session, chunk.text)
+
+    async def on_hypothesis(self, session: Session, hypothesis: TurnHypothesis) -> None:
+        if not self.settings.early_reply or not hypothesis.text.strip():
+            return
+        turn = session.turn
+        if turn is not None and turn.speculative and not turn.cancelled:
+            if same_words(turn.user_text, hypothesis.text):
+                return  # already answering exactly this
+            await self.cancel(session, tell_client=False)
+        await self.start(session, hypothesis.text, speculative=True)
+
+    async def on_speech(self, session: Session, event: str) -> None:
+        """New speech: a barge-in on a reply being played, or the end of a speculation."""
+        turn = session.turn
+        if turn is None or turn.closed:
+            return
+        if turn.speculative or event == "speech_start":
+            await self.cancel(session, tell_client=True)
+
+    def on_playback(self, session: Session, mark: PlaybackMark) -> None:
+        turn = session.turn
+        if turn is None or turn.turn_id != mark.turn_id or turn.closed:
+            return
+        if mark.text:
+            turn.played.append(mark.text)
+        if mark.done:
+            turn.closed = True
+            session.remember(turn.user_text, turn.reply_text.strip())
+
+    # --- starting, committing, cancelling --------------------------------------------------------
+
+    async def start(self, session: Session, user_text: str, *, speculative: bool = False) -> None:
+        await self.cancel(session, tell_client=True)
+        session.turns += 1
+        turn_id = session.turns
+        turn = Turn(turn_id, user_text, request_id=f"{session.session_id}:{turn_id}:llm",
+                    speculative=speculative)
+        session.turn = turn
+        request = GenerateRequest(
+            session_id=session.session_id,
+            turn_id=turn_id,
+            request_id=turn.request_id,
+            messages=session.prompt(self.settings.system_prompt, user_text),
+            max_new_tokens=self.settings.llm_max_new_tokens,
+            language=session.language,
+        )
+        if not await self.to_worker(session, "llm", request):
+            turn.cancelled = turn.closed = True
+
+    async def _commit(self, session: Session, turn: Turn, final_text: str) -> None:
+        turn.speculative = False
+        turn.user_text = final_text
+        held, turn.held = turn.held, []
+        log.info("early reply committed", extra={"session_id": session.session_id, "held": len(held)})
+        for frame in held:
+            await self.to_client(session, frame)
+
+    async def cancel(self, session: Session, *, tell_client: bool) -> None:
+        """Stop the turn in progress everywhere; history keeps only what was heard."""
+        turn = session.turn
+        if turn is None or turn.closed:
+            return
+        turn.cancelled = turn.closed = True
+        await self.publish(Cancel(session_id=session.session_id, turn_id=turn.turn_id))
+        if turn.speculative:
+            return  # never shown to the client: leaves no trace
+        session.remember(turn.user_text, " ".join(turn.played))
+        if tell_client and turn.audio_started:
+            await self.to_client(session, TurnEvent(turn_id=turn.turn_id, event="tts.cancel"))
+
+    # --- what the workers produce ------------------------------------------------------------------
+
+    @staticmethod
+    def current(session: Session, frame: Frame) -> Turn | None:
+        turn = session.turn
+        if turn is None or turn.turn_id != frame.turn_id or not turn.active:
+            return None  # a superseded or cancelled turn: its late frames go nowhere
+        return turn
+
+    async def _emit(self, session: Session, turn: Turn, frame: Frame) -> None:
+        if turn.speculative:
+            turn.held.append(frame)
+        else:
+            await self.to_client(session, frame)
+
+    async def on_token(self, session: Session, chunk: TokenChunk) -> None:
+        turn = self.current(session, chunk)
+        if turn is None or chunk.request_id != turn.request_id:
+            return
+        if chunk.token:
+            turn.reply_text += chunk.token
+            turn.token_seq += 1
+            token = TokenChunk(turn_id=turn.turn_id, seq=turn.token_seq, token=chunk.token)
+            await self._emit(session, turn, token)
+            for phrase in turn.cutter.feed(chunk.token):
+                turn.queue_phrase(phrase)
+        if chunk.is_final:
+            for phrase in turn.cutter.flush():
+                turn.queue_phrase(phrase)
+            turn.llm_done = True
+        await self._pump_tts(session, turn)
+
+    async def _pump_tts(self, session: Session, turn: Turn) -> None:
+        """Hand queued phrases to TTS, keeping at most TTS_WINDOW there at once."""
+        while turn.pending and len(turn.in_flight) < TTS_WINDOW:
+            phrase = turn.pending.popleft()
+            turn.phrases += 1
+            request_id = f"{session.session_id}:{turn.turn_id}:tts:{turn.phrases}"
+            turn.in_flight[request_id] = phrase
+            request = SynthesizeRequest(
+                session_id=session.session_id,
+                turn_id=turn.turn_id,
+                request_id=request_id,
+                text=phrase,
+                language=session.language,
+                sample_rate=self.settings.audio_out_sample_rate,
+            )
+            await self.to_worker(session, "tts", request)
+        if turn.complete:
+            await self._finish(session, turn)
+
+    async def on_audio(self, session: Session, chunk: AudioChunk) -> None:
+        turn = self.current(session, chunk)
+        if turn is None or chunk.request_id not in turn.in_flight:
+            return
+        if not turn.audio_started:
+            turn.audio_started = True
+            await self._emit(session, turn, TurnEvent(turn_id=turn.turn_id, event="tts.start"))
+        request_id = chunk.request_id
+        if chunk.payload or chunk.is_final:  # the final marker tells the gateway a phrase ended
+            turn.audio_seq += 1
+            chunk.seq, chunk.request_id = turn.audio_seq, ""
+            await self._emit(session, turn, chunk)
+        if chunk.is_final:
+            turn.in_flight.pop(request_id, None)
+            await self._pump_tts(session, turn)
+
+    async def _finish(self, session: Session, turn: Turn) -> None:
+        """All audio is forwarded; the history is written when the gateway says it was sent."""
+        turn.forwarded_all = True
+        end = TurnEvent(turn_id=turn.turn_id, event="tts.end", text=turn.reply_text.strip())
+        await self._emit(session, turn, end)
+        log.info("turn done", extra={"session_id": session.session_id, "turn_id": turn.turn_id})
