@@ -181,6 +181,15 @@ class TurnHypothesis(Frame):
     language: str = ""
 
 
+class WorkerExited(Frame):
+    """From the watchdog: a worker process died (don't wait for its heartbeats to stop)."""
+
+    kind: str = ""
+    program: str = ""
+    instance: int = 0
+    gave_up: bool = False  # its restart budget is spent: it stays down
+
+
 class WorkerError(Frame):
     kind: str = ""
     code: str = ""
@@ -194,6 +203,7 @@ ResultMessage = (
     Ready
     | Heartbeat
     | WorkerError
+    | WorkerExited
     | VadEvent
     | TurnHypothesis
     | TranscriptChunk

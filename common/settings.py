@@ -96,7 +96,14 @@ class Settings(BaseSettings):
 
     # --- process supervision ---
     run_dir: Path = Path(".run")
+    restart_budget: int = 5  # restarts of one program within restart_window_s before giving up
+    restart_window_s: float = 60.0
+    restart_backoff_s: float = 0.5  # doubles with each restart in the window
+    restart_backoff_max_s: float = 10.0
     instance: int = 0  # replica index of this worker process
+    asr_replicas: int = 1  # read by supervisord (numprocs) through the same variables
+    llm_replicas: int = 1
+    tts_replicas: int = 1
 
     @field_validator("cors_allowed_origins", mode="before")
     @classmethod

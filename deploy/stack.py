@@ -22,6 +22,8 @@ def stack_env(settings: Settings, base: dict[str, str] | None = None) -> dict[st
     env.setdefault("INZWA_PYTHON", sys.executable)
     env.setdefault("INZWA_WORKDIR", os.getcwd())
     env.setdefault("PYTHONUNBUFFERED", "1")
+    for kind in ("ASR", "LLM", "TTS"):
+        env.setdefault(f"INZWA_{kind}_REPLICAS", "1")
     return env
 
 
@@ -41,7 +43,15 @@ def run_foreground(settings: Settings) -> None:
     os.execve(command[0], command, env)
 
 
+WORKERS = ("asr_worker", "llm_worker", "tts_worker")
+
+
+def ctl_args(args: list[str]) -> list[str]:
+    """Worker programs are process groups (replicas): `llm_worker` means all of them."""
+    return [f"{arg}:*" if arg in WORKERS else arg for arg in args]
+
+
 def ctl(settings: Settings, args: list[str]) -> int:
     """supervisorctl against the running stack, e.g. ["restart", "llm_worker"]."""
-    command = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(CONFIG), *args]
+    command = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(CONFIG), *ctl_args(args)]
     return subprocess.call(command, env=stack_env(settings))

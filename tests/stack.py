@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from common.settings import Settings
-from deploy.stack import PROGRAMS, stack_env, supervisord_command
+from deploy.stack import PROGRAMS, ctl_args, stack_env, supervisord_command
 
 ROOT = Path(__file__).resolve().parent.parent
 ZMQ_PORTS = 40  # ports above the base that the stack may bind
@@ -96,16 +96,18 @@ class Stack:
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         command = [self.env["INZWA_PYTHON"], "-m", "supervisor.supervisorctl", "-c",
-                   str(ROOT / "deploy" / "supervisord.conf"), *args]
+                   str(ROOT / "deploy" / "supervisord.conf"), *ctl_args(list(args))]
         return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=60)
 
-    def pids(self) -> dict[str, int]:
+    def pids(self, *, by_process: bool = False) -> dict[str, int]:
+        """Running programs and their pids, by program (or by process, for replicas)."""
         out = self.ctl("status").stdout
         pids = {}
         for line in out.splitlines():
             parts = line.split()
-            if len(parts) >= 4 and parts[1] == "RUNNING" and parts[0] in PROGRAMS:
-                pids[parts[0]] = int(parts[3].rstrip(","))
+            group, _, process = parts[0].partition(":") if parts else ("", "", "")
+            if len(parts) >= 4 and parts[1] == "RUNNING" and group in PROGRAMS:
+                pids[(process or group) if by_process else group] = int(parts[3].rstrip(","))
         return pids
 
     def logs(self, tail: int = 40) -> str:
