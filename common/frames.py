@@ -65,6 +65,7 @@ class SessionStart(Frame):
     language: str = ""
     codec: str = "pcm16"
     sample_rate: int = 16000
+    offset_ms: int = 0  # where the audio that follows sits in the session (replay to a new ASR)
 
 
 class AudioIn(Frame):
@@ -117,6 +118,7 @@ class GenerateRequest(Frame):
     messages: list[ChatMessage] = []
     max_new_tokens: int = 0
     language: str = ""
+    prefix: str = ""  # reply text already sent: a replayed request continues after it
 
 
 class SynthesizeRequest(Frame):

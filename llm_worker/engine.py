@@ -19,8 +19,13 @@ class LLM(Protocol):
         *,
         max_new_tokens: int,
         should_stop: Callable[[], bool] = lambda: False,
+        prefix: str = "",
     ) -> Iterator[str]:
-        """Yield the reply's text pieces as they are generated; stop early when asked."""
+        """Yield the reply's text pieces as they are generated; stop early when asked.
+
+        With `prefix`, the reply already begins with that text (sent before a worker died):
+        generation continues after it and yields only the new text.
+        """
         ...
 
     def warmup(self) -> None: ...
@@ -66,22 +71,48 @@ class LlamaCppEngine:
         *,
         max_new_tokens: int,
         should_stop: Callable[[], bool] = lambda: False,
+        prefix: str = "",
     ) -> Iterator[str]:
         with self._lock:
-            stream = self._llama.create_chat_completion(
-                messages=messages,
-                max_tokens=max_new_tokens,
-                temperature=self._temperature,
-                repeat_penalty=1.1,
-                stream=True,
-            )
+            if prefix:
+                stream = self._continue(messages, prefix, max_new_tokens)
+            else:
+                stream = self._llama.create_chat_completion(
+                    messages=messages,
+                    max_tokens=max_new_tokens,
+                    temperature=self._temperature,
+                    repeat_penalty=1.1,
+                    stream=True,
+                )
             for event in stream:
-                piece = event["choices"][0]["delta"].get("content")
+                choice = event["choices"][0]
+                piece = choice["delta"].get("content") if "delta" in choice else choice.get("text")
                 if piece:
                     yield piece
                 if should_stop():
                     stream.close()  # frees the context for the next request at once
                     return
+
+    def _continue(self, messages: list[dict[str, str]], prefix: str, max_new_tokens: int) -> Any:
+        """A raw completion of the chat template's prompt plus the reply's first part."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        model = self._llama._model  # special tokens' text (detokenize renders them empty)
+        formatter = Jinja2ChatFormatter(
+            template=self._llama.metadata["tokenizer.chat_template"],
+            bos_token=model.token_get_text(self._llama.token_bos()),
+            eos_token=model.token_get_text(self._llama.token_eos()),
+        )
+        formatted = formatter(messages=messages)
+        budget = max(1, max_new_tokens - len(self._llama.tokenize(prefix.encode(), add_bos=False)))
+        return self._llama.create_completion(
+            prompt=formatted.prompt + prefix,
+            max_tokens=budget,
+            temperature=self._temperature,
+            repeat_penalty=1.1,
+            stop=formatted.stop,
+            stream=True,
+        )
 
 
 def load_engine(engine: str, model_path: Path, **options: Any) -> LLM:

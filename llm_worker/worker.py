@@ -49,7 +49,7 @@ class LlmWorker:
         if not stopped():
             pieces = iterate_in_thread(
                 lambda: self.engine.generate_stream(
-                    messages, max_new_tokens=max_new, should_stop=stopped
+                    messages, max_new_tokens=max_new, should_stop=stopped, prefix=request.prefix
                 )
             )
             async for piece in pieces:

@@ -38,6 +38,7 @@ class WorkerRegistry:
         self.liveness_s = liveness_s
         self._instances: dict[str, Instance] = {}
         self._by_endpoint: dict[str, str] = {}
+        self._spare_sockets: dict[str, zmq.asyncio.Socket] = {}
 
     def announce(
         self, kind: str, instance_id: str, endpoint: str, model: str, info: dict[str, str]
@@ -52,7 +53,7 @@ class WorkerRegistry:
             known.last_seen = time.monotonic()
             return known, None
         replaced = self._by_endpoint.get(endpoint)
-        socket = None
+        socket = self._spare_sockets.pop(endpoint, None)
         if replaced is not None and replaced in self._instances:
             socket = self._instances.pop(replaced).socket  # same peer address: keep the socket
         instance = Instance(
@@ -86,12 +87,20 @@ class WorkerRegistry:
         """Forget instances that missed their heartbeats; returns them."""
         dead = [i for i in self._instances.values() if not self.is_alive(i)]
         for instance in dead:
-            del self._instances[instance.instance_id]
-            if self._by_endpoint.get(instance.endpoint) == instance.instance_id:
-                del self._by_endpoint[instance.endpoint]
-            instance.socket.close(linger=0)
-            log.warning("instance lost", extra={"kind": instance.kind, "instance": instance.instance_id})
+            self.drop(instance)
         return dead
+
+    def by_endpoint(self, endpoint: str) -> Instance | None:
+        return self._instances.get(self._by_endpoint.get(endpoint, ""))
+
+    def drop(self, instance: Instance) -> None:
+        """Forget a dead instance. Its socket stays open: a restarted process binds the same
+        endpoint, and ZeroMQ reconnects to it on its own."""
+        self._instances.pop(instance.instance_id, None)
+        self._spare_sockets[instance.endpoint] = instance.socket
+        if self._by_endpoint.get(instance.endpoint) == instance.instance_id:
+            del self._by_endpoint[instance.endpoint]
+        log.warning("instance lost", extra={"kind": instance.kind, "instance": instance.instance_id})
 
     def ready_counts(self) -> dict[str, int]:
         return {kind: len(self.alive(kind)) for kind in KINDS}

@@ -33,10 +33,12 @@ from common.frames import (
     TurnHypothesis,
     VadEvent,
     WorkerError,
+    WorkerExited,
     decoder,
 )
 from common.logs import content
 from common.settings import Settings
+from orchestrator.recovery import Recovery
 from orchestrator.registry import Instance, WorkerRegistry
 from orchestrator.session import Session
 from orchestrator.turns import Turns
@@ -50,8 +52,12 @@ class Orchestrator:
         self.registry = WorkerRegistry(settings.heartbeat_interval_s * settings.heartbeat_liveness)
         self.sessions: dict[str, Session] = {}
         self._egress: dict[str, zmq.asyncio.Socket] = {}
+        self.restarts: dict[str, int] = {}
+        self._max_audio_bytes = int(settings.max_audio_seconds * 32000) + 64000
         self._control = transport.pub(settings.bindable(settings.control), bind=True)
         self.turns = Turns(settings, self._to_worker, self._to_client, self._publish)
+        self.recovery = Recovery(self.sessions, self.registry, self.turns, self._to_worker,
+                                 self._to_client, settings.request_timeout_s)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -84,13 +90,9 @@ class Orchestrator:
                 self._control, StackStatus(ready=self.registry.ready_counts()), timeout_s=0
             )
             for dead in self.registry.reap():
-                self._unpin(dead)
+                await self.recovery.lost(dead.kind, dead.instance_id)
+            await self.recovery.expire_waits()
             await asyncio.sleep(self.settings.heartbeat_interval_s / 2)
-
-    def _unpin(self, dead: Instance) -> None:
-        for session in self.sessions.values():
-            if session.pins.get(dead.kind) == dead.instance_id:
-                del session.pins[dead.kind]
 
     # --- gateways -> orchestrator --------------------------------------------------------------
 
@@ -98,7 +100,12 @@ class Orchestrator:
         match message:
             case SessionStart():
                 await self._start_session(message)
-            case AudioIn() | EndTurn():
+            case AudioIn():
+                session = self.sessions.get(message.session_id)
+                if session is not None:
+                    session.keep_audio(message.pcm, self._max_audio_bytes)
+                    await self._to_worker(session, "asr", message)
+            case EndTurn():
                 session = self.sessions.get(message.session_id)
                 if session is not None:
                     await self._to_worker(session, "asr", message)
@@ -137,9 +144,9 @@ class Orchestrator:
     async def on_result(self, message: ResultMessage) -> None:
         match message:
             case Ready() | Heartbeat():
-                self._announce(message)
-            case TranscriptChunk():
-                await self._on_transcript(message)
+                await self._announce(message)
+            case WorkerExited():
+                await self._on_exited(message)
             case WorkerError():
                 await self._on_worker_error(message)
             case _:
@@ -149,7 +156,12 @@ class Orchestrator:
         session = self.sessions.get(message.session_id)
         if session is None:
             return
+        from_asr = isinstance(message, TranscriptChunk | VadEvent | TurnHypothesis)
+        if from_asr and message.request_id and message.request_id != session.pins.get("asr"):
+            return  # from an ASR instance this session has left (declared dead)
         match message:
+            case TranscriptChunk():
+                await self._on_transcript(session, message)
             case VadEvent():
                 await self.turns.on_speech(session, message.event)
             case TurnHypothesis():
@@ -159,7 +171,7 @@ class Orchestrator:
             case AudioChunk():
                 await self.turns.on_audio(session, message)
 
-    def _announce(self, message: Ready | Heartbeat) -> None:
+    async def _announce(self, message: Ready | Heartbeat) -> None:
         if isinstance(message, Heartbeat) and self.registry.get(message.instance_id):
             self.registry.seen(message.instance_id)
             return
@@ -167,17 +179,25 @@ class Orchestrator:
         _, replaced = self.registry.announce(
             message.kind, message.instance_id, message.endpoint, message.model, info
         )
-        if replaced is not None:
-            for session in self.sessions.values():
-                if session.pins.get(message.kind) == replaced:
-                    session.pins[message.kind] = message.instance_id
+        if replaced is not None:  # restarted on the same endpoint before anyone noticed
+            await self.recovery.lost(message.kind, replaced)
+        await self.recovery.on_ready(message.kind)
 
-    async def _on_transcript(self, chunk: TranscriptChunk) -> None:
-        session = self.sessions.get(chunk.session_id)
-        if session is None:
-            return
+    async def _on_exited(self, exited: WorkerExited) -> None:
+        """The watchdog saw a worker process die: act now, not after missed heartbeats."""
+        self.restarts[exited.kind] = self.restarts.get(exited.kind, 0) + 1
+        if exited.gave_up:
+            log.error("worker restart budget exhausted", extra={"program": exited.program})
+        endpoint = self.settings.work_endpoint(exited.kind, exited.instance)
+        instance = self.registry.by_endpoint(endpoint)
+        if instance is not None:
+            self.registry.drop(instance)
+            await self.recovery.lost(instance.kind, instance.instance_id)
+
+    async def _on_transcript(self, session: Session, chunk: TranscriptChunk) -> None:
         await self._to_client(session, chunk)
         if chunk.is_final:
+            session.audio_heard_until(chunk.end_ms)
             log.info("user turn", extra={"session_id": session.session_id, "text": content(chunk.text)})
             await self.turns.on_final(session, chunk)
 
@@ -196,12 +216,13 @@ class Orchestrator:
     async def _to_worker(self, session: Session, kind: str, frame: Frame) -> bool:
         instance = self._pinned(session, kind)
         if instance is None:
-            await self._to_client(
-                session, ErrorEvent(code=f"{kind}_unavailable", message=f"no {kind} worker is ready")
-            )
+            self.recovery.wait_for(session, kind)
             return False
         frame.session_id = session.session_id
-        return await self.registry.send(instance, frame)
+        if await self.registry.send(instance, frame):
+            return True
+        self.recovery.wait_for(session, kind)  # its socket did not take the frame in time
+        return False
 
     def _pinned(self, session: Session, kind: str) -> Instance | None:
         instance = self.registry.get(session.pins.get(kind))

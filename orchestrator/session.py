@@ -5,11 +5,21 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from common.frames import ChatMessage, Frame
+from common.frames import ChatMessage, Frame, GenerateRequest
 from orchestrator.phrases import PhraseCutter
 
+BYTES_PER_MS = 32  # PCM16 mono at 16 kHz
 PHRASE_QUEUE = 8  # phrases waiting for TTS per session (the seed's bounded queues of 8)
 TTS_WINDOW = 2  # phrases handed to the TTS worker at once: enough to keep it busy, cheap to cancel
+
+
+@dataclass
+class Phrase:
+    """A phrase handed to TTS. After a replay, `skip` frames were already forwarded."""
+
+    text: str
+    skip: int = 0
+    forwarded: int = 0
 
 
 @dataclass
@@ -22,7 +32,9 @@ class Turn:
     held: list[Frame] = field(default_factory=list)
     reply_text: str = ""
     pending: deque[str] = field(default_factory=deque)
-    in_flight: dict[str, str] = field(default_factory=dict)  # request_id -> phrase text
+    in_flight: dict[str, Phrase] = field(default_factory=dict)  # by TTS request_id
+    request: GenerateRequest | None = None  # kept until the LLM's final token, for replay
+    attempts: int = 1
     played: list[str] = field(default_factory=list)  # phrases the gateway says were heard
     phrases: int = 0
     llm_done: bool = False
@@ -58,9 +70,29 @@ class Session:
     history_turns: int
     pins: dict[str, str] = field(default_factory=dict)  # kind -> instance_id
     history: deque[ChatMessage] = field(default_factory=deque)
-    last_asr_utterance: int = 0
     turns: int = 0
     turn: Turn | None = None
+    # The current utterance's audio, kept until its final transcript so that it can be replayed
+    # to another ASR instance; `audio_start_ms` is its place in the session's audio timeline.
+    audio: bytearray = field(default_factory=bytearray)
+    audio_start_ms: int = 0
+    needs_replay: set[str] = field(default_factory=set)  # kinds waiting for a READY instance
+    waiting_since: dict[str, float] = field(default_factory=dict)
+
+    def keep_audio(self, pcm: bytes, max_bytes: int) -> None:
+        self.audio.extend(pcm)
+        excess = len(self.audio) - max_bytes
+        if excess > 0:
+            excess += excess % 2
+            del self.audio[:excess]
+            self.audio_start_ms += excess * 1000 // BYTES_PER_MS
+
+    def audio_heard_until(self, end_ms: int) -> None:
+        """A final transcript covered the audio up to `end_ms`: it needs no replay any more."""
+        cut = max(0, min(len(self.audio), (end_ms - self.audio_start_ms) * BYTES_PER_MS // 1000))
+        cut -= cut % 2
+        del self.audio[:cut]
+        self.audio_start_ms += cut * 1000 // BYTES_PER_MS
 
     def remember(self, user_text: str, assistant_text: str) -> None:
         self.history.append(ChatMessage("user", user_text))

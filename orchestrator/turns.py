@@ -26,7 +26,7 @@ from common.frames import (
     TurnHypothesis,
 )
 from common.settings import Settings
-from orchestrator.session import TTS_WINDOW, Session, Turn
+from orchestrator.session import TTS_WINDOW, Phrase, Session, Turn
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +96,10 @@ class Turns:
         await self.cancel(session, tell_client=True)
         session.turns += 1
         turn_id = session.turns
-        turn = Turn(turn_id, user_text, request_id=f"{session.session_id}:{turn_id}:llm",
+        turn = Turn(turn_id, user_text, request_id=f"{session.session_id}:{turn_id}:llm:1",
                     speculative=speculative)
         session.turn = turn
-        request = GenerateRequest(
+        turn.request = GenerateRequest(
             session_id=session.session_id,
             turn_id=turn_id,
             request_id=turn.request_id,
@@ -107,8 +107,30 @@ class Turns:
             max_new_tokens=self.settings.llm_max_new_tokens,
             language=session.language,
         )
-        if not await self.to_worker(session, "llm", request):
-            turn.cancelled = turn.closed = True
+        await self.to_worker(session, "llm", turn.request)
+
+    # --- replay after a worker died ----------------------------------------------------------------
+
+    async def replay_llm(self, session: Session) -> None:
+        """Ask another instance to go on from the text already sent (new id: late tokens of
+        the dead instance no longer match)."""
+        turn = session.turn
+        if turn is None or not turn.active or turn.llm_done or turn.request is None:
+            return
+        turn.attempts += 1
+        turn.request_id = f"{session.session_id}:{turn.turn_id}:llm:{turn.attempts}"
+        turn.request.request_id = turn.request_id
+        turn.request.prefix = turn.reply_text
+        await self.to_worker(session, "llm", turn.request)
+
+    async def replay_tts(self, session: Session) -> None:
+        """Resend the phrases in flight; frames already forwarded are skipped when they return."""
+        turn = session.turn
+        if turn is None or not turn.active:
+            return
+        old, turn.in_flight = turn.in_flight, {}
+        for phrase in old.values():
+            await self._synthesize(session, turn, Phrase(phrase.text, skip=phrase.forwarded))
 
     async def _commit(self, session: Session, turn: Turn, final_text: str) -> None:
         turn.speculative = False
@@ -161,31 +183,39 @@ class Turns:
             for phrase in turn.cutter.flush():
                 turn.queue_phrase(phrase)
             turn.llm_done = True
+            turn.request = None
         await self._pump_tts(session, turn)
 
     async def _pump_tts(self, session: Session, turn: Turn) -> None:
         """Hand queued phrases to TTS, keeping at most TTS_WINDOW there at once."""
         while turn.pending and len(turn.in_flight) < TTS_WINDOW:
-            phrase = turn.pending.popleft()
-            turn.phrases += 1
-            request_id = f"{session.session_id}:{turn.turn_id}:tts:{turn.phrases}"
-            turn.in_flight[request_id] = phrase
-            request = SynthesizeRequest(
-                session_id=session.session_id,
-                turn_id=turn.turn_id,
-                request_id=request_id,
-                text=phrase,
-                language=session.language,
-                sample_rate=self.settings.audio_out_sample_rate,
-            )
-            await self.to_worker(session, "tts", request)
+            await self._synthesize(session, turn, Phrase(turn.pending.popleft()))
         if turn.complete:
             await self._finish(session, turn)
 
+    async def _synthesize(self, session: Session, turn: Turn, phrase: Phrase) -> None:
+        turn.phrases += 1
+        request_id = f"{session.session_id}:{turn.turn_id}:tts:{turn.phrases}"
+        turn.in_flight[request_id] = phrase
+        request = SynthesizeRequest(
+            session_id=session.session_id,
+            turn_id=turn.turn_id,
+            request_id=request_id,
+            text=phrase.text,
+            language=session.language,
+            sample_rate=self.settings.audio_out_sample_rate,
+        )
+        await self.to_worker(session, "tts", request)
+
     async def on_audio(self, session: Session, chunk: AudioChunk) -> None:
         turn = self.current(session, chunk)
-        if turn is None or chunk.request_id not in turn.in_flight:
+        phrase = turn.in_flight.get(chunk.request_id) if turn is not None else None
+        if turn is None or phrase is None:
             return
+        if chunk.payload:
+            phrase.forwarded += 1
+            if phrase.forwarded <= phrase.skip:
+                return  # forwarded before the replay: never twice
         if not turn.audio_started:
             turn.audio_started = True
             await self._emit(session, turn, TurnEvent(turn_id=turn.turn_id, event="tts.start"))

@@ -55,3 +55,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def llm_engine(settings: Settings):
+    """The real GGUF model through llama-cpp-python, loaded once."""
+    from common.models import resolve
+    from llm_worker.engine import LlamaCppEngine
+
+    return LlamaCppEngine.load(resolve(settings.llm_model, settings.models_dir),
+                               threads=settings.llm_threads, temperature=0.0)

@@ -1,0 +1,100 @@
+"""What a dead worker costs: a delay, never a lost or garbled turn.
+
+When an instance is declared dead (the watchdog's instant notice, missed heartbeats, or a
+restarted process announcing itself on the same endpoint), every session pinned to it moves to
+another READY instance of the kind, or waits for the restarted one, and its in-flight work is
+sent again:
+
+- ASR: the current utterance's audio since its start (the orchestrator keeps it until the final
+  transcript), after a SessionStart that places it in the session's timeline;
+- LLM: the turn's prompt with the reply text already sent as a prefix to continue from;
+- TTS: each phrase in flight; frames already forwarded are skipped when they come back.
+
+Work that finds no instance waits; past `request_timeout_s` the client gets an error and the turn
+ends rather than hanging.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from common.frames import AudioIn, ErrorEvent, Frame, SessionStart
+
+if TYPE_CHECKING:
+    from orchestrator.registry import WorkerRegistry
+    from orchestrator.session import Session
+    from orchestrator.turns import Turns
+
+log = logging.getLogger(__name__)
+
+
+class Recovery:
+    def __init__(
+        self,
+        sessions: dict[str, Session],
+        registry: WorkerRegistry,
+        turns: Turns,
+        to_worker: Callable[[Session, str, Frame], Awaitable[bool]],
+        to_client: Callable[[Session, Frame], Awaitable[None]],
+        timeout_s: float,
+    ) -> None:
+        self.sessions = sessions
+        self.registry = registry
+        self.turns = turns
+        self.to_worker = to_worker
+        self.to_client = to_client
+        self.timeout_s = timeout_s
+        self.replays: dict[str, int] = {"asr": 0, "llm": 0, "tts": 0}
+
+    async def lost(self, kind: str, instance_id: str) -> None:
+        for session in list(self.sessions.values()):
+            if session.pins.get(kind) == instance_id:
+                del session.pins[kind]
+                await self.replay(session, kind)
+
+    async def on_ready(self, kind: str) -> None:
+        for session in list(self.sessions.values()):
+            if kind in session.needs_replay:
+                await self.replay(session, kind)
+
+    def wait_for(self, session: Session, kind: str) -> None:
+        """No instance of `kind` could take the session's work: wait for one."""
+        session.needs_replay.add(kind)
+        session.waiting_since.setdefault(kind, time.monotonic())
+
+    async def replay(self, session: Session, kind: str) -> None:
+        if self.registry.pick(kind) is None:
+            self.wait_for(session, kind)
+            return
+        session.needs_replay.discard(kind)
+        session.waiting_since.pop(kind, None)
+        self.replays[kind] += 1
+        log.warning("replaying in-flight work", extra={"session_id": session.session_id, "kind": kind})
+        if kind == "asr":
+            await self._replay_asr(session)
+        elif kind == "llm":
+            await self.turns.replay_llm(session)
+        elif kind == "tts":
+            await self.turns.replay_tts(session)
+
+    async def _replay_asr(self, session: Session) -> None:
+        start = SessionStart(session_id=session.session_id, reply_to=session.reply_to,
+                             language=session.language, offset_ms=session.audio_start_ms)
+        if await self.to_worker(session, "asr", start) and session.audio:
+            await self.to_worker(session, "asr", AudioIn(session_id=session.session_id,
+                                                         pcm=bytes(session.audio)))
+
+    async def expire_waits(self) -> None:
+        """Work that waited too long for an instance ends with an error, not a hang."""
+        horizon = time.monotonic() - self.timeout_s
+        for session in list(self.sessions.values()):
+            for kind, since in list(session.waiting_since.items()):
+                if since < horizon:
+                    session.waiting_since.pop(kind)
+                    session.needs_replay.discard(kind)
+                    await self.turns.cancel(session, tell_client=True)
+                    await self.to_client(session, ErrorEvent(
+                        code=f"{kind}_unavailable", message=f"no {kind} worker is available; try again"))
