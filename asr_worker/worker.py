@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 
 from asr_worker.engine import ASR
 from asr_worker.session import AsrSession, SpeechStarted, Transcript
-from common.frames import AsrWork, AudioIn, EndTurn, SessionEnd, SessionStart, TranscriptChunk, VadEvent
+from common.frames import (
+    AsrWork,
+    AudioIn,
+    EndTurn,
+    SessionEnd,
+    SessionStart,
+    TranscriptChunk,
+    VadEvent,
+)
 from common.settings import Settings
 from common.worker import WorkerRuntime
 
@@ -28,6 +36,7 @@ class SessionStream:
     asr: AsrSession
     inbox: asyncio.Queue[bytes | str] = field(default_factory=asyncio.Queue)
     utterance: int = 1
+    offset_ms: int = 0  # where this instance's audio starts in the session (after a replay)
     task: asyncio.Task[None] | None = None
 
 
@@ -41,7 +50,7 @@ class AsrWorker:
     async def handle(self, message: AsrWork) -> None:
         match message:
             case SessionStart():
-                self._stream(message.session_id, message.language)
+                self._stream(message.session_id, message.language).offset_ms = message.offset_ms
             case AudioIn():
                 # Audio for a session this instance has not seen (it restarted) opens it.
                 self._stream(message.session_id).inbox.put_nowait(message.pcm)
@@ -97,15 +106,17 @@ class AsrWorker:
 
     async def _emit(self, stream: SessionStream, event: SpeechStarted | Transcript) -> None:
         assert self.runtime is not None
+        instance = self.runtime.instance_id  # lets the orchestrator ignore an instance it left
         if isinstance(event, SpeechStarted):
             frame: VadEvent | TranscriptChunk = VadEvent(
-                session_id=stream.session_id, turn_id=stream.utterance,
-                event="speech_start", at_ms=event.at_ms,
+                session_id=stream.session_id, turn_id=stream.utterance, request_id=instance,
+                event="speech_start", at_ms=event.at_ms + stream.offset_ms,
             )
         else:
             frame = TranscriptChunk(
-                session_id=stream.session_id, turn_id=stream.utterance, text=event.text,
-                is_final=event.is_final, start_ms=event.start_ms, end_ms=event.end_ms,
+                session_id=stream.session_id, turn_id=stream.utterance, request_id=instance,
+                text=event.text, is_final=event.is_final,
+                start_ms=event.start_ms + stream.offset_ms, end_ms=event.end_ms + stream.offset_ms,
                 confidence=event.confidence, language=event.language,
             )
         await self.runtime.emit(frame)
