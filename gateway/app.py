@@ -25,7 +25,7 @@ from common.frames import (
 from common.logs import session_var
 from common.settings import Settings, get_settings
 from gateway.bridge import Bridge, Connection
-from gateway.playback import ClientTooSlow
+from gateway.playback import SessionClosed
 from gateway.protocol import (
     CLOSE_POLICY,
     CLOSE_TRY_AGAIN,
@@ -172,9 +172,10 @@ class AudioSocket:
         try:
             while True:
                 await self._deliver(connection.session_id, await connection.outbox.next())
-        except ClientTooSlow:
-            log.warning("client too slow; closing", extra={"session_id": connection.session_id})
-            await self._refuse("client_too_slow", "reply audio was not read in time", CLOSE_POLICY)
+        except SessionClosed as closed:
+            log.warning("closing session", extra={"session_id": connection.session_id,
+                                                  "code": closed.code})
+            await self._refuse(closed.code, closed.message, closed.close_code)
         except (WebSocketDisconnect, RuntimeError):
             return
 

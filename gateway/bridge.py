@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from common import transport
 from common.frames import ControlMessage, EgressMessage, Frame, StackStatus, decoder
 from common.settings import Settings
-from gateway.playback import Outbox
+from gateway.playback import Outbox, SessionClosed
+
+CLOSE_RESTART = 1012  # WebSocket close code: service restart
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class Bridge:
             asyncio.create_task(
                 transport.read_forever(control, decoder(ControlMessage), self._on_control)
             ),
+            asyncio.create_task(self._watch_orchestrator()),
         ]
 
     async def stop(self) -> None:
@@ -59,8 +62,7 @@ class Bridge:
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         """Ready when the orchestrator spoke recently and every worker kind has an instance."""
-        age = time.monotonic() - self.status_at
-        fresh = age < self.settings.heartbeat_interval_s * self.settings.heartbeat_liveness
+        fresh = self.orchestrator_alive()
         counts = {kind: self.status.ready.get(kind, 0) for kind in KINDS} if fresh else {}
         ok = fresh and all(counts.get(kind, 0) > 0 for kind in KINDS)
         return ok, {"orchestrator": fresh, "workers": counts}
@@ -79,6 +81,21 @@ class Bridge:
         connection = self.connections.get(frame.session_id)
         if connection is not None:
             connection.outbox.put(frame)
+
+    def orchestrator_alive(self) -> bool:
+        age = time.monotonic() - self.status_at
+        return age < self.settings.heartbeat_interval_s * self.settings.heartbeat_liveness
+
+    async def _watch_orchestrator(self) -> None:
+        """When the orchestrator goes silent, every session here has lost its brain: end them
+        with "service restart" (1012) so clients reconnect once it is back."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s / 2)
+            if self.status_at and not self.orchestrator_alive():
+                failure = SessionClosed("orchestrator_unavailable",
+                                        "the assistant is restarting; reconnect shortly", CLOSE_RESTART)
+                for connection in list(self.connections.values()):
+                    connection.outbox.fail(failure)
 
     async def _on_control(self, message: ControlMessage) -> None:
         if isinstance(message, StackStatus):

@@ -18,13 +18,22 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from common.frames import AudioChunk, Frame, TranscriptChunk, TurnEvent
 
 AUDIO_LANE_EVENTS = ("tts.start", "tts.end")
 
 
-class ClientTooSlow(Exception):
-    """The client stopped reading and its outbox hit the limit."""
+class SessionClosed(Exception):
+    """The session must end: tell the client why (`code`) and close with `close_code`."""
+
+    def __init__(self, code: str, message: str, close_code: int) -> None:
+        super().__init__(message)
+        self.code, self.message, self.close_code = code, message, close_code
+
+
+COMFORT_NOISE_LEVEL = 24  # int16 standard deviation: about -63 dBFS, felt rather than heard
 
 
 @dataclass
@@ -35,7 +44,10 @@ class Outbox:
     events: deque[Frame] = field(default_factory=deque)
     audio: deque[Frame] = field(default_factory=deque)
     dropped_partials: int = 0
+    comfort_frames: int = 0
     overflowed: bool = False
+    failure: SessionClosed | None = None
+    _speaking: int | None = None  # the turn between its tts.start and tts.end / tts.cancel
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _play_end: float = 0.0  # when the client will have played everything sent so far
 
@@ -75,15 +87,49 @@ class Outbox:
         """The next frame due to the client, waiting for it (and for its time, if audio)."""
         while True:
             if self.overflowed:
-                raise ClientTooSlow
+                raise SessionClosed("client_too_slow", "reply audio was not read in time", 1008)
+            if self.failure is not None:
+                raise self.failure
             if self.events:
-                return self.events.popleft()
+                return self._track(self.events.popleft())
             wait = self._audio_wait()
             if wait is not None and wait <= 0:
-                return self._take_audio()
+                return self._track(self._take_audio())
+            comfort = self._comfort_wait()
+            if comfort is not None and comfort <= 0:
+                return self._comfort_noise()
+            if comfort is not None:
+                wait = comfort if wait is None else min(wait, comfort)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
+
+    def fail(self, failure: SessionClosed) -> None:
+        self.failure = failure
+        self._wake.set()
+
+    def _track(self, frame: Frame) -> Frame:
+        if isinstance(frame, TurnEvent):
+            if frame.event == "tts.start":
+                self._speaking = frame.turn_id
+            elif frame.event in ("tts.end", "tts.cancel"):
+                self._speaking = None
+        return frame
+
+    def _comfort_wait(self) -> float | None:
+        """During a reply with no audio queued (TTS underrun): when the client's buffer runs
+        dry, so comfort noise can fill the gap instead of a hard cut to silence."""
+        if self._speaking is None or self.audio:
+            return None
+        return self._play_end - time.monotonic()
+
+    def _comfort_noise(self) -> AudioChunk:
+        samples = self.sample_rate * 20 // 1000
+        noise = np.random.default_rng().normal(0, COMFORT_NOISE_LEVEL, samples)
+        self.comfort_frames += 1
+        frame = AudioChunk(turn_id=self._speaking or 0, payload=noise.astype("<i2").tobytes())
+        self._play_end = max(self._play_end, time.monotonic()) + 0.02
+        return frame
 
     def _audio_wait(self) -> float | None:
         if not self.audio:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
+from common.audio import rms_dbfs
 from common.frames import AudioChunk, TokenChunk, TranscriptChunk, TurnEvent
-from gateway.playback import Outbox
+from gateway.playback import Outbox, SessionClosed
 
 FRAME = b"\x01\x00" * 320  # 20 ms at 16 kHz
 
@@ -91,3 +94,32 @@ def test_a_client_that_never_reads_overflows_instead_of_growing() -> None:
     for frame in audio(1, 20):
         box.put(frame)
     assert box.overflowed and len(box.audio) == 10
+
+
+def test_an_underrun_inside_a_reply_is_filled_with_comfort_noise() -> None:
+    async def main() -> None:
+        box = Outbox(lead_s=0.0)
+        for frame in [TurnEvent(turn_id=1, event="tts.start"), *audio(1, 2)]:
+            box.put(frame)
+        got = await take(box, 6)  # start, two frames, then TTS is late
+        comfort = [f for f in got[3:] if isinstance(f, AudioChunk)]
+        assert len(comfort) == 3 and box.comfort_frames == 3
+        assert all(f.turn_id == 1 and len(f.payload) == 640 for f in comfort)
+        assert all(rms_dbfs(f.payload) < -50 for f in comfort)  # barely audible
+        box.put(TurnEvent(turn_id=1, event="tts.end"))
+        assert (await take(box, 1))[0].event == "tts.end"
+        with pytest.raises(TimeoutError):  # no comfort noise once the reply is over
+            await asyncio.wait_for(box.next(), 0.3)
+
+    asyncio.run(main())
+
+
+def test_a_failed_session_raises_with_its_close_code() -> None:
+    async def main() -> None:
+        box = Outbox()
+        box.fail(SessionClosed("orchestrator_unavailable", "restarting", 1012))
+        with pytest.raises(SessionClosed) as caught:
+            await box.next()
+        assert caught.value.close_code == 1012
+
+    asyncio.run(main())
