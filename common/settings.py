@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     llm_seed: int = 0
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     history_turns: int = 8
+    llm_timeout_s: float = 8.0  # no token for this long: a fallback reply is spoken instead
 
     tts_engine: Literal["piper-onnx"] = "piper-onnx"
     tts_model: str = "piper-en-us-joe-medium"

@@ -43,7 +43,7 @@ class WorkerRuntime:
         self._work_decoder = decoder(work_union)
         self._handler = handler
         self._model_info = model_info
-        self._cancelled: dict[tuple[str, int], float] = {}
+        self._cancelled: dict[tuple[str, int, str], float] = {}
         self._results = transport.push(settings.results)
         self._stopping = asyncio.Event()
 
@@ -58,8 +58,10 @@ class WorkerRuntime:
         log.error("result dropped: orchestrator unreachable", extra={"frame": type(frame).__name__})
         return False
 
-    def is_cancelled(self, session_id: str, turn_id: int) -> bool:
-        return (session_id, turn_id) in self._cancelled or (session_id, -1) in self._cancelled
+    def is_cancelled(self, session_id: str, turn_id: int, request_id: str = "") -> bool:
+        """A cancel names a turn (all its work), or one request of it, or turn -1: the session."""
+        keys = ((session_id, turn_id, ""), (session_id, turn_id, request_id), (session_id, -1, ""))
+        return any(key in self._cancelled for key in keys)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -107,7 +109,8 @@ class WorkerRuntime:
 
     async def _on_control(self, message: ControlMessage) -> None:
         if isinstance(message, Cancel):
-            self._cancelled[(message.session_id, message.turn_id)] = time.monotonic()
+            key = (message.session_id, message.turn_id, message.request_id)
+            self._cancelled[key] = time.monotonic()
 
     def _forget_old_cancels(self) -> None:
         horizon = time.monotonic() - CANCEL_MEMORY_S

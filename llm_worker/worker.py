@@ -43,7 +43,7 @@ class LlmWorker:
         max_new = request.max_new_tokens or self.default_max_new_tokens
 
         def stopped() -> bool:
-            return runtime.is_cancelled(request.session_id, request.turn_id)
+            return runtime.is_cancelled(request.session_id, request.turn_id, request.request_id)
 
         seq = 0
         if not stopped():

@@ -92,6 +92,8 @@ class Orchestrator:
             for dead in self.registry.reap():
                 await self.recovery.lost(dead.kind, dead.instance_id)
             await self.recovery.expire_waits()
+            for session in list(self.sessions.values()):
+                await self.turns.check_timeouts(session)
             await asyncio.sleep(self.settings.heartbeat_interval_s / 2)
 
     # --- gateways -> orchestrator --------------------------------------------------------------
@@ -122,6 +124,7 @@ class Orchestrator:
             start.reply_to,
             start.language or self.settings.language,
             self.settings.history_turns,
+            max_new_tokens=self.settings.llm_max_new_tokens,
         )
         self.sessions[start.session_id] = session
         log.info("session started", extra={"session_id": start.session_id})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -35,6 +36,7 @@ class Turn:
     in_flight: dict[str, Phrase] = field(default_factory=dict)  # by TTS request_id
     request: GenerateRequest | None = None  # kept until the LLM's final token, for replay
     attempts: int = 1
+    progress_at: float = field(default_factory=time.monotonic)  # start, or the last token
     played: list[str] = field(default_factory=list)  # phrases the gateway says were heard
     phrases: int = 0
     llm_done: bool = False
@@ -68,6 +70,7 @@ class Session:
     reply_to: str
     language: str
     history_turns: int
+    max_new_tokens: int = 80
     pins: dict[str, str] = field(default_factory=dict)  # kind -> instance_id
     history: deque[ChatMessage] = field(default_factory=deque)
     turns: int = 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 
 from common.frames import (
@@ -26,6 +27,7 @@ from common.frames import (
     TurnHypothesis,
 )
 from common.settings import Settings
+from orchestrator.fallbacks import fallback
 from orchestrator.session import TTS_WINDOW, Phrase, Session, Turn
 
 log = logging.getLogger(__name__)
@@ -104,10 +106,26 @@ class Turns:
             turn_id=turn_id,
             request_id=turn.request_id,
             messages=session.prompt(self.settings.system_prompt, user_text),
-            max_new_tokens=self.settings.llm_max_new_tokens,
+            max_new_tokens=session.max_new_tokens,
             language=session.language,
         )
         await self.to_worker(session, "llm", turn.request)
+
+    async def check_timeouts(self, session: Session) -> None:
+        """An LLM that stays silent too long: speak a fallback instead, and ask for shorter
+        replies in this session from now on."""
+        turn = session.turn
+        if turn is None or not turn.active or turn.llm_done or turn.request is None:
+            return
+        if time.monotonic() - turn.progress_at < self.settings.llm_timeout_s:
+            return
+        log.warning("llm timeout: fallback reply", extra={"session_id": session.session_id})
+        await self.publish(Cancel(session_id=session.session_id, turn_id=turn.turn_id,
+                                  request_id=turn.request_id))
+        session.max_new_tokens = max(16, session.max_new_tokens // 2)
+        text = fallback(session.language, "llm_timeout")
+        turn.request, turn.request_id = None, ""
+        await self.on_token(session, TokenChunk(turn_id=turn.turn_id, token=text))
 
     # --- replay after a worker died ----------------------------------------------------------------
 
@@ -172,6 +190,10 @@ class Turns:
         turn = self.current(session, chunk)
         if turn is None or chunk.request_id != turn.request_id:
             return
+        if not turn.request_id:  # the fallback reply: one token, then the end
+            chunk.token = f" {chunk.token}" if turn.reply_text else chunk.token
+            chunk.is_final = True
+        turn.progress_at = time.monotonic()
         if chunk.token:
             turn.reply_text += chunk.token
             turn.token_seq += 1

@@ -46,9 +46,9 @@ SID = "0b0f4a52-1d1e-4c1e-9a7e-2b7c4f0d9e11"
 class Harness:
     """A fake gateway and one fake instance per worker kind around a real orchestrator."""
 
-    def __init__(self) -> None:
+    def __init__(self, **overrides: Any) -> None:
         self.settings = Settings(_env_file=None, zmq_base_port=free_port_range(40),
-                                 heartbeat_interval_s=0.2, system_prompt="SYSTEM")
+                                 heartbeat_interval_s=0.2, system_prompt="SYSTEM", **overrides)
         s = self.settings
         self.ingress = transport.push(s.ingress)
         self.results = transport.push(s.results)
@@ -111,9 +111,9 @@ def llm_tokens(text: str) -> list[str]:
     return re.findall(r" ?\w+|[^\w\s]", text)
 
 
-def run(scenario: Callable[[Harness], Awaitable[None]]) -> None:
+def run(scenario: Callable[[Harness], Awaitable[None]], **overrides: Any) -> None:
     async def main() -> None:
-        harness = Harness()
+        harness = Harness(**overrides)
         orchestrator = Orchestrator(harness.settings)
         serving = asyncio.create_task(orchestrator.serve())
         beating = asyncio.create_task(harness.beat_forever())
@@ -280,3 +280,24 @@ def test_an_early_reply_leaves_no_trace_when_the_speaker_goes_on() -> None:
         assert "Sure" not in [f.token for f in frames if isinstance(f, TokenChunk)]
 
     run(scenario)
+
+
+def test_a_silent_llm_gets_a_spoken_fallback_and_shorter_replies_after() -> None:
+    async def scenario(h: Harness) -> None:
+        request = await h.speak_reply(1, [])  # the LLM never answers
+        assert request.max_new_tokens == 80
+        cancel = await h.recv(h.control, decoder(ControlMessage))
+        while not isinstance(cancel, Cancel):
+            cancel = await h.recv(h.control, decoder(ControlMessage))
+        assert cancel.request_id == request.request_id  # only the generation, not the turn
+        first, second = await h.worker_got("tts"), await h.worker_got("tts")
+        assert first.text.startswith("Sorry")
+        await synthesize(h, first)
+        await synthesize(h, second)
+        frames = await drain_client(h, "tts.end")
+        assert frames[-1].text == f"{first.text} {second.text}"
+        await transport.send(h.ingress, PlaybackMark(session_id=SID, turn_id=1, done=True))
+        again = await h.speak_reply(2, ["Ok", "."])
+        assert again.max_new_tokens == 40
+
+    run(scenario, llm_timeout_s=0.6)
