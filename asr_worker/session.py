@@ -1,0 +1,199 @@
+"""One client's streaming recognition: VAD turn logic, stable partials and finals.
+
+Synchronous and single-threaded by design: the worker owns one `AsrSession` per client and calls
+it from one thread, so the session needs no locks and tests drive it by feeding bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from asr_worker.vad import FRAME_BYTES, FRAME_MS, SpeechEnd, SpeechStart, TurnDetector
+from asr_worker.wer import normalize
+from common.audio import pcm16_to_float
+
+if TYPE_CHECKING:
+    from asr_worker.engine import ASR
+    from common.settings import Settings
+
+MIN_PARTIAL_MS = 500  # less voiced audio than this and Whisper mostly guesses
+# Push-to-talk turns the VAD never opened: frames louder than this count as sound (quiet-room
+# noise sits well below; soft speech into a headset well above), and we need this much of it.
+QUIET_SPEECH_DBFS = -50.0
+QUIET_SPEECH_MIN_MS = 100
+QUIET_PREROLL_MS = 300
+QUIET_TAIL_MS = 200
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    is_final: bool
+    start_ms: int
+    end_ms: int
+    confidence: float
+    language: str
+
+
+AsrEvent = SpeechStarted | Transcript
+
+
+def _same_words(left: list[str], right: list[str]) -> bool:
+    return len(left) == len(right) and all(
+        normalize(a) == normalize(b) for a, b in zip(left, right, strict=True)
+    )
+
+
+def _common_prefix(left: list[str], right: list[str]) -> int:
+    count = 0
+    for a, b in zip(left, right, strict=False):
+        if normalize(a) != normalize(b):
+            break
+        count += 1
+    return count
+
+
+class LocalAgreement:
+    """LocalAgreement-2: a word is shown once two consecutive hypotheses agree on it and on
+    everything before it. Shown words are never taken back, so the partial only grows."""
+
+    def __init__(self) -> None:
+        self._previous: list[str] | None = None
+        self._committed: list[str] = []
+
+    def update(self, hypothesis: str) -> str | None:
+        """Feed the next hypothesis; the new stable text when it grew, else None."""
+        words = hypothesis.split()
+        previous, self._previous = self._previous, words
+        if previous is None:
+            return None
+        agreed = _common_prefix(previous, words)
+        committed = len(self._committed)
+        # Grow only when the agreement extends what is shown; if Whisper changed its mind about
+        # a word already shown, keep showing the old text until the final corrects it.
+        if agreed <= committed or not _same_words(words[:committed], self._committed):
+            return None
+        self._committed = words[:agreed]
+        return " ".join(self._committed)
+
+    def reset(self) -> None:
+        self._previous = None
+        self._committed = []
+
+
+def _loud_span(pcm: bytes) -> tuple[int, int] | None:
+    """First and last frame (indices) louder than QUIET_SPEECH_DBFS, if there are enough."""
+    usable = len(pcm) - len(pcm) % FRAME_BYTES
+    if usable == 0:
+        return None
+    frames = pcm16_to_float(pcm[:usable]).reshape(-1, FRAME_BYTES // 2)
+    rms = np.sqrt(np.mean(frames * frames, axis=1))
+    loud = np.flatnonzero(20.0 * np.log10(np.maximum(rms, 1e-6)) > QUIET_SPEECH_DBFS)
+    if loud.size * FRAME_MS < QUIET_SPEECH_MIN_MS:
+        return None
+    return int(loud[0]), int(loud[-1])
+
+
+class AsrSession:
+    """Per-client turn logic: `feed` audio, get SpeechStarted, partial and final Transcripts."""
+
+    def __init__(
+        self, engine: ASR, *, language: str | None = None, silence_ms: int = 500,
+        min_speech_ms: int = 200, partial_interval_ms: int = 300, max_audio_s: float = 30.0,
+        aggressiveness: int = 2,
+    ) -> None:
+        self._engine = engine
+        self._language = language
+        self._partial_interval_ms = partial_interval_ms
+        self._detector = TurnDetector(
+            aggressiveness, silence_ms=silence_ms, min_speech_ms=min_speech_ms,
+            max_segment_ms=int(max_audio_s * 1000), buffer_ms=int(max_audio_s * 1000),
+        )
+        self._agreement = LocalAgreement()
+        self._last_attempt_ms = 0
+
+    @classmethod
+    def from_settings(cls, engine: ASR, settings: Settings, language: str | None = None) -> AsrSession:
+        return cls(
+            engine, language=language or settings.effective_asr_language,
+            silence_ms=settings.vad_silence_ms, min_speech_ms=settings.vad_min_speech_ms,
+            partial_interval_ms=settings.asr_partial_interval_ms,
+            max_audio_s=settings.max_audio_seconds, aggressiveness=settings.vad_aggressiveness,
+        )
+
+    def feed(self, pcm: bytes) -> list[AsrEvent]:
+        """Process PCM16 mono 16 kHz audio of any length."""
+        events: list[AsrEvent] = []
+        for event in self._detector.feed(pcm):
+            if isinstance(event, SpeechStart):
+                self._agreement.reset()
+                self._last_attempt_ms = event.at_ms
+                events.append(SpeechStarted(event.at_ms))
+            else:
+                events.extend(self._finish(event))
+        if self._detector.in_speech:
+            events.extend(self._maybe_partial())
+        return events
+
+    def end_turn(self) -> list[AsrEvent]:
+        """The client ended the turn: finalise what is buffered, even if the VAD never opened."""
+        ended = self._detector.close()
+        events = self._finish(ended) if ended is not None else self._finish_quiet()
+        self._detector.clear()  # a second end_turn must not transcribe the same audio again
+        self._agreement.reset()
+        return events
+
+    def reset(self) -> None:
+        """Drop buffered audio and partial state (barge-in, cancel); stream time goes on."""
+        self._detector.reset()
+        self._agreement.reset()
+
+    def _maybe_partial(self) -> list[AsrEvent]:
+        onset = self._detector.onset_ms
+        now = self._detector.elapsed_ms
+        # Length is judged on voiced audio, so a short word is not "long" just because its
+        # hangover is running; cadence runs on stream time, so partials go on through the
+        # hangover and LocalAgreement can catch up with the whole utterance before the final.
+        if onset is None or self._detector.voiced_ms < MIN_PARTIAL_MS:
+            return []
+        if now - self._last_attempt_ms < self._partial_interval_ms:
+            return []
+        self._last_attempt_ms = now
+        result = self._engine.transcribe(
+            pcm16_to_float(self._detector.segment_pcm()), self._language
+        )
+        text = self._agreement.update(result.text)
+        if text is None:
+            return []
+        return [Transcript(text, False, onset, now, result.confidence, result.language)]
+
+    def _finish(self, ended: SpeechEnd) -> list[AsrEvent]:
+        self._agreement.reset()
+        return self._final(ended.pcm, ended.start_ms, ended.at_ms)
+
+    def _finish_quiet(self) -> list[AsrEvent]:
+        start_ms, pcm = self._detector.pending_pcm()
+        span = _loud_span(pcm)
+        if span is None:
+            return []
+        first = max(0, span[0] - QUIET_PREROLL_MS // FRAME_MS)
+        last = span[1] + 1 + QUIET_TAIL_MS // FRAME_MS
+        audio = pcm[first * FRAME_BYTES : last * FRAME_BYTES]
+        return self._final(
+            audio, start_ms + span[0] * FRAME_MS, start_ms + (span[1] + 1) * FRAME_MS
+        )
+
+    def _final(self, pcm: bytes, start_ms: int, end_ms: int) -> list[AsrEvent]:
+        result = self._engine.transcribe(pcm16_to_float(pcm), self._language)
+        text = result.text.strip()
+        if not text:
+            return []
+        return [Transcript(text, True, start_ms, end_ms, result.confidence, result.language)]
