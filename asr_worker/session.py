@@ -43,7 +43,31 @@ class Transcript:
     language: str
 
 
-AsrEvent = SpeechStarted | Transcript
+@dataclass(frozen=True)
+class Paused:
+    """The speaker paused inside an utterance: `text` is all of it so far (for an early reply)."""
+
+    text: str
+    at_ms: int
+    language: str
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    """Speech again after a Paused: the utterance goes on, the early reply is void."""
+
+    at_ms: int
+
+
+@dataclass
+class _Hypothesis:
+    text: str
+    language: str
+    confidence: float
+    covers_ms: int  # stream time up to which the audio it transcribed reached
+
+
+AsrEvent = SpeechStarted | Transcript | Paused | SpeechResumed
 
 
 def _same_words(left: list[str], right: list[str]) -> bool:
@@ -108,9 +132,12 @@ class AsrSession:
     def __init__(
         self, engine: ASR, *, language: str | None = None, silence_ms: int = 500,
         min_speech_ms: int = 200, partial_interval_ms: int = 300, max_audio_s: float = 30.0,
-        aggressiveness: int = 2,
+        aggressiveness: int = 2, pause_ms: int | None = None,
     ) -> None:
         self._engine = engine
+        self._pause_ms = pause_ms  # None: no pause hypotheses (early reply off)
+        self._latest: _Hypothesis | None = None  # the newest full transcription of the segment
+        self._paused: _Hypothesis | None = None  # what the last Paused said, while still valid
         self._language = language
         self._partial_interval_ms = partial_interval_ms
         self._detector = TurnDetector(
@@ -127,6 +154,7 @@ class AsrSession:
             silence_ms=settings.vad_silence_ms, min_speech_ms=settings.vad_min_speech_ms,
             partial_interval_ms=settings.asr_partial_interval_ms,
             max_audio_s=settings.max_audio_seconds, aggressiveness=settings.vad_aggressiveness,
+            pause_ms=settings.early_pause_ms if settings.early_reply else None,
         )
 
     def feed(self, pcm: bytes) -> list[AsrEvent]:
@@ -135,13 +163,40 @@ class AsrSession:
         for event in self._detector.feed(pcm):
             if isinstance(event, SpeechStart):
                 self._agreement.reset()
+                self._latest = self._paused = None
                 self._last_attempt_ms = event.at_ms
                 events.append(SpeechStarted(event.at_ms))
             else:
                 events.extend(self._finish(event))
         if self._detector.in_speech:
-            events.extend(self._maybe_partial())
+            events.extend(self._pause_events())
+            if self._paused is None:
+                events.extend(self._maybe_partial())
         return events
+
+    def _pause_events(self) -> list[AsrEvent]:
+        """A Paused once the silence inside speech reaches `pause_ms`; a SpeechResumed when
+        the speaker goes on after it."""
+        detector = self._detector
+        if self._paused is not None and detector.silence_ms == 0:
+            self._paused = None
+            return [SpeechResumed(detector.elapsed_ms)]
+        if self._pause_ms is None or self._paused is not None or detector.silence_ms < self._pause_ms:
+            return []
+        voiced_end = detector.last_voiced_ms or 0
+        latest = self._latest
+        if latest is None or latest.covers_ms < voiced_end:  # nothing recent enough to reuse
+            latest = self._transcribe_segment()
+        if not latest.text.strip():
+            return []
+        self._paused = latest
+        return [Paused(latest.text.strip(), detector.elapsed_ms, latest.language)]
+
+    def _transcribe_segment(self) -> _Hypothesis:
+        result = self._engine.transcribe(pcm16_to_float(self._detector.segment_pcm()), self._language)
+        self._latest = _Hypothesis(result.text, result.language, result.confidence,
+                                   self._detector.elapsed_ms)
+        return self._latest
 
     def end_turn(self) -> list[AsrEvent]:
         """The client ended the turn: finalise what is buffered, even if the VAD never opened."""
@@ -155,6 +210,7 @@ class AsrSession:
         """Drop buffered audio and partial state (barge-in, cancel); stream time goes on."""
         self._detector.reset()
         self._agreement.reset()
+        self._latest = self._paused = None
 
     def _maybe_partial(self) -> list[AsrEvent]:
         onset = self._detector.onset_ms
@@ -167,9 +223,7 @@ class AsrSession:
         if now - self._last_attempt_ms < self._partial_interval_ms:
             return []
         self._last_attempt_ms = now
-        result = self._engine.transcribe(
-            pcm16_to_float(self._detector.segment_pcm()), self._language
-        )
+        result = self._transcribe_segment()
         text = self._agreement.update(result.text)
         if text is None:
             return []
@@ -177,6 +231,12 @@ class AsrSession:
 
     def _finish(self, ended: SpeechEnd) -> list[AsrEvent]:
         self._agreement.reset()
+        paused, self._paused, self._latest = self._paused, None, None
+        if paused is not None and ended.reason in ("silence", "closed"):
+            # Nothing was said since the pause: its transcription is the final, at no cost.
+            text = paused.text.strip()
+            return [Transcript(text, True, ended.start_ms, ended.at_ms, paused.confidence,
+                               paused.language)]
         return self._final(ended.pcm, ended.start_ms, ended.at_ms)
 
     def _finish_quiet(self) -> list[AsrEvent]:

@@ -108,6 +108,16 @@ class TurnDetector:
             return 0
         return (self._segment.last_voiced_frame + 1 - self._segment.onset_frame) * FRAME_MS
 
+    @property
+    def silence_ms(self) -> int:
+        """Unvoiced audio since the open segment's last voiced frame (0 if none is open)."""
+        return 0 if self._segment is None else self._segment.unvoiced_run * FRAME_MS
+
+    @property
+    def last_voiced_ms(self) -> int | None:
+        """End of the open segment's last voiced frame, in stream ms."""
+        return None if self._segment is None else (self._segment.last_voiced_frame + 1) * FRAME_MS
+
     def segment_pcm(self) -> bytes:
         """Audio of the open segment so far, pre-roll included; empty when none is open."""
         return b"" if self._segment is None else bytes(self._segment.pcm)

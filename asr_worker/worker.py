@@ -11,14 +11,23 @@ import logging
 from dataclasses import dataclass, field
 
 from asr_worker.engine import ASR
-from asr_worker.session import AsrSession, SpeechStarted, Transcript
+from asr_worker.session import (
+    AsrEvent,
+    AsrSession,
+    Paused,
+    SpeechResumed,
+    SpeechStarted,
+    Transcript,
+)
 from common.frames import (
     AsrWork,
     AudioIn,
     EndTurn,
+    Frame,
     SessionEnd,
     SessionStart,
     TranscriptChunk,
+    TurnHypothesis,
     VadEvent,
 )
 from common.settings import Settings
@@ -70,16 +79,9 @@ class AsrWorker:
         return stream
 
     def _new_session(self, language: str) -> AsrSession:
-        s = self.settings
-        language = language or s.effective_asr_language
-        return AsrSession(
-            self.engine,
-            language=None if language == "auto" else language,
-            silence_ms=s.vad_silence_ms,
-            min_speech_ms=s.vad_min_speech_ms,
-            partial_interval_ms=s.asr_partial_interval_ms,
-            max_audio_s=s.max_audio_seconds,
-            aggressiveness=s.vad_aggressiveness,
+        language = language or self.settings.effective_asr_language
+        return AsrSession.from_settings(
+            self.engine, self.settings, language=None if language == "auto" else language
         )
 
     async def _run(self, stream: SessionStream) -> None:
@@ -104,24 +106,33 @@ class AsrWorker:
         for event in events:
             await self._emit(stream, event)
 
-    async def _emit(self, stream: SessionStream, event: SpeechStarted | Transcript) -> None:
+    async def _emit(self, stream: SessionStream, event: AsrEvent) -> None:
         assert self.runtime is not None
-        instance = self.runtime.instance_id  # lets the orchestrator ignore an instance it left
-        if isinstance(event, SpeechStarted):
-            frame: VadEvent | TranscriptChunk = VadEvent(
-                session_id=stream.session_id, turn_id=stream.utterance, request_id=instance,
-                event="speech_start", at_ms=event.at_ms + stream.offset_ms,
-            )
-        else:
-            frame = TranscriptChunk(
-                session_id=stream.session_id, turn_id=stream.utterance, request_id=instance,
-                text=event.text, is_final=event.is_final,
-                start_ms=event.start_ms + stream.offset_ms, end_ms=event.end_ms + stream.offset_ms,
-                confidence=event.confidence, language=event.language,
-            )
-        await self.runtime.emit(frame)
+        await self.runtime.emit(self._frame(stream, event))
         if isinstance(event, Transcript) and event.is_final:
             stream.utterance += 1
+
+    def _frame(self, stream: SessionStream, event: AsrEvent) -> Frame:
+        """The wire frame for a session event, in the session's timeline."""
+        assert self.runtime is not None
+        # The instance id lets the orchestrator drop results of an instance it has left.
+        envelope = {"session_id": stream.session_id, "turn_id": stream.utterance,
+                    "request_id": self.runtime.instance_id}
+        offset = stream.offset_ms
+        match event:
+            case SpeechStarted():
+                return VadEvent(**envelope, event="speech_start", at_ms=event.at_ms + offset)
+            case SpeechResumed():
+                return VadEvent(**envelope, event="speech_resume", at_ms=event.at_ms + offset)
+            case Paused():
+                return TurnHypothesis(**envelope, text=event.text, at_ms=event.at_ms + offset,
+                                      language=event.language)
+            case Transcript():
+                return TranscriptChunk(
+                    **envelope, text=event.text, is_final=event.is_final,
+                    start_ms=event.start_ms + offset, end_ms=event.end_ms + offset,
+                    confidence=event.confidence, language=event.language,
+                )
 
 
 def _coalesce(items: list[bytes | str]) -> list[bytes | str]:

@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 
 from asr_worker.engine import Transcription
-from asr_worker.session import AsrEvent, AsrSession, LocalAgreement, SpeechStarted, Transcript
+from asr_worker.session import (
+    AsrEvent,
+    AsrSession,
+    LocalAgreement,
+    Paused,
+    SpeechResumed,
+    SpeechStarted,
+    Transcript,
+)
 from asr_worker.wer import normalize
 from common.audio import read_wav
 
@@ -298,3 +306,42 @@ def test_real_engine_streams_partials_then_final(fixtures_dir: Path, whisper_eng
     text = normalize(done[0].text)
     assert "capital" in text and "zimbabwe" in text
     assert 0.0 < done[0].confidence <= 1.0 and done[0].language == "en"
+
+
+# --- pauses: the early-reply hypothesis ---------------------------------------------------------
+
+
+def pausing_session(engine: FakeEngine, pause_ms: int = 200) -> AsrSession:
+    return AsrSession(engine, language="en", silence_ms=500, pause_ms=pause_ms)
+
+
+def test_a_pause_gives_a_hypothesis_and_the_final_reuses_it(short_speech: bytes) -> None:
+    engine = FakeEngine(lambda seconds, call: "will it rain")
+    session = pausing_session(engine)
+    events = feed(session, short_speech + silence(300))
+    paused = [e for e in events if isinstance(e, Paused)]
+    assert len(paused) == 1 and paused[0].text == "will it rain"
+    calls = len(engine.durations)
+    events = feed(session, silence(600))
+    assert [e.text for e in finals(events)] == ["will it rain"]
+    assert len(engine.durations) == calls  # the final cost no transcription
+
+
+def test_speech_after_a_pause_resumes_and_the_final_hears_everything(
+    short_speech: bytes,
+) -> None:
+    engine = FakeEngine(lambda seconds, call: f"said {seconds:.1f}")
+    session = pausing_session(engine)
+    events = feed(session, short_speech + silence(300) + short_speech + silence(700))
+    kinds = [type(e).__name__ for e in events if not isinstance(e, Transcript) or e.is_final]
+    assert kinds == ["SpeechStarted", "Paused", "SpeechResumed", "Paused", "Transcript"]
+    first, second = [e for e in events if isinstance(e, Paused)]
+    final = finals(events)[0]
+    assert final.text == second.text != first.text  # it hears the speech after the pause
+
+
+def test_no_pause_hypotheses_when_early_reply_is_off(short_speech: bytes) -> None:
+    session = AsrSession(FakeEngine(growing), language="en", silence_ms=500, pause_ms=None)
+    events = feed(session, short_speech + silence(700))
+    assert not any(isinstance(e, Paused | SpeechResumed) for e in events)
+    assert len(finals(events)) == 1
