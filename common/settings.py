@@ -70,11 +70,11 @@ class Settings(BaseSettings):
     asr_beam_size: int = 1
     asr_language: str = ""  # empty: follow `language`; "auto": detect
     vad_aggressiveness: int = Field(default=2, ge=0, le=3)
-    vad_silence_ms: int = 500  # trailing silence that ends a turn
+    vad_silence_ms: int = 400  # trailing silence that ends a turn (see README: tuning)
     vad_min_speech_ms: int = 200  # speech shorter than this does not open a turn
     asr_partial_interval_ms: int = 300
     early_reply: bool = True  # start the LLM at a pause, before the end of turn is certain
-    early_pause_ms: int = 200  # silence inside speech that counts as a pause
+    early_pause_ms: int = 100  # unvoiced audio inside speech (after webrtcvad's ~80 ms hangover) that counts as a pause
 
     llm_engine: Literal["llama-cpp", "vllm"] = "llama-cpp"
     llm_model: str = "smollm2-135m"

@@ -28,7 +28,7 @@ async def main() -> None:
         seed=settings.llm_seed,
         temperature=settings.llm_temperature,
     )
-    engine.warmup()
+    engine.warmup(settings.system_prompt)
     worker = LlmWorker(engine, settings.llm_max_new_tokens)
     info = {**model_info(settings.llm_model, settings.models_dir), "engine": settings.llm_engine}
     runtime = WorkerRuntime("llm", settings, LlmWork, worker.handle, info)

@@ -28,7 +28,7 @@ class LLM(Protocol):
         """
         ...
 
-    def warmup(self) -> None: ...
+    def warmup(self, system_prompt: str = "") -> None: ...
 
 
 class LlamaCppEngine:
@@ -61,8 +61,13 @@ class LlamaCppEngine:
         )
         return cls(llama, temperature)
 
-    def warmup(self) -> None:
-        for _ in self.generate_stream([{"role": "user", "content": "Hi"}], max_new_tokens=2):
+    def warmup(self, system_prompt: str = "") -> None:
+        """One tiny generation; with the system prompt, so the first real turn finds it in the
+        KV cache (llama.cpp reuses the longest common prompt prefix)."""
+        messages = [{"role": "user", "content": "Hi"}]
+        if system_prompt:
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        for _ in self.generate_stream(messages, max_new_tokens=2):
             pass
 
     def generate_stream(

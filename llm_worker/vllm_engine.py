@@ -35,7 +35,8 @@ class VllmEngine:
         tokenizer = engine.engine.get_tokenizer() if hasattr(engine, "engine") else None
         return cls(engine, tokenizer, temperature)
 
-    def warmup(self) -> None:
+    def warmup(self, system_prompt: str = "") -> None:
+        del system_prompt  # vLLM's prefix cache warms itself
         for _ in self.generate_stream([{"role": "user", "content": "Hi"}], max_new_tokens=2):
             pass
 

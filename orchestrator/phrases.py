@@ -20,7 +20,7 @@ class PhraseCutter:
         self,
         *,
         first_min_words: int = 2,
-        first_max_words: int = 10,
+        first_max_words: int = 4,
         min_words: int = 3,
         max_chars: int = 160,
     ) -> None:

@@ -37,6 +37,11 @@ class Turn:
     request: GenerateRequest | None = None  # kept until the LLM's final token, for replay
     attempts: int = 1
     progress_at: float = field(default_factory=time.monotonic)  # start, or the last token
+    started_at: float = field(default_factory=time.monotonic)
+    timings: dict[str, float] = field(default_factory=dict)  # ms since start, for the logs
+
+    def mark(self, event: str) -> None:
+        self.timings.setdefault(event, round((time.monotonic() - self.started_at) * 1000, 1))
     played: list[str] = field(default_factory=list)  # phrases the gateway says were heard
     phrases: int = 0
     llm_done: bool = False

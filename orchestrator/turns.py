@@ -153,6 +153,7 @@ class Turns:
     async def _commit(self, session: Session, turn: Turn, final_text: str) -> None:
         turn.speculative = False
         turn.user_text = final_text
+        turn.mark("committed")
         held, turn.held = turn.held, []
         log.info("early reply committed", extra={"session_id": session.session_id, "held": len(held)})
         for frame in held:
@@ -194,6 +195,7 @@ class Turns:
             chunk.token = f" {chunk.token}" if turn.reply_text else chunk.token
             chunk.is_final = True
         turn.progress_at = time.monotonic()
+        turn.mark("first_token")
         if chunk.token:
             turn.reply_text += chunk.token
             turn.token_seq += 1
@@ -239,6 +241,7 @@ class Turns:
             if phrase.forwarded <= phrase.skip:
                 return  # forwarded before the replay: never twice
         if not turn.audio_started:
+            turn.mark("first_audio")
             turn.audio_started = True
             await self._emit(session, turn, TurnEvent(turn_id=turn.turn_id, event="tts.start"))
         request_id = chunk.request_id
@@ -255,4 +258,5 @@ class Turns:
         turn.forwarded_all = True
         end = TurnEvent(turn_id=turn.turn_id, event="tts.end", text=turn.reply_text.strip())
         await self._emit(session, turn, end)
-        log.info("turn done", extra={"session_id": session.session_id, "turn_id": turn.turn_id})
+        log.info("turn done", extra={"session_id": session.session_id, "turn_id": turn.turn_id,
+                                     "early": "committed" in turn.timings, **turn.timings})
