@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     vad_min_speech_ms: int = 200  # speech shorter than this does not open a turn
     asr_partial_interval_ms: int = 300
     early_reply: bool = True  # start the LLM at a pause, before the end of turn is certain
-    early_pause_ms: int = 100  # unvoiced audio inside speech (after webrtcvad's ~80 ms hangover) that counts as a pause
+    early_pause_ms: int = 100  # unvoiced ms inside speech (after webrtcvad's ~80 ms hangover): a pause
 
     llm_engine: Literal["llama-cpp", "vllm"] = "llama-cpp"
     llm_model: str = "smollm2-135m"
