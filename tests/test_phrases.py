@@ -36,7 +36,7 @@ def test_later_phrases_end_at_sentences_not_commas() -> None:
 
 
 def test_a_mark_inside_a_word_is_not_a_break() -> None:
-    phrases = cut(tokens_of("About 3.5 million people live there. That is a lot."))
+    phrases = cut(tokens_of("About 3.5 million people live there. That is a lot."), first_max_words=10)
     assert phrases == ["About 3.5 million people live there.", "That is a lot."]
 
 
