@@ -17,6 +17,11 @@ def now_ns() -> int:
     return time.monotonic_ns()
 
 
+class ChatMessage(msgspec.Struct, array_like=True, gc=False):
+    role: str
+    content: str
+
+
 class Frame(msgspec.Struct, tag=True, array_like=True, omit_defaults=True, gc=False):
     """The envelope every frame carries.
 
@@ -90,6 +95,12 @@ class PlaybackMark(Frame):
     done: bool = False
 
 
+class HistoryRequest(Frame):
+    """Ask for a session's dialogue history (REST `GET /v1/sessions/{id}`)."""
+
+    reply_to: str = ""
+
+
 # --- orchestrator -> gateway (egress) -------------------------------------------------------------
 
 
@@ -100,6 +111,12 @@ class TurnEvent(Frame):
     text: str = ""
 
 
+class HistoryReply(Frame):
+    found: bool = False
+    turns: int = 0
+    messages: list[ChatMessage] = []
+
+
 class ErrorEvent(Frame):
     code: str = ""
     message: str = ""
@@ -107,11 +124,6 @@ class ErrorEvent(Frame):
 
 
 # --- orchestrator -> workers (work) ---------------------------------------------------------------
-
-
-class ChatMessage(msgspec.Struct, array_like=True, gc=False):
-    role: str
-    content: str
 
 
 class GenerateRequest(Frame):
@@ -198,8 +210,8 @@ class WorkerError(Frame):
     message: str = ""
 
 
-IngressMessage = SessionStart | AudioIn | EndTurn | SessionEnd | PlaybackMark
-EgressMessage = TranscriptChunk | TokenChunk | AudioChunk | TurnEvent | ErrorEvent
+IngressMessage = SessionStart | AudioIn | EndTurn | SessionEnd | PlaybackMark | HistoryRequest
+EgressMessage = TranscriptChunk | TokenChunk | AudioChunk | TurnEvent | ErrorEvent | HistoryReply
 ControlMessage = Cancel | Ping | StackStatus
 ResultMessage = (
     Ready

@@ -71,6 +71,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ok, detail = bridge.ready()
         return JSONResponse({"ready": ok, **detail}, status_code=200 if ok else 503)
 
+    @app.get("/v1/sessions/{session_id}")
+    async def session_history(session_id: str) -> JSONResponse:
+        """A live session's dialogue history (what the assistant keeps of each turn)."""
+        reply = await bridge.history(session_id)
+        if reply is None:
+            return JSONResponse({"error": "orchestrator_unavailable"}, status_code=503)
+        if not reply.found:
+            return JSONResponse({"error": "session_not_found"}, status_code=404)
+        history = [{"role": m.role, "content": m.content} for m in reply.messages]
+        return JSONResponse({"session_id": session_id, "turns": reply.turns, "history": history})
+
     @app.websocket("/ws/audio")
     async def ws_audio(websocket: WebSocket) -> None:
         await AudioSocket(websocket, bridge, settings).run()

@@ -11,10 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 
 from common import transport
-from common.frames import ControlMessage, EgressMessage, Frame, StackStatus, decoder
+from common.frames import (
+    ControlMessage,
+    EgressMessage,
+    Frame,
+    HistoryReply,
+    HistoryRequest,
+    StackStatus,
+    decoder,
+)
 from common.settings import Settings
 from gateway.playback import Outbox, SessionClosed
 
@@ -39,6 +48,7 @@ class Bridge:
         self.status_at = 0.0
         self._ingress = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._pending: dict[str, asyncio.Future[HistoryReply]] = {}
 
     async def start(self) -> None:
         self._ingress = transport.push(self.settings.ingress)
@@ -77,7 +87,28 @@ class Bridge:
     def unregister(self, session_id: str) -> None:
         self.connections.pop(session_id, None)
 
+    async def history(self, session_id: str) -> HistoryReply | None:
+        """The orchestrator's view of a session's dialogue; None if it did not answer."""
+        request_id = uuid.uuid4().hex
+        future: asyncio.Future[HistoryReply] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            request = HistoryRequest(session_id=session_id, request_id=request_id,
+                                     reply_to=self.settings.egress)
+            if not await self.send(request):
+                return None
+            return await asyncio.wait_for(future, self.settings.request_timeout_s)
+        except TimeoutError:
+            return None
+        finally:
+            self._pending.pop(request_id, None)
+
     async def _route(self, frame: EgressMessage) -> None:
+        if isinstance(frame, HistoryReply):
+            future = self._pending.get(frame.request_id)
+            if future is not None and not future.done():
+                future.set_result(frame)
+            return
         connection = self.connections.get(frame.session_id)
         if connection is not None:
             connection.outbox.put(frame)

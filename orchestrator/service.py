@@ -20,6 +20,8 @@ from common.frames import (
     ErrorEvent,
     Frame,
     Heartbeat,
+    HistoryReply,
+    HistoryRequest,
     IngressMessage,
     Ping,
     PlaybackMark,
@@ -113,10 +115,20 @@ class Orchestrator:
                     await self._to_worker(session, "asr", message)
             case SessionEnd():
                 await self._end_session(message)
+            case HistoryRequest():
+                await self._history(message)
             case PlaybackMark():
                 session = self.sessions.get(message.session_id)
                 if session is not None:
                     self.turns.on_playback(session, message)
+
+    async def _history(self, request: HistoryRequest) -> None:
+        session = self.sessions.get(request.session_id)
+        reply = HistoryReply(session_id=request.session_id, request_id=request.request_id)
+        if session is not None:
+            reply.found, reply.turns, reply.messages = True, session.turns, list(session.history)
+        sock = self._egress_socket(request.reply_to)
+        await transport.send(sock, reply, timeout_s=2.0)
 
     async def _start_session(self, start: SessionStart) -> None:
         session = Session(
@@ -213,6 +225,12 @@ class Orchestrator:
 
     # --- sending -------------------------------------------------------------------------------
 
+    def _egress_socket(self, endpoint: str) -> zmq.asyncio.Socket:
+        sock = self._egress.get(endpoint)
+        if sock is None:
+            sock = self._egress[endpoint] = transport.push(endpoint)
+        return sock
+
     async def _publish(self, frame: Frame) -> None:
         await transport.send(self._control, frame, timeout_s=0)
 
@@ -239,8 +257,6 @@ class Orchestrator:
 
     async def _to_client(self, session: Session, frame: Frame) -> None:
         frame.session_id = session.session_id
-        sock = self._egress.get(session.reply_to)
-        if sock is None:
-            sock = self._egress[session.reply_to] = transport.push(session.reply_to)
+        sock = self._egress_socket(session.reply_to)
         if not await transport.send(sock, frame, timeout_s=2.0):
             log.warning("gateway unreachable; frame dropped", extra={"session_id": session.session_id})
