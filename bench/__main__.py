@@ -44,11 +44,13 @@ def summarize(values: list[float]) -> dict[str, Any]:
 
 
 def questions() -> list[Path]:
-    return sorted(FIXTURES.glob("q_*.wav"))
+    """The English questions: the Shona ones need the Shona pack (and say little to an
+    English ASR model), so they would only measure garbage."""
+    return sorted(FIXTURES.glob("q_en_*.wav"))
 
 
 async def one_turn(url: str, clip: Path) -> TalkResult:
-    return await Talker(load_clip(clip)).run(url, timeout_s=90)
+    return await Talker(load_clip(clip), until_first_audio=True).run(url, timeout_s=90)
 
 
 def turn_figures(results: list[TalkResult]) -> dict[str, Any]:

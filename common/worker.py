@@ -9,9 +9,11 @@ a handler can stop generating for a turn that the user interrupted.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -127,25 +129,49 @@ async def iterate_in_thread(
     """Run a blocking iterator (an engine's stream) in a thread; yield its items here.
 
     The bounded queue gives backpressure: the engine thread waits when the consumer (the socket)
-    falls behind instead of piling up frames in memory.
+    falls behind instead of piling up frames in memory. When the consumer stops early (a
+    cancelled turn), the thread is told to stop too, and it closes the engine's iterator, so
+    no thread is ever left blocked on a queue nobody reads.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=maxsize)
+    stopped = threading.Event()
+
+    def hand_over(item: Any) -> bool:
+        future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+        while not stopped.is_set():
+            try:
+                future.result(timeout=0.1)
+                return True
+            except concurrent.futures.TimeoutError:
+                continue
+        future.cancel()
+        return False
 
     def produce() -> None:
+        iterator = make_iterator()
         try:
-            for item in make_iterator():
-                asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+            for item in iterator:
+                if not hand_over(item):
+                    return
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            asyncio.run_coroutine_threadsafe(queue.put(exc), loop).result()
-        asyncio.run_coroutine_threadsafe(queue.put(_DONE), loop).result()
+            hand_over(exc)
+            return
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+        hand_over(_DONE)
 
     producer = loop.run_in_executor(None, produce)
-    while True:
-        item = await queue.get()
-        if item is _DONE:
-            break
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-    await producer
+    try:
+        while True:
+            item = await queue.get()
+            if item is _DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stopped.set()
+        await asyncio.shield(producer)

@@ -81,8 +81,9 @@ class Talker:
     """One spoken turn over one WebSocket connection."""
 
     def __init__(self, pcm: bytes, *, frame_ms: int = 20, realtime: bool = True,
-                 end_turn: bool = True) -> None:
+                 end_turn: bool = True, until_first_audio: bool = False) -> None:
         self.pcm = pcm
+        self.until_first_audio = until_first_audio  # benchmarks: the turn's figures are in
         self.frame_ms = frame_ms
         self.realtime = realtime
         self.end_turn = end_turn
@@ -128,6 +129,9 @@ class Talker:
             if isinstance(message, bytes):
                 if self.result.v2v_ms is None:
                     self.result.v2v_ms = self._since_speech_end_ms()
+                    if self.until_first_audio:
+                        self.result.completed = True
+                        return
                 self.result.reply_audio.extend(message)
                 continue
             event = json.loads(message)

@@ -95,7 +95,8 @@ def event_for(frame: Frame) -> dict[str, Any] | bytes | None:
                 "conf": round(frame.confidence, 3), "language": frame.language,
             }
         case TokenChunk():
-            return {"type": "llm.partial", "turn_id": frame.turn_id, "token": frame.token}
+            return {"type": "llm.partial", "turn_id": frame.turn_id, "seq": frame.seq,
+                    "token": frame.token}
         case AudioChunk():
             return frame.payload
         case TurnEvent():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from common.frames import GenerateRequest, TokenChunk
@@ -52,9 +53,10 @@ class LlmWorker:
                     messages, max_new_tokens=max_new, should_stop=stopped, prefix=request.prefix
                 )
             )
-            async for piece in pieces:
-                await self._emit(request, seq=seq, token=piece, final=False)
-                seq += 1
+            async with contextlib.aclosing(pieces):
+                async for piece in pieces:
+                    await self._emit(request, seq=seq, token=piece, final=False)
+                    seq += 1
         await self._emit(request, seq=seq, token="", final=True)
 
     async def _emit(self, request: GenerateRequest, *, seq: int, token: str, final: bool) -> None:

@@ -49,7 +49,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     """The real five-process stack under supervisord, on free loopback ports, once per session."""
     from tests.stack import Stack
 
-    running = Stack(tmp_path_factory.mktemp("stack"))
+    # The chaos test kills workers far more often than real failures would: give the shared
+    # stack a restart budget to match (the default budget is tested on a stack of its own).
+    running = Stack(tmp_path_factory.mktemp("stack"), INZWA_RESTART_BUDGET="40")
     try:
         running.start()
         yield running

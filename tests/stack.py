@@ -70,13 +70,14 @@ class Stack:
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 240.0) -> None:
+    def start(self, timeout_s: float = 240.0, *, wait: bool = True) -> None:
         log = (self.run_dir / "stack.out").open("wb")
         self.process = subprocess.Popen(
             supervisord_command(), env=self.env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.wait_ready(timeout_s)
+        if wait:
+            self.wait_ready(timeout_s)
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s

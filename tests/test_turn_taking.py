@@ -29,6 +29,7 @@ class Conversation:
         self.ws = ws
         self.log: list[tuple[float, Any]] = []  # (time, event dict or audio byte count)
         self.session_id = ""
+        self.audio = bytearray()
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -38,6 +39,8 @@ class Conversation:
 
     async def _read(self) -> None:
         async for message in self.ws:
+            if isinstance(message, bytes):
+                self.audio.extend(message)
             item = len(message) if isinstance(message, bytes) else json.loads(message)
             self.log.append((time.monotonic(), item))
 

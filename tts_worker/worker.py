@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from common.frames import AudioChunk, SynthesizeRequest
@@ -46,11 +47,12 @@ class TtsWorker:
                 request.text, sample_rate=request.sample_rate, frame_ms=self.frame_ms
             )
         )
-        async for payload in frames:
-            if runtime.is_cancelled(request.session_id, request.turn_id):
-                break  # the rest of the stream is dropped; the thread ends at its next frame
-            await self._emit(request, seq, payload, final=False)
-            seq += 1
+        async with contextlib.aclosing(frames):  # closing it stops the synthesis thread
+            async for payload in frames:
+                if runtime.is_cancelled(request.session_id, request.turn_id):
+                    break
+                await self._emit(request, seq, payload, final=False)
+                seq += 1
         return seq
 
     async def _emit(self, request: SynthesizeRequest, seq: int, payload: bytes, *, final: bool) -> None:

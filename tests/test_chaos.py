@@ -1,0 +1,189 @@
+"""Fault tolerance on the real stack: workers killed mid-turn, a chaos loop, the restart budget.
+
+Every loop here is bounded in count and time, and every test leaves the shared stack READY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from asr_worker.wer import normalize
+from common.audio import pcm16_to_float
+from gateway.client import load_clip
+from tests.stack import Stack
+from tests.test_turn_taking import Conversation, silence
+
+pytestmark = pytest.mark.e2e
+
+
+def kill(stack: Stack, program: str) -> int:
+    pid = stack.pids()[program]
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def wait_back(stack: Stack, program: str, old_pid: int, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while stack.pids().get(program) in (None, old_pid) or not stack.ready():
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.3)
+
+
+def check_turn(talk: Conversation) -> str:
+    """The turn completed, tokens came once each and in order, and the audio says the reply."""
+    ends = talk.events("tts.end")
+    assert len(ends) == 1, talk.events()
+    turn = ends[0]["turn_id"]
+    tokens = [e for e in talk.events("llm.partial") if e["turn_id"] == turn]
+    seqs = [e["seq"] for e in tokens]
+    assert seqs == sorted(set(seqs)), seqs  # strictly increasing: no duplicate, no reorder
+    assert seqs == list(range(1, len(seqs) + 1))  # and no gap
+    reply = "".join(e["token"] for e in tokens).strip()
+    assert reply and reply == ends[0]["text"]
+    return reply
+
+
+def intelligible(audio: bytes, reply: str, whisper_engine: Any) -> float:
+    heard = set(normalize(whisper_engine.transcribe(pcm16_to_float(audio), "en").text).split())
+    said = normalize(reply).split()
+    return sum(word in heard for word in said) / max(1, len(said))
+
+
+async def turn_with_kill(stack: Stack, clip: Path, program: str,
+                         when: Callable[[Conversation], bool]) -> tuple[Conversation, int]:
+    async with websockets.connect(stack.url, max_size=None) as ws:
+        talk = Conversation(ws)
+        await talk.start()
+        streaming = asyncio.create_task(talk.stream(load_clip(clip) + silence(500)))
+        await talk.wait_for(lambda: when(talk), timeout_s=60)
+        pid = kill(stack, program)
+        await streaming
+        await talk.wait_for(lambda: talk.events("tts.end"), timeout_s=120)
+        return talk, pid
+
+
+@pytest.mark.parametrize(
+    ("program", "moment"),
+    [
+        ("asr_worker", "mid-utterance"),
+        ("llm_worker", "mid-generation"),
+        ("tts_worker", "mid-phrase"),
+    ],
+)
+def test_a_worker_killed_mid_turn_costs_only_a_delay(
+    stack: Stack, fixtures_dir: Path, whisper_engine: Any, program: str, moment: str
+) -> None:
+    moments: dict[str, Callable[[Conversation], bool]] = {
+        "mid-utterance": lambda t: bool(t.events("asr.partial")),
+        "mid-generation": lambda t: len(t.events("llm.partial")) >= 3,
+        "mid-phrase": lambda t: t.audio_bytes() > 16000,  # half a second of reply audio
+    }
+    talk, pid = asyncio.run(
+        turn_with_kill(stack, fixtures_dir / "q_en_long.wav", program, moments[moment])
+    )
+    reply = check_turn(talk)
+    final = normalize(talk.events("asr.final")[0]["text"])
+    assert "story" in final and "lion" in final  # the whole utterance was heard
+    assert talk.audio_bytes() > 32000 and not talk.events("error")
+    assert intelligible(bytes(talk.audio), reply, whisper_engine) >= 0.5
+    wait_back(stack, program, pid)
+    state = json.loads((stack.run_dir / "watchdog.json").read_text())
+    assert any(name.startswith(program) for name in state["restarts_total"])  # the restart shows
+
+
+def test_ctl_restart_of_tts_during_a_reply(stack: Stack, fixtures_dir: Path, whisper_engine: Any) -> None:
+    async def run() -> Conversation:
+        async with websockets.connect(stack.url, max_size=None) as ws:
+            talk = Conversation(ws)
+            await talk.start()
+            await talk.stream(load_clip(fixtures_dir / "q_en_long.wav") + silence(500))
+            await talk.wait_for(lambda: talk.audio_bytes() > 16000, timeout_s=60)
+            await asyncio.to_thread(stack.ctl, "restart", "tts_worker")
+            await talk.wait_for(lambda: talk.events("tts.end"), timeout_s=120)
+            return talk
+
+    talk = asyncio.run(run())
+    reply = check_turn(talk)
+    assert intelligible(bytes(talk.audio), reply, whisper_engine) >= 0.5
+    stack.wait_ready()
+
+
+def test_chaos_loop_loses_no_turn(stack: Stack, fixtures_dir: Path, whisper_engine: Any) -> None:
+    """A conversation of 10 turns on one session while a random worker is killed every few
+    seconds: every turn completes, no token is duplicated or lost."""
+    clips = [fixtures_dir / f"q_en_{name}.wav" for name in ("capital", "weather")]
+    rng = random.Random(7)
+    kills: list[str] = []
+    delays: list[float] = []
+
+    async def killer(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(rng.uniform(3.0, 6.0))
+            program = rng.choice(["asr_worker", "llm_worker", "tts_worker"])
+            pids = await asyncio.to_thread(stack.pids)
+            if program in pids and not stop.is_set():
+                os.kill(pids[program], signal.SIGKILL)
+                kills.append(program)
+
+    async def conversation() -> Conversation:
+        async with websockets.connect(stack.url, max_size=None) as ws:
+            talk = Conversation(ws)
+            await talk.start()
+            stop = asyncio.Event()
+            chaos = asyncio.create_task(killer(stop))
+            for index in range(10):
+                ends = len(talk.events("tts.end"))
+                started = time.monotonic()
+                await talk.stream(load_clip(clips[index % 2]) + silence(500))
+                await talk.wait_for(lambda n=ends: len(talk.events("tts.end")) > n, timeout_s=120)
+                delays.append(time.monotonic() - started)
+            stop.set()
+            await chaos
+            return talk
+
+    talk = asyncio.run(conversation())
+    ends = talk.events("tts.end")
+    assert len(ends) == 10 and not talk.events("error")
+    for end in ends:
+        seqs = [e["seq"] for e in talk.events("llm.partial") if e["turn_id"] == end["turn_id"]]
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert "".join(e["token"] for e in talk.events("llm.partial")
+                       if e["turn_id"] == end["turn_id"]).strip() == end["text"]
+    assert len(kills) >= 3, kills
+    report = {"turns": 10, "completed": len(ends), "kills": kills,
+              "longest_turn_s": round(max(delays), 2), "median_turn_s": round(sorted(delays)[5], 2)}
+    (stack.run_dir / "chaos.json").write_text(json.dumps(report))
+    print("chaos:", json.dumps(report))
+    stack.wait_ready()
+
+
+def test_a_worker_that_keeps_dying_at_start_ends_in_a_reported_state(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    broken = Stack(tmp_path_factory.mktemp("broken"), INZWA_TTS_MODEL="/nonexistent/voice.onnx",
+                   INZWA_RESTART_BUDGET="2", INZWA_RESTART_BACKOFF_S="0.2")
+    try:
+        broken.start(wait=False)
+        deadline = time.monotonic() + 120
+        state_file = broken.run_dir / "watchdog.json"
+        while not (state_file.exists() and json.loads(state_file.read_text())["gave_up"]):
+            assert time.monotonic() < deadline, broken.logs()
+            time.sleep(0.5)
+        assert json.loads(state_file.read_text())["gave_up"] == ["tts_worker:tts_worker_0"]
+        time.sleep(3)  # no hot loop: it stays down
+        assert "tts_worker" not in broken.pids()
+        assert "restart budget exhausted" in (broken.run_dir / "watchdog.log").read_text()
+        assert not broken.ready()  # /readyz says the stack cannot serve
+    finally:
+        broken.stop()
