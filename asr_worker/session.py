@@ -157,8 +157,12 @@ class AsrSession:
             pause_ms=settings.early_pause_ms if settings.early_reply else None,
         )
 
-    def feed(self, pcm: bytes) -> list[AsrEvent]:
-        """Process PCM16 mono 16 kHz audio of any length."""
+    def feed(self, pcm: bytes, *, partials: bool = True) -> list[AsrEvent]:
+        """Process PCM16 mono 16 kHz audio of any length.
+
+        `partials=False` when the caller is behind real time: a partial then would only be
+        superseded by the next one, and its CPU is better spent catching up.
+        """
         events: list[AsrEvent] = []
         for event in self._detector.feed(pcm):
             if isinstance(event, SpeechStart):
@@ -170,7 +174,7 @@ class AsrSession:
                 events.extend(self._finish(event))
         if self._detector.in_speech:
             events.extend(self._pause_events())
-            if self._paused is None:
+            if self._paused is None and partials:
                 events.extend(self._maybe_partial())
         return events
 

@@ -35,6 +35,7 @@ from common.worker import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
+BACKLOG_BYTES = 32 * 200  # more than 200 ms of audio queued for one session: we are behind
 _END_TURN = "end_turn"
 _CLOSE = "close"
 
@@ -55,6 +56,8 @@ class AsrWorker:
         self.settings = settings
         self.runtime: WorkerRuntime | None = None
         self.streams: dict[str, SessionStream] = {}
+        self.skipped_partials = 0  # partial transcriptions skipped to catch up (congestion)
+        self._feeding = 0  # feeds running in threads now
 
     async def handle(self, message: AsrWork) -> None:
         match message:
@@ -102,7 +105,16 @@ class AsrWorker:
             events = await asyncio.to_thread(stream.asr.end_turn)
         else:
             assert isinstance(item, bytes)
-            events = await asyncio.to_thread(stream.asr.feed, item)
+            # Partials are best effort: none while this session is behind real time or another
+            # session is being transcribed; finals and pause hypotheses always run.
+            congested = len(item) > BACKLOG_BYTES or self._feeding > 0
+            if congested:
+                self.skipped_partials += 1
+            self._feeding += 1
+            try:
+                events = await asyncio.to_thread(stream.asr.feed, item, partials=not congested)
+            finally:
+                self._feeding -= 1
         for event in events:
             await self._emit(stream, event)
 

@@ -345,3 +345,11 @@ def test_no_pause_hypotheses_when_early_reply_is_off(short_speech: bytes) -> Non
     events = feed(session, short_speech + silence(700))
     assert not any(isinstance(e, Paused | SpeechResumed) for e in events)
     assert len(finals(events)) == 1
+
+
+def test_a_caller_behind_real_time_can_skip_partials(speech: bytes) -> None:
+    engine = FakeEngine(growing)
+    session = AsrSession(engine, language="en", silence_ms=500)
+    events = session.feed(speech, partials=False) + session.feed(silence(700), partials=False)
+    assert partials(events) == [] and len(finals(events)) == 1
+    assert len(engine.durations) == 1  # only the final was transcribed
