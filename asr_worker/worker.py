@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from asr_worker.engine import ASR
@@ -35,6 +36,7 @@ from common.worker import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
+PROGRESS_EVERY_S = 1.0
 BACKLOG_BYTES = 32 * 200  # more than 200 ms of audio queued for one session: we are behind
 _END_TURN = "end_turn"
 _CLOSE = "close"
@@ -47,6 +49,7 @@ class SessionStream:
     inbox: asyncio.Queue[bytes | str] = field(default_factory=asyncio.Queue)
     utterance: int = 1
     offset_ms: int = 0  # where this instance's audio starts in the session (after a replay)
+    said_at: float = field(default_factory=time.monotonic)  # last frame sent for this session
     task: asyncio.Task[None] | None = None
 
 
@@ -117,6 +120,16 @@ class AsrWorker:
                 self._feeding -= 1
         for event in events:
             await self._emit(stream, event)
+        now = time.monotonic()
+        if events:
+            stream.said_at = now
+        elif now - stream.said_at > PROGRESS_EVERY_S:
+            # Nothing to say, but the session's audio is being processed: the orchestrator
+            # tells a long quiet stretch (partials skipped under load) from a stalled decoder.
+            stream.said_at = now
+            assert self.runtime is not None
+            await self.runtime.emit(VadEvent(session_id=stream.session_id, turn_id=stream.utterance,
+                                             request_id=self.runtime.instance_id, event="progress"))
 
     async def _emit(self, stream: SessionStream, event: AsrEvent) -> None:
         assert self.runtime is not None

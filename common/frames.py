@@ -195,6 +195,15 @@ class TurnHypothesis(Frame):
     language: str = ""
 
 
+class Leaving(Frame):
+    """A worker is stopping (SIGTERM): route no new work to it. With `gone`, it has finished
+    what it could and exits now; anything still in flight must be replayed."""
+
+    kind: str = ""
+    instance_id: str = ""
+    gone: bool = False
+
+
 class WorkerExited(Frame):
     """From the watchdog: a worker process died (don't wait for its heartbeats to stop)."""
 
@@ -218,6 +227,7 @@ ResultMessage = (
     | Heartbeat
     | WorkerError
     | WorkerExited
+    | Leaving
     | VadEvent
     | TurnHypothesis
     | TranscriptChunk

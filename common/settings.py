@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     llm_seed: int = 0
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     history_turns: int = 8
+    asr_stall_s: float = 6.0  # speech goes on but the ASR says nothing this long: reset it
     llm_timeout_s: float = 8.0  # no token for this long: a fallback reply is spoken instead
 
     tts_engine: Literal["piper-onnx"] = "piper-onnx"
@@ -97,6 +98,7 @@ class Settings(BaseSettings):
 
     # --- process supervision ---
     run_dir: Path = Path(".run")
+    drain_timeout_s: float = 8.0  # on SIGTERM a worker finishes in-flight work this long at most
     restart_budget: int = 5  # restarts of one program within restart_window_s before giving up
     restart_window_s: float = 60.0
     restart_backoff_s: float = 0.5  # doubles with each restart in the window

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from common import transport
-from common.frames import Cancel, ControlMessage, Frame, Heartbeat, Ready, decoder
+from common.frames import Cancel, ControlMessage, Frame, Heartbeat, Leaving, Ready, decoder
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,20 @@ class WorkerRuntime:
             asyncio.create_task(self._heartbeat()),
         ]
         await self._stopping.wait()
-        log.info("stopping", extra={"instance": self.instance_id, "pid": os.getpid()})
+        await self._drain()
         await transport.cancel_tasks(tasks)
         transport.close_all()
+
+    async def _drain(self) -> None:
+        """Graceful stop: take no new work, finish what is in hand (bounded), then go."""
+        log.info("draining", extra={"instance": self.instance_id, "pid": os.getpid()})
+        await transport.send(self._results, Leaving(kind=self.kind, instance_id=self.instance_id))
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while self.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await transport.send(self._results, Leaving(kind=self.kind, instance_id=self.instance_id,
+                                                    gone=True), timeout_s=0.5)
+        log.info("stopped", extra={"instance": self.instance_id, "unfinished": self.busy})
 
     def _ready(self) -> Ready:
         return Ready(

@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from common.frames import AudioIn, ErrorEvent, Frame, SessionStart
+from common.frames import AudioIn, ErrorEvent, Frame, SessionEnd, SessionStart
 
 if TYPE_CHECKING:
     from orchestrator.registry import WorkerRegistry
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from orchestrator.turns import Turns
 
 log = logging.getLogger(__name__)
+
+STALL_REPLAY_BYTES = 500 * 32  # the last 500 ms of PCM16 at 16 kHz
 
 
 class Recovery:
@@ -48,6 +50,7 @@ class Recovery:
         self.to_client = to_client
         self.timeout_s = timeout_s
         self.replays: dict[str, int] = {"asr": 0, "llm": 0, "tts": 0}
+        self.stalls = 0
 
     async def lost(self, kind: str, instance_id: str) -> None:
         for session in list(self.sessions.values()):
@@ -86,6 +89,28 @@ class Recovery:
         if await self.to_worker(session, "asr", start) and session.audio:
             await self.to_worker(session, "asr", AudioIn(session_id=session.session_id,
                                                          pcm=bytes(session.audio)))
+
+    async def check_asr_stall(self, session: Session, stall_s: float) -> None:
+        """Speech is under way and audio keeps coming, but the ASR has said nothing for
+        `stall_s`: reset its decoder for this session and replay the last 500 ms."""
+        now = time.monotonic()
+        if not session.speech_open or now - session.audio_at > 1.0:
+            return
+        if now - session.asr_heard_at < stall_s:
+            return
+        log.warning("asr stalled: resetting the session's decoder",
+                    extra={"session_id": session.session_id})
+        self.stalls += 1
+        session.asr_heard_at = now
+        session.speech_open = False
+        tail = bytes(session.audio[-STALL_REPLAY_BYTES:])
+        offset = session.audio_start_ms + (len(session.audio) - len(tail)) // 32
+        await self.to_worker(session, "asr", SessionEnd(session_id=session.session_id,
+                                                        reason="asr_stall"))
+        start = SessionStart(session_id=session.session_id, reply_to=session.reply_to,
+                             language=session.language, offset_ms=offset)
+        if await self.to_worker(session, "asr", start) and tail:
+            await self.to_worker(session, "asr", AudioIn(session_id=session.session_id, pcm=tail))
 
     async def expire_waits(self) -> None:
         """Work that waited too long for an instance ends with an error, not a hang."""

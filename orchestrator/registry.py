@@ -31,6 +31,7 @@ class Instance:
     last_seen: float = field(default_factory=time.monotonic)
     sessions: int = 0
     info: dict[str, str] = field(default_factory=dict)
+    leaving: bool = False  # stopping: finishes its work in hand but gets nothing new
 
 
 class WorkerRegistry:
@@ -80,7 +81,7 @@ class WorkerRegistry:
 
     def pick(self, kind: str) -> Instance | None:
         """The live instance of `kind` with the fewest pinned sessions."""
-        candidates = self.alive(kind)
+        candidates = [i for i in self.alive(kind) if not i.leaving]
         return min(candidates, key=lambda i: i.sessions) if candidates else None
 
     def reap(self) -> list[Instance]:
@@ -103,7 +104,7 @@ class WorkerRegistry:
         log.warning("instance lost", extra={"kind": instance.kind, "instance": instance.instance_id})
 
     def ready_counts(self) -> dict[str, int]:
-        return {kind: len(self.alive(kind)) for kind in KINDS}
+        return {kind: sum(not i.leaving for i in self.alive(kind)) for kind in KINDS}
 
     def all(self) -> list[Instance]:
         return list(self._instances.values())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 
 import zmq.asyncio
 
@@ -23,6 +24,7 @@ from common.frames import (
     HistoryReply,
     HistoryRequest,
     IngressMessage,
+    Leaving,
     Ping,
     PlaybackMark,
     Ready,
@@ -96,6 +98,7 @@ class Orchestrator:
             await self.recovery.expire_waits()
             for session in list(self.sessions.values()):
                 await self.turns.check_timeouts(session)
+                await self.recovery.check_asr_stall(session, self.settings.asr_stall_s)
             await asyncio.sleep(self.settings.heartbeat_interval_s / 2)
 
     # --- gateways -> orchestrator --------------------------------------------------------------
@@ -108,6 +111,7 @@ class Orchestrator:
                 session = self.sessions.get(message.session_id)
                 if session is not None:
                     session.keep_audio(message.pcm, self._max_audio_bytes)
+                    session.audio_at = time.monotonic()
                     await self._to_worker(session, "asr", message)
             case EndTurn():
                 session = self.sessions.get(message.session_id)
@@ -162,6 +166,8 @@ class Orchestrator:
                 await self._announce(message)
             case WorkerExited():
                 await self._on_exited(message)
+            case Leaving():
+                await self._on_leaving(message)
             case WorkerError():
                 await self._on_worker_error(message)
             case _:
@@ -174,10 +180,16 @@ class Orchestrator:
         from_asr = isinstance(message, TranscriptChunk | VadEvent | TurnHypothesis)
         if from_asr and message.request_id and message.request_id != session.pins.get("asr"):
             return  # from an ASR instance this session has left (declared dead)
+        if from_asr:
+            session.asr_heard_at = time.monotonic()
+            if isinstance(message, VadEvent) and message.event == "speech_start":
+                session.speech_open = True
+            elif isinstance(message, TranscriptChunk) and message.is_final:
+                session.speech_open = False
         match message:
             case TranscriptChunk():
                 await self._on_transcript(session, message)
-            case VadEvent():
+            case VadEvent(event="speech_start" | "speech_resume"):
                 await self.turns.on_speech(session, message.event)
             case TurnHypothesis():
                 await self.turns.on_hypothesis(session, message)
@@ -207,6 +219,19 @@ class Orchestrator:
         instance = self.registry.by_endpoint(endpoint)
         if instance is not None:
             self.registry.drop(instance)
+            await self.recovery.lost(instance.kind, instance.instance_id)
+
+    async def _on_leaving(self, leaving: Leaving) -> None:
+        """A worker stops on purpose: new work goes elsewhere (or waits for its restart); the
+        ASR's current utterances move now, LLM and TTS work in hand finishes there, and what
+        is still in flight when it is gone is replayed."""
+        instance = self.registry.get(leaving.instance_id)
+        if instance is None:
+            return
+        instance.leaving = True
+        if leaving.gone:
+            self.registry.drop(instance)
+        if leaving.gone or instance.kind == "asr":
             await self.recovery.lost(instance.kind, instance.instance_id)
 
     async def _on_transcript(self, session: Session, chunk: TranscriptChunk) -> None:
@@ -247,7 +272,7 @@ class Orchestrator:
 
     def _pinned(self, session: Session, kind: str) -> Instance | None:
         instance = self.registry.get(session.pins.get(kind))
-        if instance is not None and self.registry.is_alive(instance):
+        if instance is not None and self.registry.is_alive(instance) and not instance.leaving:
             return instance
         instance = self.registry.pick(kind)
         if instance is not None:

@@ -84,6 +84,9 @@ class Session:
     # to another ASR instance; `audio_start_ms` is its place in the session's audio timeline.
     audio: bytearray = field(default_factory=bytearray)
     audio_start_ms: int = 0
+    speech_open: bool = False  # the ASR saw speech start and has not given its final yet
+    asr_heard_at: float = field(default_factory=time.monotonic)  # its last frame for us
+    audio_at: float = 0.0  # the client's last audio
     needs_replay: set[str] = field(default_factory=set)  # kinds waiting for a READY instance
     waiting_since: dict[str, float] = field(default_factory=dict)
 

@@ -1,0 +1,78 @@
+"""The stack's own lifecycle: orchestrator death, graceful stop, no stray processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import websockets
+
+from gateway.client import talk
+from tests.stack import ROOT, Stack
+
+pytestmark = pytest.mark.e2e
+
+START = json.dumps({"type": "start", "codec": "pcm16", "sample_rate": 16000})
+
+
+def test_orchestrator_death_ends_sessions_with_try_again_and_the_stack_recovers(
+    stack: Stack, fixtures_dir: Path
+) -> None:
+    async def open_session_through_the_crash() -> tuple[list[dict], int | None]:
+        async with websockets.connect(stack.url) as ws:
+            await ws.send(START)
+            assert json.loads(await ws.recv())["type"] == "session.started"
+            os.kill(stack.pids()["orchestrator"], signal.SIGKILL)
+            events = []
+            try:
+                while True:
+                    message = await asyncio.wait_for(ws.recv(), 30)
+                    if isinstance(message, str):
+                        events.append(json.loads(message))
+            except websockets.ConnectionClosed:
+                pass
+            return events, ws.close_code
+
+    events, close_code = asyncio.run(open_session_through_the_crash())
+    assert events and events[-1]["code"] == "orchestrator_unavailable"
+    assert close_code == 1012
+    stack.wait_ready(60)  # supervisord restarted it; the workers announce themselves again
+    result = asyncio.run(talk(fixtures_dir / "q_en_capital.wav", stack.url, timeout_s=90))
+    assert result.completed and not result.errors, result.summary()
+
+
+def test_readyz_follows_the_orchestrator(stack: Stack) -> None:
+    os.kill(stack.pids()["orchestrator"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while stack.ready():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    stack.wait_ready(60)
+
+
+def test_run_stops_every_process_on_ctrl_c(tmp_path: Path) -> None:
+    """`inzwa run` (what `make run` execs) in the foreground; SIGINT leaves nothing behind."""
+    probe = Stack(tmp_path)  # only for its free ports and environment
+    process = subprocess.Popen([str(Path(probe.env["INZWA_PYTHON"]).with_name("inzwa")), "run"],
+                               env=probe.env, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        probe.wait_ready(180)
+        children = probe.pids(by_process=True)
+        assert len(children) == 5
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        banner = process.stdout.read().decode() if process.stdout else ""
+        assert f"ws://127.0.0.1:{probe.port}/ws/audio" in banner
+        for pid in children.values():
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
