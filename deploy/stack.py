@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,15 @@ def stack_env(settings: Settings, base: dict[str, str] | None = None) -> dict[st
     env.setdefault("PYTHONUNBUFFERED", "1")
     for kind in ("ASR", "LLM", "TTS"):
         env.setdefault(f"INZWA_{kind}_REPLICAS", "1")
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(run_dir / "metrics"))
     return env
+
+
+def fresh_metrics_dir(env: dict[str, str]) -> None:
+    """Each start of the stack begins with empty multiprocess metric files."""
+    metrics = Path(env["PROMETHEUS_MULTIPROC_DIR"])
+    shutil.rmtree(metrics, ignore_errors=True)
+    metrics.mkdir(parents=True)
 
 
 def supervisord_command() -> list[str]:
@@ -34,6 +43,7 @@ def supervisord_command() -> list[str]:
 def run_foreground(settings: Settings) -> None:
     """Replace this process with supervisord, so Ctrl-C and SIGTERM reach it directly."""
     env = stack_env(settings)
+    fresh_metrics_dir(env)
     print(
         f"Inzwa: ws://{settings.host}:{settings.port}/ws/audio  "
         f"(http://{settings.host}:{settings.port}/readyz; logs in {env['INZWA_RUN_DIR']})",

@@ -27,6 +27,7 @@ from typing import Any
 
 from common import logs
 from common.frames import WorkerExited, encode
+from common.metrics import process_exited
 from common.settings import Settings, get_settings
 
 log = logging.getLogger("watchdog")
@@ -87,6 +88,8 @@ class Watchdog:
             return
         fields = dict(item.split(":", 1) for item in payload.split("\n", 1)[0].split())
         group, name = fields["groupname"], fields["processname"]
+        if fields.get("pid", "").isdigit():
+            process_exited(int(fields["pid"]))
         instance = int(name.rsplit("_", 1)[1]) if name.rsplit("_", 1)[-1].isdigit() else 0
         self._notifier.exited(group, instance)
         full = f"{group}:{name}"

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from common.audio import frame_bytes
 from common.frames import (
@@ -23,8 +23,10 @@ from common.frames import (
     TurnEvent,
 )
 from common.logs import session_var
+from common.metrics import SESSIONS_ACTIVE, exposition
 from common.settings import Settings, get_settings
 from gateway.bridge import Bridge, Connection
+from gateway.latency import AudioClock
 from gateway.playback import SessionClosed
 from gateway.protocol import (
     CLOSE_POLICY,
@@ -71,6 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ok, detail = bridge.ready()
         return JSONResponse({"ready": ok, **detail}, status_code=200 if ok else 503)
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
+
     @app.get("/v1/sessions/{session_id}")
     async def session_history(session_id: str) -> JSONResponse:
         """A live session's dialogue history (what the assistant keeps of each turn)."""
@@ -98,6 +105,7 @@ class AudioSocket:
         self.settings = settings
         self.max_frame = frame_bytes(settings.max_frame_ms)
         self.frames_in = 0
+        self.clock = AudioClock()
 
     async def run(self) -> None:
         await self.ws.accept()
@@ -106,10 +114,12 @@ class AudioSocket:
             return
         connection = self.bridge.register(session_id)
         session_var.set(session_id)
+        SESSIONS_ACTIVE.inc()
         sender = asyncio.create_task(self._send_loop(connection))
         try:
             await self._receive_loop(session_id)
         finally:
+            SESSIONS_ACTIVE.dec()
             self.bridge.unregister(session_id)
             sender.cancel()
             await self.bridge.send(SessionEnd(session_id=session_id, reason="disconnect"))
@@ -170,6 +180,7 @@ class AudioSocket:
         data = message.get("bytes")
         if isinstance(data, bytes):
             check_audio(data, self.max_frame)
+            self.clock.received(len(data))
             self.frames_in += 1
             await self.bridge.send(AudioIn(session_id=session_id, seq=self.frames_in, pcm=data))
             return
@@ -198,6 +209,7 @@ class AudioSocket:
                     PlaybackMark(session_id=session_id, turn_id=frame.turn_id, text=frame.text)
                 )
             return
+        self.clock.observe(frame)
         event = event_for(frame)
         if isinstance(event, bytes):
             await self.ws.send_bytes(event)

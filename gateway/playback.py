@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common.frames import AudioChunk, Frame, TranscriptChunk, TurnEvent
+from common.metrics import DROPPED_FRAMES
 
 AUDIO_LANE_EVENTS = ("tts.start", "tts.end")
 
@@ -54,6 +55,7 @@ class Outbox:
     def put(self, frame: Frame) -> None:
         if len(self.events) + len(self.audio) >= self.limit:
             self.overflowed = True
+            DROPPED_FRAMES.labels("client_too_slow").inc()
         elif isinstance(frame, TurnEvent) and frame.event == "tts.cancel":
             self.cancel(frame.turn_id)
             self.events.append(frame)
@@ -72,6 +74,7 @@ class Outbox:
             if isinstance(last, TranscriptChunk) and not last.is_final:
                 self.events[-1] = frame  # superseded before it was sent
                 self.dropped_partials += 1
+                DROPPED_FRAMES.labels("superseded_partial").inc()
                 return
         self.events.append(frame)
 

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from common.frames import AudioIn, ErrorEvent, Frame, SessionEnd, SessionStart
+from common.metrics import REPLAYS
 
 if TYPE_CHECKING:
     from orchestrator.registry import WorkerRegistry
@@ -75,6 +76,7 @@ class Recovery:
         session.needs_replay.discard(kind)
         session.waiting_since.pop(kind, None)
         self.replays[kind] += 1
+        REPLAYS.labels(kind).inc()
         log.warning("replaying in-flight work", extra={"session_id": session.session_id, "kind": kind})
         if kind == "asr":
             await self._replay_asr(session)

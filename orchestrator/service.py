@@ -41,6 +41,7 @@ from common.frames import (
     decoder,
 )
 from common.logs import content
+from common.metrics import RESTART_BUDGET_EXHAUSTED, WORKER_RESTARTS
 from common.settings import Settings
 from orchestrator.recovery import Recovery
 from orchestrator.registry import Instance, WorkerRegistry
@@ -56,7 +57,6 @@ class Orchestrator:
         self.registry = WorkerRegistry(settings.heartbeat_interval_s * settings.heartbeat_liveness)
         self.sessions: dict[str, Session] = {}
         self._egress: dict[str, zmq.asyncio.Socket] = {}
-        self.restarts: dict[str, int] = {}
         self._max_audio_bytes = int(settings.max_audio_seconds * 32000) + 64000
         self._control = transport.pub(settings.bindable(settings.control), bind=True)
         self.turns = Turns(settings, self._to_worker, self._to_client, self._publish)
@@ -212,9 +212,11 @@ class Orchestrator:
 
     async def _on_exited(self, exited: WorkerExited) -> None:
         """The watchdog saw a worker process die: act now, not after missed heartbeats."""
-        self.restarts[exited.kind] = self.restarts.get(exited.kind, 0) + 1
         if exited.gave_up:
+            RESTART_BUDGET_EXHAUSTED.labels(exited.kind).inc()
             log.error("worker restart budget exhausted", extra={"program": exited.program})
+        else:
+            WORKER_RESTARTS.labels(exited.kind).inc()
         endpoint = self.settings.work_endpoint(exited.kind, exited.instance)
         instance = self.registry.by_endpoint(endpoint)
         if instance is not None:

@@ -26,6 +26,7 @@ from common.frames import (
     TurnEvent,
     TurnHypothesis,
 )
+from common.metrics import LLM_TTFW_MS, TURNS
 from common.settings import Settings
 from orchestrator.fallbacks import fallback
 from orchestrator.session import TTS_WINDOW, Phrase, Session, Turn
@@ -124,6 +125,7 @@ class Turns:
                                   request_id=turn.request_id))
         session.max_new_tokens = max(16, session.max_new_tokens // 2)
         text = fallback(session.language, "llm_timeout")
+        TURNS.labels("llm_timeout_fallback").inc()
         turn.request, turn.request_id = None, ""
         await self.on_token(session, TokenChunk(turn_id=turn.turn_id, token=text))
 
@@ -166,6 +168,7 @@ class Turns:
             return
         turn.cancelled = turn.closed = True
         await self.publish(Cancel(session_id=session.session_id, turn_id=turn.turn_id))
+        TURNS.labels("speculation_discarded" if turn.speculative else "interrupted").inc()
         if turn.speculative:
             return  # never shown to the client: leaves no trace
         session.remember(turn.user_text, " ".join(turn.played))
@@ -195,6 +198,8 @@ class Turns:
             chunk.token = f" {chunk.token}" if turn.reply_text else chunk.token
             chunk.is_final = True
         turn.progress_at = time.monotonic()
+        if "first_token" not in turn.timings and chunk.token:
+            LLM_TTFW_MS.observe((turn.progress_at - turn.started_at) * 1000)
         turn.mark("first_token")
         if chunk.token:
             turn.reply_text += chunk.token
@@ -256,6 +261,7 @@ class Turns:
     async def _finish(self, session: Session, turn: Turn) -> None:
         """All audio is forwarded; the history is written when the gateway says it was sent."""
         turn.forwarded_all = True
+        TURNS.labels("completed").inc()
         end = TurnEvent(turn_id=turn.turn_id, event="tts.end", text=turn.reply_text.strip())
         await self._emit(session, turn, end)
         log.info("turn done", extra={"session_id": session.session_id, "turn_id": turn.turn_id,

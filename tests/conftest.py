@@ -51,7 +51,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
 
     # The chaos test kills workers far more often than real failures would: give the shared
     # stack a restart budget to match (the default budget is tested on a stack of its own).
-    running = Stack(tmp_path_factory.mktemp("stack"), INZWA_RESTART_BUDGET="40")
+    # Replies of at most 48 tokens (~10 s of speech) keep the suite quick; paced playback
+    # otherwise makes every test that waits for tts.end wait for the whole answer.
+    running = Stack(tmp_path_factory.mktemp("stack"), INZWA_RESTART_BUDGET="40",
+                    INZWA_LLM_MAX_NEW_TOKENS="48")
     try:
         running.start()
         yield running

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from common.settings import Settings
-from deploy.stack import PROGRAMS, ctl_args, stack_env, supervisord_command
+from deploy.stack import PROGRAMS, ctl_args, fresh_metrics_dir, stack_env, supervisord_command
 
 ROOT = Path(__file__).resolve().parent.parent
 ZMQ_PORTS = 40  # ports above the base that the stack may bind
@@ -71,6 +71,7 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 240.0, *, wait: bool = True) -> None:
+        fresh_metrics_dir(self.env)
         log = (self.run_dir / "stack.out").open("wb")
         self.process = subprocess.Popen(
             supervisord_command(), env=self.env, stdout=log, stderr=subprocess.STDOUT,

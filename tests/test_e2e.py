@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import websockets
@@ -137,3 +138,22 @@ def test_a_bad_frame_gets_an_error_and_the_session_goes_on(stack: Stack, bad: st
     else:
         assert errors and errors[0]["code"] == code
     assert close_code is None or close_code == 1000  # the server did not end the session
+
+
+def test_metrics_of_every_process_in_one_scrape(stack: Stack, capital_turn: TalkResult) -> None:
+    body = httpx.get(f"{stack.http}/metrics", timeout=10).text
+    samples = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+
+    def total(prefix: str) -> float:
+        return sum(v for k, v in samples.items() if k.startswith(prefix))
+
+    assert total("inzwa_v2v_ms_count") >= 1  # gateway
+    assert total("inzwa_asr_partial_latency_ms_count") >= 1  # gateway, from ASR timestamps
+    assert total("inzwa_llm_ttfw_ms_count") >= 1  # orchestrator
+    assert total("inzwa_tts_rtf_count") >= 1  # tts worker
+    assert total('inzwa_turns_total{outcome="completed"}') >= 1
+    assert "inzwa_session_active" in body

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from common.frames import AudioChunk, SynthesizeRequest
+from common.metrics import TTS_RTF
 from common.worker import WorkerRuntime, iterate_in_thread
 from tts_worker.engine import TTS
 
@@ -47,12 +49,16 @@ class TtsWorker:
                 request.text, sample_rate=request.sample_rate, frame_ms=self.frame_ms
             )
         )
+        started, busy_s = time.perf_counter(), 0.0
         async with contextlib.aclosing(frames):  # closing it stops the synthesis thread
             async for payload in frames:
+                busy_s = time.perf_counter() - started  # synthesis time up to this frame
                 if runtime.is_cancelled(request.session_id, request.turn_id):
                     break
                 await self._emit(request, seq, payload, final=False)
                 seq += 1
+        if seq:
+            TTS_RTF.observe(busy_s / (seq * self.frame_ms / 1000))
         return seq
 
     async def _emit(self, request: SynthesizeRequest, seq: int, payload: bytes, *, final: bool) -> None:

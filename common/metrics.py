@@ -1,0 +1,68 @@
+"""Prometheus metrics shared by all five processes, collected by the gateway's /metrics.
+
+Each process writes its samples to files under PROMETHEUS_MULTIPROC_DIR (prometheus-client's
+multiprocess mode, set by `inzwa run`), so one scrape of the gateway shows the whole
+single-host stack. Without that variable the metrics still work, per process.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_MS = (25, 50, 100, 200, 300, 400, 500, 600, 800, 1000, 1500, 2000, 3000, 5000, 10000)
+
+SESSIONS_ACTIVE = Gauge(
+    "inzwa_session_active", "WebSocket sessions open now", multiprocess_mode="livesum"
+)
+V2V_MS = Histogram(
+    "inzwa_v2v_ms", "End of the user's speech to the first reply audio sent, ms", buckets=LATENCY_MS
+)
+ASR_PARTIAL_LATENCY_MS = Histogram(
+    "inzwa_asr_partial_latency_ms", "Audio time of a partial's end to its sending, ms",
+    buckets=LATENCY_MS,
+)
+LLM_TTFW_MS = Histogram(
+    "inzwa_llm_ttfw_ms", "Generation request to the first token (word), ms", buckets=LATENCY_MS
+)
+TTS_RTF = Histogram(
+    "inzwa_tts_rtf", "Synthesis time over audio duration, per phrase",
+    buckets=(0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0),
+)
+WORKER_RESTARTS = Counter(
+    "inzwa_worker_restarts_total", "Worker processes that died and were restarted", ["kind"]
+)
+RESTART_BUDGET_EXHAUSTED = Counter(
+    "inzwa_restart_budget_exhausted_total", "Workers left down after too many restarts", ["kind"]
+)
+DROPPED_FRAMES = Counter(
+    "inzwa_dropped_frames_total", "Frames not delivered, by reason", ["reason"]
+)
+REPLAYS = Counter(
+    "inzwa_replays_total", "In-flight requests sent again after a worker was lost", ["kind"]
+)
+TURNS = Counter("inzwa_turns_total", "Reply turns, by outcome", ["outcome"])
+
+
+def exposition() -> tuple[bytes, str]:
+    """The body and content type of /metrics: every process's samples when multiprocess."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def process_exited(pid: int) -> None:
+    """Forget a dead process's live gauges (its counters stay, as Prometheus expects)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)
