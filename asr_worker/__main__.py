@@ -8,6 +8,7 @@ from asr_worker.engine import WhisperEngine
 from asr_worker.worker import AsrWorker
 from common import logs
 from common.frames import AsrWork
+from common.languages import registry as languages
 from common.models import model_info, resolve
 from common.settings import get_settings
 from common.worker import WorkerRuntime
@@ -23,6 +24,7 @@ async def main() -> None:
         threads=settings.asr_threads,
         beam_size=settings.asr_beam_size,
     )
+    engine.auto_languages = set(languages.asr_languages())
     engine.warmup()
     worker = AsrWorker(engine, settings)
     info = {**model_info(settings.asr_model, settings.models_dir), "engine": settings.asr_engine}

@@ -168,6 +168,7 @@ class WhisperEngine:
         self._lock = threading.Lock()
         self._tokenizers: dict[str, Tokenizer] = {}
         self._suppress: list[int] | None = None
+        self.auto_languages: set[str] = set()  # empty: detection may pick any language
 
     @classmethod
     def load(
@@ -267,8 +268,10 @@ class WhisperEngine:
             return "en"
         if language not in (None, *AUTO_LANGUAGE):
             return str(language)
-        ranked = self._model.model.detect_language(encoded)[0]
-        return ranked[0][0].strip("<|>")  # tokens look like "<|en|>"
+        ranked = [(token.strip("<|>"), p) for token, p in self._model.model.detect_language(encoded)[0]]
+        if self.auto_languages:  # "auto" chooses among the enabled language packs only
+            ranked = [(code, p) for code, p in ranked if code in self.auto_languages] or ranked
+        return ranked[0][0]  # tokens look like "<|en|>"
 
     def _decode(self, encoded: Any, language: str, max_new: int) -> _Decoded:
         tokenizer = self._tokenizer(language)

@@ -31,6 +31,7 @@ from common.frames import (
     TurnHypothesis,
     VadEvent,
 )
+from common.languages import registry as languages
 from common.settings import Settings
 from common.worker import WorkerRuntime
 
@@ -85,10 +86,10 @@ class AsrWorker:
         return stream
 
     def _new_session(self, language: str) -> AsrSession:
+        """The session's language pack decides Whisper's language; "auto" detects it."""
         language = language or self.settings.effective_asr_language
-        return AsrSession.from_settings(
-            self.engine, self.settings, language=None if language == "auto" else language
-        )
+        code = "auto" if language == "auto" else languages.get(language).asr_language
+        return AsrSession.from_settings(self.engine, self.settings, language=code)
 
     async def _run(self, stream: SessionStream) -> None:
         while True:

@@ -25,6 +25,7 @@ import numpy as np
 
 from asr_worker.wer import corpus_wer
 from common.audio import pcm16_to_float
+from common.languages import registry as languages
 from common.models import resolve
 from common.settings import Settings
 from gateway.client import Talker, TalkResult, load_clip, speech_end_s
@@ -155,7 +156,8 @@ def sequential_baseline(settings: Settings) -> dict[str, Any]:
         speech = pcm16_to_float(pcm)[: int(speech_end_s(pcm) * 16000)]
         started = time.perf_counter()
         text = asr.transcribe_stock(speech, settings.effective_asr_language).text
-        messages = [{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": text}]
+        prompt = settings.system_prompt or languages.get(settings.language).system_prompt
+        messages = [{"role": "system", "content": prompt}, {"role": "user", "content": text}]
         reply = "".join(llm.generate_stream(messages, max_new_tokens=settings.llm_max_new_tokens))
         audio = list(tts.synthesize_stream(reply))
         totals.append((time.perf_counter() - started) * 1000)

@@ -15,11 +15,6 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_SYSTEM_PROMPT = (
-    "You are Inzwa, a friendly voice assistant. Your answers are spoken aloud, so reply in "
-    "one or two short, plain sentences without lists, markdown or emojis."
-)
-
 
 def _default_models_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "inzwa" / "models"
@@ -83,7 +78,7 @@ class Settings(BaseSettings):
     llm_max_new_tokens: int = 80
     llm_temperature: float = 0.3
     llm_seed: int = 0
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    system_prompt: str = ""  # empty: the session language pack's own prompt
     history_turns: int = 8
     asr_stall_s: float = 6.0  # speech goes on but the ASR says nothing this long: reset it
     llm_timeout_s: float = 8.0  # no token for this long: a fallback reply is spoken instead

@@ -7,6 +7,7 @@ import logging
 
 from common import logs
 from common.frames import LlmWork
+from common.languages import registry as languages
 from common.models import model_info, resolve
 from common.settings import get_settings
 from common.worker import WorkerRuntime
@@ -28,7 +29,7 @@ async def main() -> None:
         seed=settings.llm_seed,
         temperature=settings.llm_temperature,
     )
-    engine.warmup(settings.system_prompt)
+    engine.warmup(settings.system_prompt or languages.get(settings.language).system_prompt)
     worker = LlmWorker(engine, settings.llm_max_new_tokens)
     info = {**model_info(settings.llm_model, settings.models_dir), "engine": settings.llm_engine}
     runtime = WorkerRuntime("llm", settings, LlmWork, worker.handle, info)

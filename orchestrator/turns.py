@@ -26,9 +26,9 @@ from common.frames import (
     TurnEvent,
     TurnHypothesis,
 )
+from common.languages import registry as languages
 from common.metrics import LLM_TTFW_MS, TURNS
 from common.settings import Settings
-from orchestrator.fallbacks import fallback
 from orchestrator.session import TTS_WINDOW, Phrase, Session, Turn
 
 log = logging.getLogger(__name__)
@@ -102,11 +102,18 @@ class Turns:
         turn = Turn(turn_id, user_text, request_id=f"{session.session_id}:{turn_id}:llm:1",
                     speculative=speculative)
         session.turn = turn
+        pack = languages.get(session.language)
+        if pack.blocks_input(user_text):  # the safety filter: a polite refusal, no LLM call
+            log.info("input blocked by the safety filter", extra={"session_id": session.session_id})
+            TURNS.labels("refused").inc()
+            turn.request_id = ""
+            await self.on_token(session, TokenChunk(turn_id=turn_id, token=pack.fallback("cannot_help")))
+            return
         turn.request = GenerateRequest(
             session_id=session.session_id,
             turn_id=turn_id,
             request_id=turn.request_id,
-            messages=session.prompt(self.settings.system_prompt, user_text),
+            messages=session.prompt(self.settings.system_prompt or pack.system_prompt, user_text),
             max_new_tokens=session.max_new_tokens,
             language=session.language,
         )
@@ -124,7 +131,7 @@ class Turns:
         await self.publish(Cancel(session_id=session.session_id, turn_id=turn.turn_id,
                                   request_id=turn.request_id))
         session.max_new_tokens = max(16, session.max_new_tokens // 2)
-        text = fallback(session.language, "llm_timeout")
+        text = languages.get(session.language).fallback("llm_timeout")
         TURNS.labels("llm_timeout_fallback").inc()
         turn.request, turn.request_id = None, ""
         await self.on_token(session, TokenChunk(turn_id=turn.turn_id, token=text))

@@ -48,8 +48,8 @@ class Harness:
     """A fake gateway and one fake instance per worker kind around a real orchestrator."""
 
     def __init__(self, **overrides: Any) -> None:
-        self.settings = Settings(_env_file=None, zmq_base_port=free_port_range(40),
-                                 heartbeat_interval_s=0.2, system_prompt="SYSTEM", **overrides)
+        options = {"heartbeat_interval_s": 0.2, "system_prompt": "SYSTEM", **overrides}
+        self.settings = Settings(_env_file=None, zmq_base_port=free_port_range(40), **options)
         s = self.settings
         self.ingress = transport.push(s.ingress)
         self.results = transport.push(s.results)

@@ -40,9 +40,11 @@ class TTS(Protocol):
     def warmup(self) -> None: ...
 
     def synthesize_stream(
-        self, text: str, *, sample_rate: int = 16000, frame_ms: int = 20
+        self, text: str, *, sample_rate: int = 16000, frame_ms: int = 20,
+        phonemizer: Phonemizer | None = None,
     ) -> Iterator[bytes]:
-        """PCM16 LE mono frames of exactly `frame_ms` each, the last one zero-padded."""
+        """PCM16 LE mono frames of exactly `frame_ms` each, the last one zero-padded;
+        `phonemizer` (a language's G2P) replaces the voice's own."""
         ...
 
 
@@ -220,10 +222,10 @@ class PiperVoice:
         audio = self.session.run(None, feed)[0]
         return limit_peak(np.asarray(audio, dtype=np.float32).reshape(-1))
 
-    def _sentences(self, text: str) -> Iterator[np.ndarray]:
+    def _sentences(self, text: str, phonemizer: Phonemizer | None = None) -> Iterator[np.ndarray]:
         """Audio per sentence, a short silence after each but the last so that sentences
         join without a click or a fade."""
-        sentences = self.phonemizer.phonemize(text)
+        sentences = (phonemizer or self.phonemizer).phonemize(text)
         gap = np.zeros(self.sample_rate * self.sentence_gap_ms // 1000, dtype=np.float32)
         for index, phonemes in enumerate(sentences):
             audio = self._infer(phonemes)
@@ -235,16 +237,18 @@ class PiperVoice:
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
     def synthesize_stream(
-        self, text: str, *, sample_rate: int = 16000, frame_ms: int = 20
+        self, text: str, *, sample_rate: int = 16000, frame_ms: int = 20,
+        phonemizer: Phonemizer | None = None,
     ) -> Iterator[bytes]:
         """PCM16 frames of `frame_ms`, sentence by sentence: the first frames come out as
-        soon as the first sentence is synthesized."""
+        soon as the first sentence is synthesized. `phonemizer` (a language's G2P) replaces
+        the voice's own for this text."""
         frames = FrameBuffer(frame_bytes(frame_ms, sample_rate))
         resampler = None
         if sample_rate != self.sample_rate:
             # One stream for the whole text: no edge effects where sentences meet.
             resampler = soxr.ResampleStream(self.sample_rate, sample_rate, 1, dtype="float32")
-        for audio in self._sentences(text):
+        for audio in self._sentences(text, phonemizer):
             if resampler is not None:
                 audio = resampler.resample_chunk(audio)
             yield from frames.push(float_to_pcm16(audio))

@@ -8,6 +8,8 @@ import logging
 import time
 
 from common.frames import AudioChunk, SynthesizeRequest
+from common.languages import registry as languages
+from common.languages.base import Phonemizer
 from common.metrics import TTS_RTF
 from common.worker import WorkerRuntime, iterate_in_thread
 from tts_worker.engine import TTS
@@ -21,6 +23,18 @@ class TtsWorker:
         self.frame_ms = frame_ms
         self.runtime: WorkerRuntime | None = None
         self._queue: asyncio.Queue[SynthesizeRequest] = asyncio.Queue()
+        self._phonemizers: dict[str, Phonemizer | None] = {}
+
+    def _phonemizer(self, language: str) -> Phonemizer | None:
+        """The session language's G2P onto this voice (None: the voice's own espeak voice)."""
+        pack = languages.get(language or "en")
+        if pack.code not in self._phonemizers:
+            made: Phonemizer | None = None
+            config = getattr(self.voice, "config", None)  # a Piper voice: G2P onto its symbols
+            if pack.phonemizer is not None and config is not None:
+                made = pack.phonemizer(self.voice.phonemizer, set(config.phoneme_id_map))
+            self._phonemizers[pack.code] = made
+        return self._phonemizers[pack.code]
 
     async def handle(self, request: SynthesizeRequest) -> None:
         await self._queue.put(request)
@@ -44,9 +58,11 @@ class TtsWorker:
         seq = 0
         if runtime.is_cancelled(request.session_id, request.turn_id):
             return seq
+        phonemizer = self._phonemizer(request.language)
         frames = iterate_in_thread(
             lambda: self.voice.synthesize_stream(
-                request.text, sample_rate=request.sample_rate, frame_ms=self.frame_ms
+                request.text, sample_rate=request.sample_rate, frame_ms=self.frame_ms,
+                phonemizer=phonemizer,
             )
         )
         started, busy_s = time.perf_counter(), 0.0

@@ -1,0 +1,1 @@
+"""Per-language text processing: Shona G2P and number reading."""
