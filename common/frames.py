@@ -115,6 +115,8 @@ class HistoryReply(Frame):
     found: bool = False
     turns: int = 0
     messages: list[ChatMessage] = []
+    language: str = ""
+    system_prompt: str = ""
 
 
 class ErrorEvent(Frame):

@@ -50,6 +50,9 @@ DROPPED_FRAMES = Counter(
 REPLAYS = Counter(
     "inzwa_replays_total", "In-flight requests sent again after a worker was lost", ["kind"]
 )
+TTS_PHRASES = Counter(
+    "inzwa_tts_phrases_total", "Phrases synthesized, by language and G2P", ["language", "g2p"]
+)
 TURNS = Counter("inzwa_turns_total", "Reply turns, by outcome", ["outcome"])
 
 

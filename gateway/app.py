@@ -87,7 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not reply.found:
             return JSONResponse({"error": "session_not_found"}, status_code=404)
         history = [{"role": m.role, "content": m.content} for m in reply.messages]
-        return JSONResponse({"session_id": session_id, "turns": reply.turns, "history": history})
+        return JSONResponse({"session_id": session_id, "language": reply.language,
+                             "system_prompt": reply.system_prompt, "turns": reply.turns,
+                             "history": history})
 
     @app.websocket("/ws/audio")
     async def ws_audio(websocket: WebSocket) -> None:

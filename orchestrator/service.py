@@ -40,6 +40,7 @@ from common.frames import (
     WorkerExited,
     decoder,
 )
+from common.languages import registry as languages
 from common.logs import content
 from common.metrics import RESTART_BUDGET_EXHAUSTED, WORKER_RESTARTS
 from common.settings import Settings
@@ -131,6 +132,8 @@ class Orchestrator:
         reply = HistoryReply(session_id=request.session_id, request_id=request.request_id)
         if session is not None:
             reply.found, reply.turns, reply.messages = True, session.turns, list(session.history)
+            reply.language = session.language
+            reply.system_prompt = self.settings.system_prompt or languages.get(session.language).system_prompt
         sock = self._egress_socket(request.reply_to)
         await transport.send(sock, reply, timeout_s=2.0)
 

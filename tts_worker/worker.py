@@ -10,7 +10,7 @@ import time
 from common.frames import AudioChunk, SynthesizeRequest
 from common.languages import registry as languages
 from common.languages.base import Phonemizer
-from common.metrics import TTS_RTF
+from common.metrics import TTS_PHRASES, TTS_RTF
 from common.worker import WorkerRuntime, iterate_in_thread
 from tts_worker.engine import TTS
 
@@ -59,6 +59,8 @@ class TtsWorker:
         if runtime.is_cancelled(request.session_id, request.turn_id):
             return seq
         phonemizer = self._phonemizer(request.language)
+        g2p = type(phonemizer).__name__ if phonemizer is not None else "espeak"
+        TTS_PHRASES.labels(request.language or "en", g2p).inc()
         frames = iterate_in_thread(
             lambda: self.voice.synthesize_stream(
                 request.text, sample_rate=request.sample_rate, frame_ms=self.frame_ms,
