@@ -66,7 +66,15 @@ class AsrWorker:
     async def handle(self, message: AsrWork) -> None:
         match message:
             case SessionStart():
-                self._stream(message.session_id, message.language).offset_ms = message.offset_ms
+                # A start for a session already here is a reset (stall, or a replay): a fresh
+                # decoder and VAD, fed the replayed audio before anything newer.
+                old = self.streams.pop(message.session_id, None)
+                if old is not None:
+                    old.inbox.put_nowait(_CLOSE)
+                stream = self._stream(message.session_id, message.language)
+                stream.offset_ms = message.offset_ms
+                if message.pcm:
+                    stream.inbox.put_nowait(message.pcm)
             case AudioIn():
                 # Audio for a session this instance has not seen (it restarted) opens it.
                 self._stream(message.session_id).inbox.put_nowait(message.pcm)

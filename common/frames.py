@@ -71,6 +71,7 @@ class SessionStart(Frame):
     codec: str = "pcm16"
     sample_rate: int = 16000
     offset_ms: int = 0  # where the audio that follows sits in the session (replay to a new ASR)
+    pcm: bytes = b""  # audio to take first (a replay), in the same message so nothing overtakes it
 
 
 class AudioIn(Frame):

@@ -17,13 +17,15 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from common import transport
 from common.frames import Cancel, ControlMessage, Frame, Heartbeat, Leaving, Ready, decoder
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
+
+Request = TypeVar("Request")
 
 CANCEL_MEMORY_S = 120.0
 
@@ -129,6 +131,48 @@ class WorkerRuntime:
         horizon = time.monotonic() - CANCEL_MEMORY_S
         for key in [k for k, t in self._cancelled.items() if t < horizon]:
             del self._cancelled[key]
+
+
+class SerialWorker(Generic[Request]):
+    """Serves requests one at a time, in arrival order: an engine instance runs one inference
+    at a time anyway, and a queue keeps arrival order without blocking the socket reader."""
+
+    def __init__(self) -> None:
+        self.runtime: WorkerRuntime | None = None
+        self._queue: asyncio.Queue[Request] = asyncio.Queue()
+
+    async def handle(self, request: Request) -> None:
+        await self._queue.put(request)
+
+    async def run(self) -> None:
+        while True:
+            request = await self._queue.get()
+            assert self.runtime is not None
+            self.runtime.busy = self._queue.qsize() + 1
+            try:
+                await self.process(request)
+            except Exception:
+                log.exception("request failed", extra={"kind": self.runtime.kind})
+                await self.failed(request)
+            finally:
+                self.runtime.busy = self._queue.qsize()
+
+    async def process(self, request: Request) -> None:
+        raise NotImplementedError
+
+    async def failed(self, request: Request) -> None:
+        """After `process` raised: close the request so the orchestrator is not left waiting."""
+
+
+async def serve_serial(
+    kind: str, settings: Settings, work_union: Any, worker: SerialWorker[Any], info: dict[str, str]
+) -> None:
+    """A worker process's main loop: announce, serve until SIGTERM, drain, go."""
+    runtime = WorkerRuntime(kind, settings, work_union, worker.handle, info)
+    worker.runtime = runtime
+    serving = asyncio.create_task(worker.run())
+    await runtime.serve()
+    serving.cancel()
 
 
 _DONE = object()

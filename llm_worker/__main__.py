@@ -10,7 +10,7 @@ from common.frames import LlmWork
 from common.languages import registry as languages
 from common.models import model_info, resolve
 from common.settings import get_settings
-from common.worker import WorkerRuntime
+from common.worker import serve_serial
 from llm_worker.engine import load_engine
 from llm_worker.worker import LlmWorker
 
@@ -32,11 +32,7 @@ async def main() -> None:
     engine.warmup(settings.system_prompt or languages.get(settings.language).system_prompt)
     worker = LlmWorker(engine, settings.llm_max_new_tokens)
     info = {**model_info(settings.llm_model, settings.models_dir), "engine": settings.llm_engine}
-    runtime = WorkerRuntime("llm", settings, LlmWork, worker.handle, info)
-    worker.runtime = runtime
-    generation = asyncio.create_task(worker.run())
-    await runtime.serve()
-    generation.cancel()
+    await serve_serial("llm", settings, LlmWork, worker, info)
 
 
 if __name__ == "__main__":

@@ -2,42 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
 from common.frames import GenerateRequest, TokenChunk
-from common.worker import WorkerRuntime, iterate_in_thread
+from common.worker import SerialWorker, iterate_in_thread
 from llm_worker.engine import LLM
 
 log = logging.getLogger(__name__)
 
 
-class LlmWorker:
+class LlmWorker(SerialWorker[GenerateRequest]):
     def __init__(self, engine: LLM, default_max_new_tokens: int) -> None:
+        super().__init__()
         self.engine = engine
         self.default_max_new_tokens = default_max_new_tokens
-        self.runtime: WorkerRuntime | None = None
-        # Requests wait here in arrival order; the engine serves one at a time anyway.
-        self._queue: asyncio.Queue[GenerateRequest] = asyncio.Queue()
 
-    async def handle(self, request: GenerateRequest) -> None:
-        await self._queue.put(request)
+    async def failed(self, request: GenerateRequest) -> None:
+        await self._emit(request, seq=1_000_000, token="", final=True)
 
-    async def run(self) -> None:
-        while True:
-            request = await self._queue.get()
-            assert self.runtime is not None
-            self.runtime.busy = self._queue.qsize() + 1
-            try:
-                await self._generate(request)
-            except Exception:
-                log.exception("generation failed", extra={"session_id": request.session_id})
-                await self._emit(request, seq=1_000_000, token="", final=True)
-            finally:
-                self.runtime.busy = self._queue.qsize()
-
-    async def _generate(self, request: GenerateRequest) -> None:
+    async def process(self, request: GenerateRequest) -> None:
         runtime = self.runtime
         assert runtime is not None
         messages = [{"role": m.role, "content": m.content} for m in request.messages]

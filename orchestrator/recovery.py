@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from common.frames import AudioIn, ErrorEvent, Frame, SessionEnd, SessionStart
+from common.frames import ErrorEvent, Frame, SessionStart
 from common.metrics import REPLAYS
 
 if TYPE_CHECKING:
@@ -87,10 +87,9 @@ class Recovery:
 
     async def _replay_asr(self, session: Session) -> None:
         start = SessionStart(session_id=session.session_id, reply_to=session.reply_to,
-                             language=session.language, offset_ms=session.audio_start_ms)
-        if await self.to_worker(session, "asr", start) and session.audio:
-            await self.to_worker(session, "asr", AudioIn(session_id=session.session_id,
-                                                         pcm=bytes(session.audio)))
+                             language=session.language, offset_ms=session.audio_start_ms,
+                             pcm=bytes(session.audio))
+        await self.to_worker(session, "asr", start)
 
     async def check_asr_stall(self, session: Session, stall_s: float) -> None:
         """Speech is under way and audio keeps coming, but the ASR has said nothing for
@@ -107,12 +106,10 @@ class Recovery:
         session.speech_open = False
         tail = bytes(session.audio[-STALL_REPLAY_BYTES:])
         offset = session.audio_start_ms + (len(session.audio) - len(tail)) // 32
-        await self.to_worker(session, "asr", SessionEnd(session_id=session.session_id,
-                                                        reason="asr_stall"))
+        # A SessionStart for a session the ASR has resets it: a fresh decoder and VAD.
         start = SessionStart(session_id=session.session_id, reply_to=session.reply_to,
-                             language=session.language, offset_ms=offset)
-        if await self.to_worker(session, "asr", start) and tail:
-            await self.to_worker(session, "asr", AudioIn(session_id=session.session_id, pcm=tail))
+                             language=session.language, offset_ms=offset, pcm=tail)
+        await self.to_worker(session, "asr", start)
 
     async def expire_waits(self) -> None:
         """Work that waited too long for an instance ends with an error, not a hang."""

@@ -26,7 +26,6 @@ from common.frames import (
     GenerateRequest,
     PlaybackMark,
     Ready,
-    SessionEnd,
     SessionStart,
     StackStatus,
     SynthesizeRequest,
@@ -308,18 +307,16 @@ def test_a_stalled_asr_is_reset_with_the_last_500_ms() -> None:
     async def scenario(h: Harness) -> None:
         await h.result(VadEvent(session_id=SID, turn_id=1, event="speech_start"))
         started = asyncio.get_running_loop().time()
-        for seq in range(500):  # speech goes on, and the ASR says nothing more
-            await transport.send(h.ingress, AudioIn(session_id=SID, seq=seq, pcm=b"\1" * 640))
+        while asyncio.get_running_loop().time() - started < 20:  # speech goes on, ASR is silent
+            await transport.send(h.ingress, AudioIn(session_id=SID, seq=1, pcm=b"\1" * 640))
             got = await h.worker_got("asr")
-            if isinstance(got, SessionEnd):
+            if isinstance(got, SessionStart):
                 break
             assert isinstance(got, AudioIn)
             await asyncio.sleep(0.01)
-        assert isinstance(got, SessionEnd) and got.reason == "asr_stall"
+        assert isinstance(got, SessionStart)  # a start for a known session: a reset
         assert asyncio.get_running_loop().time() - started >= 0.8
-        start, replay = await h.worker_got("asr"), await h.worker_got("asr")
-        assert isinstance(start, SessionStart) and isinstance(replay, AudioIn)
-        assert len(replay.pcm) == 500 * 32
-        assert start.offset_ms > 0  # the replayed tail keeps its place in the session
+        assert len(got.pcm) == 500 * 32  # with the last 500 ms, in the same message
+        assert got.offset_ms > 0  # the replayed tail keeps its place in the session
 
     run(scenario, asr_stall_s=0.8)

@@ -8,7 +8,7 @@ from common import logs
 from common.frames import TtsWork
 from common.models import model_info, resolve
 from common.settings import get_settings
-from common.worker import WorkerRuntime
+from common.worker import serve_serial
 from tts_worker.engine import PiperVoice
 from tts_worker.worker import TtsWorker
 
@@ -24,11 +24,7 @@ async def main() -> None:
     voice.warmup()
     worker = TtsWorker(voice, settings.audio_frame_ms)
     info = {**model_info(settings.tts_model, settings.models_dir), "engine": settings.tts_engine}
-    runtime = WorkerRuntime("tts", settings, TtsWork, worker.handle, info)
-    worker.runtime = runtime
-    synthesis = asyncio.create_task(worker.run())
-    await runtime.serve()
-    synthesis.cancel()
+    await serve_serial("tts", settings, TtsWork, worker, info)
 
 
 if __name__ == "__main__":

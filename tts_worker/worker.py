@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 from common.frames import AudioChunk, SynthesizeRequest
 from common.languages import registry as languages
 from common.languages.base import Phonemizer
+from common.languages.sn_g2p import EN_US_ESPEAK_SYMBOLS
 from common.metrics import TTS_PHRASES, TTS_RTF
-from common.worker import WorkerRuntime, iterate_in_thread
+from common.worker import SerialWorker, iterate_in_thread
 from tts_worker.engine import TTS
 
 log = logging.getLogger(__name__)
 
 
-class TtsWorker:
+def trained_symbols(config: Any) -> set[str]:
+    """The symbols a voice learned. Piper maps hold the whole espeak symbol set, but an
+    English voice only ever heard what espeak-ng's English produces: other symbols (ɓ, ɗ, ɲ...)
+    sit on untrained embeddings, so a G2P must fall back to the nearest trained one."""
+    symbols = set(config.phoneme_id_map)
+    if str(getattr(config, "espeak_voice", "")).startswith("en"):
+        symbols &= EN_US_ESPEAK_SYMBOLS
+    return symbols
+
+
+class TtsWorker(SerialWorker[SynthesizeRequest]):
     def __init__(self, voice: TTS, frame_ms: int) -> None:
+        super().__init__()
         self.voice = voice
         self.frame_ms = frame_ms
-        self.runtime: WorkerRuntime | None = None
-        self._queue: asyncio.Queue[SynthesizeRequest] = asyncio.Queue()
         self._phonemizers: dict[str, Phonemizer | None] = {}
 
     def _phonemizer(self, language: str) -> Phonemizer | None:
@@ -32,25 +42,16 @@ class TtsWorker:
             made: Phonemizer | None = None
             config = getattr(self.voice, "config", None)  # a Piper voice: G2P onto its symbols
             if pack.phonemizer is not None and config is not None:
-                made = pack.phonemizer(self.voice.phonemizer, set(config.phoneme_id_map))
+                made = pack.phonemizer(self.voice.phonemizer, trained_symbols(config))
             self._phonemizers[pack.code] = made
         return self._phonemizers[pack.code]
 
-    async def handle(self, request: SynthesizeRequest) -> None:
-        await self._queue.put(request)
+    async def process(self, request: SynthesizeRequest) -> None:
+        seq = await self._synthesize(request)
+        await self._emit(request, seq, b"", final=True)
 
-    async def run(self) -> None:
-        while True:
-            request = await self._queue.get()
-            assert self.runtime is not None
-            self.runtime.busy = self._queue.qsize() + 1
-            try:
-                seq = await self._synthesize(request)
-            except Exception:
-                log.exception("synthesis failed", extra={"session_id": request.session_id})
-                seq = 1_000_000
-            await self._emit(request, seq, b"", final=True)
-            self.runtime.busy = self._queue.qsize()
+    async def failed(self, request: SynthesizeRequest) -> None:
+        await self._emit(request, 1_000_000, b"", final=True)
 
     async def _synthesize(self, request: SynthesizeRequest) -> int:
         runtime = self.runtime

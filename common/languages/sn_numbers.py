@@ -47,9 +47,10 @@ _TRAILING_UNIT = ("", "imwe", "mbiri", "nhatu", "ina", "shanu", "nhanhatu", "nom
                   "pfumbamwe")
 
 _DECIMAL_POINT = "poindi"
-# A whole number, with optional comma thousands separators, and an optional decimal part. The
-# lookarounds keep "1.2.3" (versions, dates) and digits glued to other digits from half-matching.
-_NUMBER = re.compile(r"(?<![\d.,])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(?![\d]|[.,]\d)")
+# A whole number, with optional comma thousands separators ("12,500"), and an optional decimal
+# part. ASCII digits only: `\d` would also match other scripts' digits, which int() reads but the
+# tables here were not written for.
+_NUMBER = re.compile(r"(?<![0-9])([0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.([0-9]+))?(?![0-9])")
 
 
 def number_to_shona(n: int) -> str:
@@ -63,7 +64,7 @@ def number_to_shona(n: int) -> str:
     if thousands:
         parts.append(_thousands(thousands))
     if rest:
-        parts.extend(_below_thousand(rest))
+        parts.extend(_below_thousand(rest, after_larger=bool(thousands)))
     return _join(parts)
 
 
@@ -77,8 +78,11 @@ def _thousands(count: int) -> str:
     return f"zvuru {_join(_below_thousand(count))}"
 
 
-def _below_thousand(n: int) -> list[str]:
-    """The parts of 1..999, largest first, not yet joined with "ne"."""
+def _below_thousand(n: int, *, after_larger: bool = False) -> list[str]:
+    """The parts of 1..999, largest first, not yet joined with "ne".
+
+    `after_larger`: a thousands part comes before these, so a lone unit is a trailing unit.
+    """
     hundreds, rest = divmod(n, 100)
     tens, units = divmod(rest, 10)
     parts: list[str] = []
@@ -87,8 +91,8 @@ def _below_thousand(n: int) -> list[str]:
     if tens:
         parts.append("gumi" if tens == 1 else f"makumi {_CLASS6[tens]}")
     if units:
-        # A lone unit is a bare count ("shanu"); after tens or hundreds it is a trailing unit.
-        parts.append(_TRAILING_UNIT[units] if parts else _DIGITS[units])
+        # A lone unit is a bare count ("shanu"); after a larger part it is a trailing unit.
+        parts.append(_TRAILING_UNIT[units] if parts or after_larger else _DIGITS[units])
     return parts
 
 

@@ -30,8 +30,8 @@ class ShonaPhonemizer:
         words: list[str] = []
         for lang, chunk, phonemes in segment(text):
             if lang == "punct":
-                if words:
-                    words[-1] += chunk.strip()
+                if words:  # its phonemes: , . ! ? ; : (quotes and brackets have none)
+                    words[-1] += "".join(phonemes)
                 if any(mark in chunk for mark in SENTENCE_END) and words:
                     sentences.append(" ".join(words))
                     words = []
