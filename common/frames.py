@@ -158,6 +158,7 @@ class StackStatus(Frame):
     """The orchestrator's view of the workers, published periodically for gateways' /readyz."""
 
     ready: dict[str, int] = {}  # kind -> READY instances
+    incarnation: str = ""  # changes when the orchestrator restarts (its sessions are gone)
 
 
 # --- workers -> orchestrator (results) ------------------------------------------------------------

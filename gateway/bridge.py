@@ -123,12 +123,18 @@ class Bridge:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_s / 2)
             if self.status_at and not self.orchestrator_alive():
-                failure = SessionClosed("orchestrator_unavailable",
-                                        "the assistant is restarting; reconnect shortly", CLOSE_RESTART)
-                for connection in list(self.connections.values()):
-                    connection.outbox.fail(failure)
+                self._fail_sessions()
+
+    def _fail_sessions(self) -> None:
+        failure = SessionClosed("orchestrator_unavailable",
+                                "the assistant is restarting; reconnect shortly", CLOSE_RESTART)
+        for connection in list(self.connections.values()):
+            connection.outbox.fail(failure)
 
     async def _on_control(self, message: ControlMessage) -> None:
         if isinstance(message, StackStatus):
+            if self.status.incarnation and message.incarnation != self.status.incarnation:
+                log.warning("the orchestrator restarted; its sessions are gone")
+                self._fail_sessions()  # quicker than waiting for the old one to look silent
             self.status = message
             self.status_at = time.monotonic()

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import time
+import uuid
 
 import zmq.asyncio
 
@@ -57,6 +58,7 @@ class Orchestrator:
         self.settings = settings
         self.registry = WorkerRegistry(settings.heartbeat_interval_s * settings.heartbeat_liveness)
         self.sessions: dict[str, Session] = {}
+        self.incarnation = uuid.uuid4().hex
         self._egress: dict[str, zmq.asyncio.Socket] = {}
         self._max_audio_bytes = int(settings.max_audio_seconds * 32000) + 64000
         self._control = transport.pub(settings.bindable(settings.control), bind=True)
@@ -92,7 +94,9 @@ class Orchestrator:
         while True:
             await transport.send(self._control, Ping(), timeout_s=0)
             await transport.send(
-                self._control, StackStatus(ready=self.registry.ready_counts()), timeout_s=0
+                self._control,
+                StackStatus(ready=self.registry.ready_counts(), incarnation=self.incarnation),
+                timeout_s=0,
             )
             for dead in self.registry.reap():
                 await self.recovery.lost(dead.kind, dead.instance_id)
