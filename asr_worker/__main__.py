@@ -25,6 +25,7 @@ async def main() -> None:
         beam_size=settings.asr_beam_size,
     )
     engine.auto_languages = set(languages.asr_languages())
+    engine.initial_prompts = languages.asr_initial_prompts()
     engine.warmup()
     worker = AsrWorker(engine, settings)
     info = {**model_info(settings.asr_model, settings.models_dir), "engine": settings.asr_engine}

@@ -49,6 +49,7 @@ EXTRA_TOKENS = 12
 NO_SPEECH_PROB = 0.6
 NO_SPEECH_LOGPROB = -1.0
 AUTO_LANGUAGE = ("", "auto")
+MAX_PROMPT_TOKENS = 223  # Whisper's limit for the previous-text prompt (n_text_ctx // 2 - 1)
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,7 @@ class WhisperEngine:
         self._tokenizers: dict[str, Tokenizer] = {}
         self._suppress: list[int] | None = None
         self.auto_languages: set[str] = set()  # empty: detection may pick any language
+        self.initial_prompts: dict[str, str] = {}  # per Whisper language: expected words
 
     @classmethod
     def load(
@@ -276,6 +278,10 @@ class WhisperEngine:
     def _decode(self, encoded: Any, language: str, max_new: int) -> _Decoded:
         tokenizer = self._tokenizer(language)
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        previous = self.initial_prompts.get(language)
+        if previous:  # Whisper's "previous text" slot: the words and names to expect
+            context = tokenizer.encode(" " + previous.strip())[-(MAX_PROMPT_TOKENS):]
+            prompt = [tokenizer.sot_prev, *context, *prompt]
         result = self._model.model.generate(
             encoded, [prompt], beam_size=self._beam_size, max_length=2 * max_new,
             return_scores=True, return_no_speech_prob=True, suppress_blank=True,

@@ -99,6 +99,11 @@ class AsrWorker:
         code = "auto" if language == "auto" else languages.get(language).asr_language
         return AsrSession.from_settings(self.engine, self.settings, language=code)
 
+    @staticmethod
+    def _normalized(text: str, language: str) -> str:
+        """The pack's orthography normalizer for the language the text is in."""
+        return languages.get(language).normalize(text) if text else text
+
     async def _run(self, stream: SessionStream) -> None:
         while True:
             items = [await stream.inbox.get()]
@@ -159,11 +164,12 @@ class AsrWorker:
             case SpeechResumed():
                 return VadEvent(**envelope, event="speech_resume", at_ms=event.at_ms + offset)
             case Paused():
-                return TurnHypothesis(**envelope, text=event.text, at_ms=event.at_ms + offset,
-                                      language=event.language)
+                return TurnHypothesis(**envelope, text=self._normalized(event.text, event.language),
+                                      at_ms=event.at_ms + offset, language=event.language)
             case Transcript():
                 return TranscriptChunk(
-                    **envelope, text=event.text, is_final=event.is_final,
+                    **envelope, text=self._normalized(event.text, event.language),
+                    is_final=event.is_final,
                     start_ms=event.start_ms + offset, end_ms=event.end_ms + offset,
                     confidence=event.confidence, language=event.language,
                 )

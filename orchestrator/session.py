@@ -33,6 +33,7 @@ class Turn:
     held: list[Frame] = field(default_factory=list)
     reply_text: str = ""
     pending: deque[str] = field(default_factory=deque)
+    accepted: list[str] = field(default_factory=list)  # phrases that passed the output filter
     in_flight: dict[str, Phrase] = field(default_factory=dict)  # by TTS request_id
     request: GenerateRequest | None = None  # kept until the LLM's final token, for replay
     attempts: int = 1

@@ -214,13 +214,33 @@ class Turns:
             token = TokenChunk(turn_id=turn.turn_id, seq=turn.token_seq, token=chunk.token)
             await self._emit(session, turn, token)
             for phrase in turn.cutter.feed(chunk.token):
-                turn.queue_phrase(phrase)
+                await self._queue_checked(session, turn, phrase)
         if chunk.is_final:
             for phrase in turn.cutter.flush():
-                turn.queue_phrase(phrase)
+                await self._queue_checked(session, turn, phrase)
             turn.llm_done = True
             turn.request = None
         await self._pump_tts(session, turn)
+
+    async def _queue_checked(self, session: Session, turn: Turn, phrase: str) -> None:
+        """The output safety filter: a phrase the pack forbids is not spoken; the reply ends
+        with the pack's polite refusal instead, and the LLM stops."""
+        if turn.llm_done:
+            return  # the reply was already cut short
+        pack = languages.get(session.language)
+        if not pack.blocks_output(phrase):
+            turn.accepted.append(phrase)
+            turn.queue_phrase(phrase)
+            return
+        log.warning("output blocked by the safety filter", extra={"session_id": session.session_id})
+        TURNS.labels("output_blocked").inc()
+        if turn.request_id:
+            await self.publish(Cancel(session_id=session.session_id, turn_id=turn.turn_id,
+                                      request_id=turn.request_id))
+        refusal = pack.fallback("cannot_help")
+        turn.queue_phrase(refusal)
+        turn.reply_text = " ".join([*turn.accepted, refusal])  # what is said, and remembered
+        turn.llm_done, turn.request, turn.request_id = True, None, ""
 
     async def _pump_tts(self, session: Session, turn: Turn) -> None:
         """Hand queued phrases to TTS, keeping at most TTS_WINDOW there at once."""

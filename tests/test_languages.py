@@ -90,3 +90,41 @@ def test_a_new_pack_brings_its_own_g2p_to_the_tts_worker(toy_pack: LanguagePack)
     assert isinstance(phonemizer, ToyPhonemizer)
     assert phonemizer.phonemize("Abc") == ["a b"]
     assert worker._phonemizer("en") is None  # English: the voice's own espeak phonemizer
+
+
+@pytest.mark.parametrize(
+    ("heard", "written"),
+    [
+        ("Ndiri mu Harare nhasi", "Ndiri muHarare nhasi"),
+        ("ng 'ombe  dzangu", "ng'ombe dzangu"),
+        ("n’anga yakauya", "n'anga yakauya"),
+        ("ndinoenda ku Mutare", "ndinoenda kuMutare"),
+        ("ndinoda mvura", "ndinoda mvura"),  # nothing to fix is left alone
+    ],
+)
+def test_shona_asr_output_is_normalized(heard: str, written: str) -> None:
+    assert registry.get("sn").normalize(heard) == written
+
+
+def test_a_forbidden_phrase_is_not_spoken(toy_pack: LanguagePack) -> None:
+    from common.frames import TokenChunk
+    from tests.test_orchestrator import llm_tokens, run
+
+    toy = LanguagePack(**{**toy_pack.__dict__, "blocked_output": (r"\bsecret\b",)})
+    registry.register(toy)
+
+    async def scenario(h: Harness) -> None:
+        await transport.send(h.ingress, SessionStart(session_id=SID, reply_to=h.settings.egress,
+                                                     language="xx"))
+        await h.worker_got("asr")
+        await h.result(TranscriptChunk(session_id=SID, turn_id=1, text="tell me", is_final=True))
+        request = await h.worker_got("llm")
+        for seq, token in enumerate(llm_tokens("Fine, here it is. The secret code is one two.")):
+            await h.result(TokenChunk(session_id=SID, turn_id=request.turn_id, seq=seq,
+                                      request_id=request.request_id, token=token))
+        await h.result(TokenChunk(session_id=SID, turn_id=request.turn_id, seq=99,
+                                  request_id=request.request_id, is_final=True))
+        spoken = [(await h.worker_got("tts")).text, (await h.worker_got("tts")).text]
+        assert spoken == ["Fine, here it is.", "toy cannot_help"]
+
+    run(scenario, system_prompt="")

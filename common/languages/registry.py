@@ -27,5 +27,10 @@ def asr_languages() -> list[str]:
     return sorted({pack.asr_language for pack in _PACKS.values()})
 
 
+def asr_initial_prompts() -> dict[str, str]:
+    """Whisper language -> the words its sessions should expect (from the packs that have any)."""
+    return {p.asr_language: p.asr_initial_prompt for p in _PACKS.values() if p.asr_initial_prompt}
+
+
 for _pack in (ENGLISH, SHONA):
     register(_pack)

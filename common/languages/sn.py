@@ -8,7 +8,23 @@ through settings alone.
 
 from __future__ import annotations
 
+import re
+
 from common.languages.base import LanguagePack, Phonemizer
+
+_APOSTROPHES = re.compile(r"[\u2018\u2019\u02bc`´]")
+_LOOSE_NG = re.compile(r"\b(ng|n)\s*'\s*(?=[aeiou])", re.IGNORECASE)
+# Locative and other prefixes are written joined to a proper noun: "muHarare", "kuMutare".
+_LOOSE_PREFIX = re.compile(r"\b(mu|ku|pa|ne|se|ve|we|ye|ze|che|dze|ne)\s+(?=[A-Z])")
+
+
+def normalize(text: str) -> str:
+    """Shona orthography for ASR output: one apostrophe, ng'/n' joined to their vowel,
+    prefixes joined to proper nouns, single spaces."""
+    text = _APOSTROPHES.sub("'", text)
+    text = _LOOSE_NG.sub(lambda m: m.group(1) + "'", text)
+    text = _LOOSE_PREFIX.sub(lambda m: m.group(1), text)
+    return " ".join(text.split())
 
 
 def _phonemizer(english: Phonemizer, symbols: set[str]) -> Phonemizer:
@@ -21,7 +37,7 @@ SHONA = LanguagePack(
     code="sn",
     name="chiShona",
     asr_language="sn",
-    asr_initial_prompt="Mhoro, makadii? Ndinoda kubatsirwa. Harare, Bulawayo, Mutare.",
+    asr_initial_prompt="Harare, Bulawayo, Mutare, Gweru, Masvingo, Zimbabwe.",
     system_prompt=(
         "Uri Inzwa, mubatsiri ane hushamwari anotaura chiShona. Pindura nechiShona chete, "
         "nemitsara miviri mipfupi, pasina manyorerwo akaoma kana ma emoji."
@@ -34,5 +50,6 @@ SHONA = LanguagePack(
         "unavailable": "Ndine urombo, handikwanisi kupindura izvozvi. Edzai zvakare gare gare.",
     },
     phonemizer=_phonemizer,
+    normalize=normalize,
     blocked_input=(r"\bkuzviuraya\b", r"\bbhomba\b"),
 )
