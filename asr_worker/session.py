@@ -6,6 +6,7 @@ it from one thread, so the session needs no locks and tests drive it by feeding 
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -107,6 +108,20 @@ class LocalAgreement:
             return None
         self._committed = words[:agreed]
         return " ".join(self._committed)
+
+    def settle(self, final: str) -> str:
+        """The final transcript, kept consistent with what partials already showed: shown
+        words are never taken back; the final's words after the last point where it agrees
+        with them follow (Whisper's full pass sometimes drops or changes a shown word)."""
+        words = final.split()
+        if not self._committed:
+            return final
+        matcher = difflib.SequenceMatcher(
+            a=[normalize(w) for w in self._committed], b=[normalize(w) for w in words], autojunk=False
+        )
+        ends = [block.b + block.size for block in matcher.get_matching_blocks() if block.size]
+        tail = words[max(ends):] if ends else words[len(self._committed):]
+        return " ".join([*self._committed, *tail])
 
     def reset(self) -> None:
         self._previous = None
@@ -234,14 +249,16 @@ class AsrSession:
         return [Transcript(text, False, onset, now, result.confidence, result.language)]
 
     def _finish(self, ended: SpeechEnd) -> list[AsrEvent]:
-        self._agreement.reset()
         paused, self._paused, self._latest = self._paused, None, None
         if paused is not None and ended.reason in ("silence", "closed"):
             # Nothing was said since the pause: its transcription is the final, at no cost.
-            text = paused.text.strip()
+            text = self._agreement.settle(paused.text.strip())
+            self._agreement.reset()
             return [Transcript(text, True, ended.start_ms, ended.at_ms, paused.confidence,
                                paused.language)]
-        return self._final(ended.pcm, ended.start_ms, ended.at_ms)
+        events = self._final(ended.pcm, ended.start_ms, ended.at_ms)
+        self._agreement.reset()
+        return events
 
     def _finish_quiet(self) -> list[AsrEvent]:
         start_ms, pcm = self._detector.pending_pcm()
@@ -257,7 +274,7 @@ class AsrSession:
 
     def _final(self, pcm: bytes, start_ms: int, end_ms: int) -> list[AsrEvent]:
         result = self._engine.transcribe(pcm16_to_float(pcm), self._language)
-        text = result.text.strip()
+        text = self._agreement.settle(result.text.strip())
         if not text:
             return []
         return [Transcript(text, True, start_ms, end_ms, result.confidence, result.language)]

@@ -353,3 +353,19 @@ def test_a_caller_behind_real_time_can_skip_partials(speech: bytes) -> None:
     events = session.feed(speech, partials=False) + session.feed(silence(700), partials=False)
     assert partials(events) == [] and len(finals(events)) == 1
     assert len(engine.durations) == 1  # only the final was transcribed
+
+
+@pytest.mark.parametrize(
+    ("shown", "final", "settled"),
+    [
+        ("a clever hare and a", "a clever hare and lazy lion", "a clever hare and a lazy lion"),
+        ("one two three", "one two three four", "one two three four"),
+        ("a b c", "a x b c d", "a b c d"),
+        ("what is the", "What is the capital?", "what is the capital?"),
+    ],
+)
+def test_the_final_never_takes_back_a_shown_word(shown: str, final: str, settled: str) -> None:
+    agreement = LocalAgreement()
+    agreement.update(shown)
+    assert agreement.update(shown) == shown
+    assert agreement.settle(final) == settled

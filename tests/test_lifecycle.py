@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import websockets
 
@@ -76,3 +77,28 @@ def test_run_stops_every_process_on_ctrl_c(tmp_path: Path) -> None:
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_replicas_start_announce_and_serve(tmp_path: Path, fixtures_dir: Path) -> None:
+    """INZWA_*_REPLICAS start more instances of a kind (supervisord numprocs); all READY."""
+    replicated = Stack(tmp_path, INZWA_LLM_REPLICAS="2", INZWA_TTS_REPLICAS="2",
+                       INZWA_LLM_MAX_NEW_TOKENS="24")
+    try:
+        replicated.start()
+        processes = replicated.pids(by_process=True)
+        assert {"llm_worker_0", "llm_worker_1", "tts_worker_0", "tts_worker_1"} <= set(processes)
+        deadline = time.monotonic() + 60
+        while (workers := httpx.get(f"{replicated.http}/readyz").json()["workers"]) != {
+            "asr": 1, "llm": 2, "tts": 2
+        }:
+            assert time.monotonic() < deadline, workers
+            time.sleep(0.5)
+
+        async def two_at_once() -> list:
+            clips = [fixtures_dir / "q_en_capital.wav", fixtures_dir / "q_en_weather.wav"]
+            return await asyncio.gather(*(talk(c, replicated.url, timeout_s=90) for c in clips))
+
+        for result in asyncio.run(two_at_once()):
+            assert result.completed and not result.errors, result.summary()
+    finally:
+        replicated.stop()
