@@ -13,6 +13,7 @@ from typing import Any, Literal
 import msgspec
 
 from common.frames import AudioChunk, ErrorEvent, Frame, TokenChunk, TranscriptChunk, TurnEvent
+from common.languages import registry as languages
 
 SUPPORTED_RATES = (16000,)
 SUPPORTED_CODECS = ("pcm16",)
@@ -60,6 +61,11 @@ def check_start(start: Start) -> str:
     """Validate a start message; returns the session id to use."""
     if start.codec not in SUPPORTED_CODECS:
         raise ProtocolError("unsupported_codec", f"codec {start.codec!r} is not supported")
+    if start.language not in ("", "auto", *languages.codes()):
+        raise ProtocolError(
+            "unsupported_language",
+            f"language {start.language!r} has no language pack; use auto or one of {languages.codes()}",
+        )
     if start.sample_rate not in SUPPORTED_RATES:
         raise ProtocolError(
             "unsupported_sample_rate",

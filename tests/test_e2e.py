@@ -103,6 +103,7 @@ START = json.dumps({"type": "start", "codec": "pcm16", "sample_rate": 16000})
     [
         (json.dumps({"type": "start", "sample_rate": 44100}), "unsupported_sample_rate", 1003),
         (json.dumps({"type": "start", "codec": "mp3"}), "unsupported_codec", 1003),
+        (json.dumps({"type": "start", "language": "tlh"}), "unsupported_language", 1003),
         (b"\x00\x00" * 320, "start_required", 1008),
         ("{not json", "bad_json", 1008),
         (json.dumps({"type": "shout"}), "bad_message", 1008),
