@@ -178,6 +178,42 @@ async def serve_serial(
 _DONE = object()
 
 
+class _Pump:
+    """The engine thread's side of `iterate_in_thread`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> None:
+        self.loop, self.queue = loop, queue
+        self.stopped = threading.Event()
+
+    def hand_over(self, item: Any) -> bool:
+        """Put one item on the consumer's queue, waiting while it is full; False once the
+        consumer has gone."""
+        future = asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop)
+        while not self.stopped.is_set():
+            try:
+                future.result(timeout=0.1)
+                return True
+            except concurrent.futures.TimeoutError:
+                continue
+        future.cancel()
+        return False
+
+    def run(self, make_iterator: Callable[[], Iterator[Any]]) -> None:
+        iterator = make_iterator()
+        try:
+            for item in iterator:
+                if not self.hand_over(item):
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            self.hand_over(exc)
+            return
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()  # stops the engine's generator (and its work) at once
+        self.hand_over(_DONE)
+
+
 async def iterate_in_thread(
     make_iterator: Callable[[], Iterator[Any]], maxsize: int = 8
 ) -> AsyncIterator[Any]:
@@ -190,35 +226,8 @@ async def iterate_in_thread(
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=maxsize)
-    stopped = threading.Event()
-
-    def hand_over(item: Any) -> bool:
-        future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
-        while not stopped.is_set():
-            try:
-                future.result(timeout=0.1)
-                return True
-            except concurrent.futures.TimeoutError:
-                continue
-        future.cancel()
-        return False
-
-    def produce() -> None:
-        iterator = make_iterator()
-        try:
-            for item in iterator:
-                if not hand_over(item):
-                    return
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            hand_over(exc)
-            return
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-        hand_over(_DONE)
-
-    producer = loop.run_in_executor(None, produce)
+    pump = _Pump(loop, queue)
+    producer = loop.run_in_executor(None, pump.run, make_iterator)
     try:
         while True:
             item = await queue.get()
@@ -228,5 +237,5 @@ async def iterate_in_thread(
                 raise item
             yield item
     finally:
-        stopped.set()
+        pump.stopped.set()
         await asyncio.shield(producer)

@@ -63,7 +63,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["*"],
             allow_headers=["*"],
         )
+    _add_routes(app, bridge, settings)
+    return app
 
+
+def _add_routes(app: FastAPI, bridge: Bridge, settings: Settings) -> None:
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -94,8 +98,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.websocket("/ws/audio")
     async def ws_audio(websocket: WebSocket) -> None:
         await AudioSocket(websocket, bridge, settings).run()
-
-    return app
 
 
 class AudioSocket:
