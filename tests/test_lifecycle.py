@@ -102,3 +102,23 @@ def test_replicas_start_announce_and_serve(tmp_path: Path, fixtures_dir: Path) -
             assert result.completed and not result.errors, result.summary()
     finally:
         replicated.stop()
+
+
+def test_a_gateway_restart_tells_clients_to_try_again(stack: Stack, fixtures_dir: Path) -> None:
+    async def open_session_through_the_restart() -> int | None:
+        async with websockets.connect(stack.url) as ws:
+            await ws.send(START)
+            assert json.loads(await ws.recv())["type"] == "session.started"
+            restart = asyncio.create_task(asyncio.to_thread(stack.ctl, "restart", "gateway"))
+            try:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 30)
+            except websockets.ConnectionClosed:
+                pass
+            await restart
+            return ws.close_code
+
+    assert asyncio.run(open_session_through_the_restart()) == 1012  # "service restart"
+    stack.wait_ready(60)
+    result = asyncio.run(talk(fixtures_dir / "q_en_capital.wav", stack.url, timeout_s=90))
+    assert result.completed and not result.errors, result.summary()
