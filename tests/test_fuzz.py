@@ -1,0 +1,71 @@
+"""Property-based fuzzing of what parses untrusted bytes: control messages and frames.
+
+Whatever a client or a peer sends, parsing ends in a value or in the one error type its caller
+handles (ProtocolError for client JSON, msgspec errors for frames): never anything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from common.frames import EgressMessage, IngressMessage, ResultMessage, decoder
+from gateway.protocol import ProtocolError, Start, check_audio, check_start, parse_client_message
+
+SCALARS = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20)
+JSON_VALUES = st.recursive(
+    SCALARS | st.floats(allow_nan=False),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+MESSAGES = st.fixed_dictionaries(
+    {"type": st.sampled_from(["start", "end_turn", "stop", "", "START"])},
+    optional={
+        "session_id": st.text(max_size=40) | st.integers(),
+        "codec": st.sampled_from(["pcm16", "opus", "mp3", ""]) | st.integers(),
+        "sample_rate": st.integers(-10, 100_000) | st.text(max_size=5),
+        "language": st.sampled_from(["en", "sn", "auto", "", "xx"]) | st.none(),
+        "auth_token": st.text(max_size=30),
+        "extra": JSON_VALUES,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.text(max_size=200), MESSAGES.map(json.dumps), JSON_VALUES.map(json.dumps)))
+def test_control_messages_parse_or_fail_with_a_protocol_error(text: str) -> None:
+    try:
+        message = parse_client_message(text)
+    except ProtocolError as exc:
+        assert exc.code in ("bad_json", "bad_message") and exc.message
+        return
+    if isinstance(message, Start):
+        try:
+            session_id = check_start(message)
+        except ProtocolError as exc:
+            assert exc.code.startswith(("unsupported_", "bad_session_id"))
+        else:
+            assert len(session_id) == 36
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=5000))
+def test_audio_frames_are_accepted_only_when_well_formed(data: bytes) -> None:
+    try:
+        check_audio(data, max_bytes=3200)
+    except ProtocolError as exc:
+        assert exc.code in ("empty_frame", "odd_frame", "frame_too_large")
+    else:
+        assert data and len(data) % 2 == 0 and len(data) <= 3200
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300) | JSON_VALUES.map(msgspec.msgpack.encode))
+def test_frame_decoders_fail_only_with_decode_errors(data: bytes) -> None:
+    for union in (IngressMessage, EgressMessage, ResultMessage):
+        with contextlib.suppress(msgspec.DecodeError):  # ValidationError is a DecodeError too
+            decoder(union).decode(data)  # any other exception fails the test
