@@ -232,12 +232,9 @@ class WhisperEngine:
         self, frames: Iterable[bytes], language: str | None = None
     ) -> Iterator[AsrEvent]:
         """One streaming turn with the default turn settings, closed when `frames` run out."""
-        from asr_worker.session import AsrSession
+        from asr_worker.session import stream_turn
 
-        session = AsrSession(self, language=language)
-        for frame in frames:
-            yield from session.feed(frame)
-        yield from session.end_turn()
+        return stream_turn(self, frames, language)
 
     # --- internals (called with the lock held) -------------------------------------------------
 

@@ -7,6 +7,7 @@ it from one thread, so the session needs no locks and tests drive it by feeding 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -278,3 +279,12 @@ class AsrSession:
         if not text:
             return []
         return [Transcript(text, True, start_ms, end_ms, result.confidence, result.language)]
+
+
+def stream_turn(engine: ASR, frames: Iterable[bytes], language: str | None = None) -> Iterator[AsrEvent]:
+    """One streaming turn over `frames` with the default turn settings, closed when they end:
+    what `ASR.transcribe_stream` means for any engine."""
+    session = AsrSession(engine, language=language)
+    for frame in frames:
+        yield from session.feed(frame)
+    yield from session.end_turn()

@@ -22,6 +22,7 @@ from asr_worker.session import (
     SpeechResumed,
     SpeechStarted,
     Transcript,
+    stream_turn,
 )
 from asr_worker.wer import normalize
 from common.audio import read_wav
@@ -52,10 +53,7 @@ class FakeEngine:
     def transcribe_stream(
         self, frames: Iterable[bytes], language: str | None = None
     ) -> Iterator[AsrEvent]:
-        session = AsrSession(self, language=language)
-        for frame in frames:
-            yield from session.feed(frame)
-        yield from session.end_turn()
+        return stream_turn(self, frames, language)
 
 
 def growing(seconds: float, _call: int) -> str:
