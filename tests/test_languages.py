@@ -107,7 +107,6 @@ def test_shona_asr_output_is_normalized(heard: str, written: str) -> None:
 
 
 def test_a_forbidden_phrase_is_not_spoken(toy_pack: LanguagePack) -> None:
-    from common.frames import TokenChunk
     from tests.test_orchestrator import llm_tokens, run
 
     toy = LanguagePack(**{**toy_pack.__dict__, "blocked_output": (r"\bsecret\b",)})
@@ -119,11 +118,7 @@ def test_a_forbidden_phrase_is_not_spoken(toy_pack: LanguagePack) -> None:
         await h.worker_got("asr")
         await h.result(TranscriptChunk(session_id=SID, turn_id=1, text="tell me", is_final=True))
         request = await h.worker_got("llm")
-        for seq, token in enumerate(llm_tokens("Fine, here it is. The secret code is one two.")):
-            await h.result(TokenChunk(session_id=SID, turn_id=request.turn_id, seq=seq,
-                                      request_id=request.request_id, token=token))
-        await h.result(TokenChunk(session_id=SID, turn_id=request.turn_id, seq=99,
-                                  request_id=request.request_id, is_final=True))
+        await h.answer(request, llm_tokens("Fine, here it is. The secret code is one two."))
         spoken = [(await h.worker_got("tts")).text, (await h.worker_got("tts")).text]
         assert spoken == ["Fine, here it is.", "toy cannot_help"]
 

@@ -100,10 +100,17 @@ class Harness:
         got = await self.client_got()
         assert isinstance(got, TranscriptChunk) and got.is_final, got
         request = await self.worker_got("llm")
+        await self.answer(request, tokens, final=False)
+        return request
+
+    async def answer(self, request: GenerateRequest, tokens: list[str], *, final: bool = True) -> None:
+        """The fake LLM streams `tokens` for `request`, then (with `final`) its last chunk."""
         for seq, token in enumerate(tokens):
             await self.result(TokenChunk(session_id=SID, turn_id=request.turn_id, seq=seq,
                                          request_id=request.request_id, token=token))
-        return request
+        if final:
+            await self.result(TokenChunk(session_id=SID, turn_id=request.turn_id, seq=len(tokens),
+                                         request_id=request.request_id, is_final=True))
 
 
 def llm_tokens(text: str) -> list[str]:
@@ -245,11 +252,7 @@ def test_an_early_reply_is_held_until_the_final_confirms_it() -> None:
     async def scenario(h: Harness) -> None:
         await h.result(TurnHypothesis(session_id=SID, turn_id=1, text="Will it rain?"))
         request = await h.worker_got("llm")
-        for seq, token in enumerate(llm_tokens("Maybe, take an umbrella.")):
-            await h.result(TokenChunk(session_id=SID, turn_id=request.turn_id, seq=seq,
-                                      request_id=request.request_id, token=token))
-        await h.result(TokenChunk(session_id=SID, turn_id=request.turn_id, seq=99,
-                                  request_id=request.request_id, is_final=True))
+        await h.answer(request, llm_tokens("Maybe, take an umbrella."))
         await synthesize(h, await h.worker_got("tts"))
         assert await client_frames_for(h, 0.5) == []  # nothing reaches the client yet
         await h.result(TranscriptChunk(session_id=SID, turn_id=1, text="will it rain", is_final=True))
