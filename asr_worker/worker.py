@@ -32,6 +32,7 @@ from common.frames import (
     VadEvent,
 )
 from common.languages import registry as languages
+from common.metrics import DROPPED_FRAMES
 from common.settings import Settings
 from common.worker import WorkerRuntime
 
@@ -60,7 +61,6 @@ class AsrWorker:
         self.settings = settings
         self.runtime: WorkerRuntime | None = None
         self.streams: dict[str, SessionStream] = {}
-        self.skipped_partials = 0  # partial transcriptions skipped to catch up (congestion)
         self._feeding = 0  # feeds running in threads now
 
     async def handle(self, message: AsrWork) -> None:
@@ -126,7 +126,7 @@ class AsrWorker:
             # session is being transcribed; finals and pause hypotheses always run.
             congested = len(item) > BACKLOG_BYTES or self._feeding > 0
             if congested:
-                self.skipped_partials += 1
+                DROPPED_FRAMES.labels("partial_skipped_congestion").inc()
             self._feeding += 1
             try:
                 events = await asyncio.to_thread(stream.asr.feed, item, partials=not congested)
