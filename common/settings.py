@@ -41,6 +41,17 @@ class Settings(BaseSettings):
     max_frame_ms: int = 100  # largest binary audio message accepted, in ms of audio
     gateway_id: str = "gw0"
     playback_lead_ms: int = 250  # reply audio runs at most this far ahead of real time
+    max_upload_bytes: int = 16 * 1024 * 1024  # REST bodies (an /v1/asr upload) larger get 413
+    opus_bitrate: int = Field(default=24000, ge=6000, le=128000)  # Opus out, bits per second
+
+    # --- auth and limits (gateway) ---
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    admin_api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    jwt_secret: str = ""  # HS256; tokens carry `sub`, `exp` and optionally scope "admin"
+    redis_url: str = ""  # empty: limits kept in this gateway's memory
+    rate_requests_per_minute: int = 120  # per key, or per client address when anonymous
+    rate_concurrent_sessions: int = 8
+    rate_audio_seconds_per_day: float = 4 * 3600.0  # audio heard (WebSocket and /v1/asr)
 
     # --- ZeroMQ endpoints (derived from zmq_base_port unless set) ---
     zmq_host: str = "127.0.0.1"
@@ -103,9 +114,9 @@ class Settings(BaseSettings):
     llm_replicas: int = 1
     tts_replicas: int = 1
 
-    @field_validator("cors_allowed_origins", mode="before")
+    @field_validator("cors_allowed_origins", "api_keys", "admin_api_keys", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):  # a comma-separated list, or a JSON array
             if value.lstrip().startswith("["):
                 return json.loads(value)
