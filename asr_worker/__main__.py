@@ -28,7 +28,8 @@ async def main() -> None:
     engine.initial_prompts = languages.asr_initial_prompts()
     engine.warmup()
     worker = AsrWorker(engine, settings)
-    info = {**model_info(settings.asr_model, settings.models_dir), "engine": settings.asr_engine}
+    info = {**model_info(settings.asr_model, settings.models_dir), "engine": settings.asr_engine,
+            "device": "cpu"}
     runtime = WorkerRuntime("asr", settings, AsrWork, worker.handle, info)
     worker.runtime = runtime
     await runtime.serve()

@@ -59,6 +59,28 @@ class Transcription:
     language: str
 
 
+@dataclass(frozen=True)
+class TimedSegment:
+    start_s: float
+    end_s: float
+    text: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class FileTranscript:
+    """A whole recording's transcript (REST uploads), with segment timestamps."""
+
+    segments: list[TimedSegment]
+    language: str
+    language_probability: float
+    duration_s: float
+
+    @property
+    def text(self) -> str:
+        return " ".join(segment.text for segment in self.segments if segment.text).strip()
+
+
 class ASR(Protocol):
     def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcription:
         """Transcribe float32 mono 16 kHz audio; None or "auto" detects the language."""
@@ -69,6 +91,12 @@ class ASR(Protocol):
     ) -> Iterator[AsrEvent]:
         """Run a streaming turn over PCM16 chunks, ending the turn when they run out."""
         ...
+
+    def transcribe_file(self, audio: np.ndarray, language: str | None = None) -> FileTranscript:
+        """A whole recording, with segment timestamps (REST uploads)."""
+        ...
+
+    def warmup(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -214,6 +242,32 @@ class WhisperEngine:
                 language = result.language or language  # later windows reuse the detection
                 results.append(result)
         return _join(results, fallback_language)
+
+    def transcribe_file(self, audio: np.ndarray, language: str | None = None) -> FileTranscript:
+        """A recording of any length, with segment timestamps: faster-whisper's own sequential
+        30 s windows (an upload is not latency-bound, and its timestamps are what we want)."""
+        samples = np.asarray(audio, dtype=np.float32).reshape(-1)
+        lang = None if language in (None, *AUTO_LANGUAGE) else language
+        with self._lock:
+            segments, info = self._model.transcribe(
+                samples, language=lang, beam_size=self._beam_size, condition_on_previous_text=False,
+                vad_filter=False, initial_prompt=self.initial_prompts.get(lang or ""),
+            )
+            allowed = self.auto_languages
+            if lang is None and allowed and info.language not in allowed:
+                # Detection is restricted to the enabled language packs, as for live sessions.
+                probs = dict(info.all_language_probs or [])
+                lang = max(allowed, key=lambda code: probs.get(code, 0.0))
+                segments, info = self._model.transcribe(
+                    samples, language=lang, beam_size=self._beam_size,
+                    condition_on_previous_text=False, vad_filter=False,
+                )
+            timed = [TimedSegment(round(s.start, 3), round(s.end, 3), s.text.strip(),
+                                  _confidence(s.avg_logprob))
+                     for s in segments
+                     if s.no_speech_prob < NO_SPEECH_PROB or s.avg_logprob > NO_SPEECH_LOGPROB]
+        return FileTranscript(timed, info.language, float(info.language_probability),
+                              samples.size / SAMPLE_RATE)
 
     def transcribe_stock(self, audio: np.ndarray, language: str | None = None) -> Transcription:
         """faster-whisper's own `transcribe()`, kept as the benchmark's baseline."""

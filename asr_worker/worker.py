@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from asr_worker.engine import ASR
 from asr_worker.session import (
@@ -20,16 +22,22 @@ from asr_worker.session import (
     SpeechStarted,
     Transcript,
 )
+from common.audio import pcm16_to_float
 from common.frames import (
     AsrWork,
     AudioIn,
     EndTurn,
     Frame,
+    Segment,
     SessionEnd,
     SessionStart,
+    TranscribeRequest,
     TranscriptChunk,
+    Transcription,
     TurnHypothesis,
     VadEvent,
+    WarmupRequest,
+    WorkerError,
 )
 from common.languages import registry as languages
 from common.metrics import DROPPED_FRAMES
@@ -62,6 +70,7 @@ class AsrWorker:
         self.runtime: WorkerRuntime | None = None
         self.streams: dict[str, SessionStream] = {}
         self._feeding = 0  # feeds running in threads now
+        self._jobs: set[asyncio.Task[None]] = set()
 
     async def handle(self, message: AsrWork) -> None:
         match message:
@@ -84,6 +93,44 @@ class AsrWorker:
                 stream = self.streams.pop(message.session_id, None)
                 if stream is not None:
                     stream.inbox.put_nowait(_CLOSE)
+            case TranscribeRequest():
+                self._spawn(self._transcribe_file(message))
+            case WarmupRequest():
+                assert self.runtime is not None
+                self._spawn(self.runtime.warm_up(message, self.engine.warmup))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """One-off work runs beside the live sessions (the engine's lock takes turns)."""
+        task = asyncio.create_task(work)
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+
+    async def _transcribe_file(self, request: TranscribeRequest) -> None:
+        """An uploaded recording: one Transcription answer, empty with a reason on failure."""
+        assert self.runtime is not None
+        language = request.language or self.settings.effective_asr_language
+        code = None if language == "auto" else languages.get(language).asr_language
+        answer = Transcription(session_id=request.session_id, request_id=request.request_id)
+        self.runtime.busy += 1
+        try:
+            result = await asyncio.to_thread(self.engine.transcribe_file,
+                                             pcm16_to_float(request.pcm), code)
+            answer.language = result.language
+            answer.language_probability = round(result.language_probability, 3)
+            answer.duration_ms = round(result.duration_s * 1000)
+            answer.segments = [Segment(round(seg.start_s * 1000), round(seg.end_s * 1000),
+                                       self._normalized(seg.text, result.language),
+                                       round(seg.confidence, 3)) for seg in result.segments]
+            answer.text = " ".join(seg.text for seg in answer.segments if seg.text)
+        except Exception as exc:
+            log.exception("file transcription failed", extra={"session_id": request.session_id})
+            await self.runtime.emit(WorkerError(session_id=request.session_id, kind="asr",
+                                                request_id=request.request_id, code="asr_failed",
+                                                message=f"transcription failed: {type(exc).__name__}"))
+            return
+        finally:
+            self.runtime.busy -= 1
+        await self.runtime.emit(answer)
 
     def _stream(self, session_id: str, language: str = "") -> SessionStream:
         stream = self.streams.get(session_id)

@@ -102,6 +102,42 @@ class HistoryRequest(Frame):
     reply_to: str = ""
 
 
+# --- gateway -> orchestrator: REST jobs (one request, one worker, results streamed back) ---------
+# A job's `session_id` and `request_id` are both its job id, so results route like a session's.
+
+
+class ChatJob(Frame):
+    reply_to: str = ""
+    messages: list[ChatMessage] = []
+    max_new_tokens: int = 0
+    language: str = ""
+
+
+class SpeakJob(Frame):
+    reply_to: str = ""
+    text: str = ""
+    language: str = ""
+    voice: str = ""
+    sample_rate: int = 16000
+
+
+class TranscribeJob(Frame):
+    reply_to: str = ""
+    pcm: bytes = b""  # PCM16 mono at 16 kHz
+    language: str = ""
+
+
+class JobCancel(Frame):
+    """The HTTP client went away: stop the job's work."""
+
+
+class AdminRequest(Frame):
+    """`models`: what every READY instance serves; `warmup`: run each instance's warm-up."""
+
+    reply_to: str = ""
+    action: str = ""
+
+
 # --- orchestrator -> gateway (egress) -------------------------------------------------------------
 
 
@@ -118,6 +154,22 @@ class HistoryReply(Frame):
     messages: list[ChatMessage] = []
     language: str = ""
     system_prompt: str = ""
+
+
+class ModelEntry(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
+    role: str
+    name: str
+    version: str = ""
+    sha256: str = ""
+    device: str = ""
+    engine: str = ""
+    instances: list[str] = []
+    warmup_ms: dict[str, float] = {}  # instance id -> its warm-up (after an admin warmup)
+
+
+class AdminReply(Frame):
+    models: list[ModelEntry] = []
+    missing: list[str] = []  # worker kinds with no READY instance, or that did not answer
 
 
 class ErrorEvent(Frame):
@@ -141,6 +193,17 @@ class SynthesizeRequest(Frame):
     language: str = ""
     voice: str = ""
     sample_rate: int = 16000
+
+
+class TranscribeRequest(Frame):
+    """A whole recording (REST /v1/asr), transcribed with segment timestamps."""
+
+    pcm: bytes = b""
+    language: str = ""
+
+
+class WarmupRequest(Frame):
+    """Run the engine's warm-up (a dummy request) now; answered with WarmupDone."""
 
 
 # --- control (orchestrator PUB -> everyone SUB) ---------------------------------------------------
@@ -217,14 +280,59 @@ class WorkerExited(Frame):
     gave_up: bool = False  # its restart budget is spent: it stays down
 
 
+class Segment(msgspec.Struct, array_like=True, gc=False):
+    start_ms: int
+    end_ms: int
+    text: str
+    confidence: float
+
+
+class Transcription(Frame):
+    """The answer to a TranscribeRequest (and of a REST transcribe job)."""
+
+    text: str = ""
+    language: str = ""
+    language_probability: float = 0.0
+    duration_ms: int = 0
+    segments: list[Segment] = []
+
+
+class WarmupDone(Frame):
+    kind: str = ""
+    instance_id: str = ""
+    elapsed_ms: float = 0.0
+    error: str = ""
+
+
 class WorkerError(Frame):
     kind: str = ""
     code: str = ""
     message: str = ""
 
 
-IngressMessage = SessionStart | AudioIn | EndTurn | SessionEnd | PlaybackMark | HistoryRequest
-EgressMessage = TranscriptChunk | TokenChunk | AudioChunk | TurnEvent | ErrorEvent | HistoryReply
+IngressMessage = (
+    SessionStart
+    | AudioIn
+    | EndTurn
+    | SessionEnd
+    | PlaybackMark
+    | HistoryRequest
+    | ChatJob
+    | SpeakJob
+    | TranscribeJob
+    | JobCancel
+    | AdminRequest
+)
+EgressMessage = (
+    TranscriptChunk
+    | TokenChunk
+    | AudioChunk
+    | TurnEvent
+    | ErrorEvent
+    | HistoryReply
+    | Transcription
+    | AdminReply
+)
 ControlMessage = Cancel | Ping | StackStatus
 ResultMessage = (
     Ready
@@ -237,10 +345,12 @@ ResultMessage = (
     | TranscriptChunk
     | TokenChunk
     | AudioChunk
+    | Transcription
+    | WarmupDone
 )
-AsrWork = SessionStart | AudioIn | EndTurn | SessionEnd
-LlmWork = GenerateRequest
-TtsWork = SynthesizeRequest
+AsrWork = SessionStart | AudioIn | EndTurn | SessionEnd | TranscribeRequest | WarmupRequest
+LlmWork = GenerateRequest | WarmupRequest
+TtsWork = SynthesizeRequest | WarmupRequest
 
 _encoder = msgspec.msgpack.Encoder()
 

@@ -9,12 +9,21 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
 
 session_var: contextvars.ContextVar[str] = contextvars.ContextVar("session_id", default="")
 turn_var: contextvars.ContextVar[int] = contextvars.ContextVar("turn_id", default=-1)
+request_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+# Credentials must never reach a log line, even through an exception message or a header dump:
+# configured secrets are replaced wherever they appear, and so is anything shaped like a bearer
+# token or a JWT.
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',]+")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+_secrets: list[str] = []
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 _log_content = False
@@ -41,12 +50,26 @@ class JsonFormatter(logging.Formatter):
         turn_id = turn_var.get() if turn_id is None else turn_id
         if turn_id >= 0:
             entry["turn_id"] = turn_id
+        request_id = getattr(record, "request_id", None) or request_var.get()
+        if request_id:
+            entry["request_id"] = request_id
         for key, value in vars(record).items():
             if key not in _STANDARD and key not in entry:
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return scrub(json.dumps(entry, default=str, ensure_ascii=False))
+
+
+def register_secrets(secrets: list[str]) -> None:
+    """Values to mask in every log line (API keys, the JWT secret)."""
+    _secrets[:] = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+
+def scrub(line: str) -> str:
+    for secret in _secrets:
+        line = line.replace(secret, "***")
+    return _JWT.sub("***", _BEARER.sub(r"\1***", line))
 
 
 def setup(process_name: str, level: str = "INFO", log_content: bool = False) -> None:

@@ -54,6 +54,22 @@ TTS_PHRASES = Counter(
     "inzwa_tts_phrases_total", "Phrases synthesized, by language and G2P", ["language", "g2p"]
 )
 TURNS = Counter("inzwa_turns_total", "Reply turns, by outcome", ["outcome"])
+TTS_FIRST_AUDIO_MS = Histogram(
+    "inzwa_tts_first_audio_ms", "Synthesis request to its first audio frame (time to first audio), ms",
+    buckets=LATENCY_MS,
+)
+HTTP_REQUESTS = Counter(
+    "inzwa_http_requests_total", "Gateway HTTP and WebSocket requests, by route and status",
+    ["route", "method", "status"],
+)
+HTTP_LATENCY_MS = Histogram(
+    "inzwa_http_request_duration_ms", "Gateway request handling time (to the end of the body), ms",
+    ["route"], buckets=LATENCY_MS,
+)
+RATE_LIMITED = Counter(
+    "inzwa_rate_limited_total", "Requests refused by a rate limit or quota", ["limit"]
+)
+AUTH_FAILURES = Counter("inzwa_auth_failures_total", "Requests refused by auth", ["code"])
 
 
 def exposition() -> tuple[bytes, str]:

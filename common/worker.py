@@ -20,7 +20,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from common import transport
-from common.frames import Cancel, ControlMessage, Frame, Heartbeat, Leaving, Ready, decoder
+from common.frames import (
+    Cancel,
+    ControlMessage,
+    Frame,
+    Heartbeat,
+    Leaving,
+    Ready,
+    WarmupDone,
+    WarmupRequest,
+    decoder,
+)
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,6 +71,18 @@ class WorkerRuntime:
                 return True
         log.error("result dropped: orchestrator unreachable", extra={"frame": type(frame).__name__})
         return False
+
+    async def warm_up(self, request: WarmupRequest, warm: Callable[[], None]) -> None:
+        """Run the engine's warm-up in a thread (an admin asked); answer with its duration."""
+        started, error = time.perf_counter(), ""
+        try:
+            await asyncio.to_thread(warm)
+        except Exception as exc:  # reported to the caller, and the worker goes on serving
+            log.exception("warm-up failed")
+            error = f"{type(exc).__name__}: {exc}"
+        await self.emit(WarmupDone(session_id=request.session_id, request_id=request.request_id,
+                                   kind=self.kind, instance_id=self.instance_id, error=error,
+                                   elapsed_ms=(time.perf_counter() - started) * 1000))
 
     def is_cancelled(self, session_id: str, turn_id: int, request_id: str = "") -> bool:
         """A cancel names a turn (all its work), or one request of it, or turn -1: the session."""
@@ -150,7 +172,10 @@ class SerialWorker(Generic[Request]):
             assert self.runtime is not None
             self.runtime.busy = self._queue.qsize() + 1
             try:
-                await self.process(request)
+                if isinstance(request, WarmupRequest):
+                    await self.runtime.warm_up(request, self.warm)
+                else:
+                    await self.process(request)
             except Exception:
                 log.exception("request failed", extra={"kind": self.runtime.kind})
                 await self.failed(request)
@@ -159,6 +184,9 @@ class SerialWorker(Generic[Request]):
 
     async def process(self, request: Request) -> None:
         raise NotImplementedError
+
+    def warm(self) -> None:
+        """The engine's warm-up, run in a thread when an admin asks for one."""
 
     async def failed(self, request: Request) -> None:
         """After `process` raised: close the request so the orchestrator is not left waiting."""

@@ -7,11 +7,16 @@ import uvicorn
 from common import logs
 from common.settings import get_settings
 from gateway.app import create_app
+from gateway.auth import check_bind
 
 
 def main() -> None:
     settings = get_settings()
     logs.setup("gateway", settings.log_level, settings.log_content)
+    try:
+        check_bind(settings)
+    except RuntimeError as exc:
+        raise SystemExit(f"gateway: {exc}") from None
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -16,11 +16,15 @@ from dataclasses import dataclass
 
 from common import transport
 from common.frames import (
+    AdminReply,
+    AdminRequest,
     ControlMessage,
     EgressMessage,
+    ErrorEvent,
     Frame,
     HistoryReply,
     HistoryRequest,
+    JobCancel,
     StackStatus,
     decoder,
 )
@@ -38,6 +42,7 @@ KINDS = ("asr", "llm", "tts")
 class Connection:
     session_id: str
     outbox: Outbox
+    owner: str = ""  # the principal that opened it (REST history is theirs to read)
 
 
 class Bridge:
@@ -48,7 +53,8 @@ class Bridge:
         self.status_at = 0.0
         self._ingress = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._pending: dict[str, asyncio.Future[HistoryReply]] = {}
+        self._pending: dict[str, asyncio.Future[EgressMessage]] = {}
+        self.jobs: dict[str, asyncio.Queue[EgressMessage]] = {}
 
     async def start(self) -> None:
         self._ingress = transport.push(self.settings.ingress)
@@ -77,10 +83,10 @@ class Bridge:
         ok = fresh and all(counts.get(kind, 0) > 0 for kind in KINDS)
         return ok, {"orchestrator": fresh, "workers": counts}
 
-    def register(self, session_id: str) -> Connection:
+    def register(self, session_id: str, owner: str = "") -> Connection:
         lead_s = self.settings.playback_lead_ms / 1000
         outbox = Outbox(sample_rate=self.settings.audio_out_sample_rate, lead_s=lead_s)
-        connection = Connection(session_id, outbox)
+        connection = Connection(session_id, outbox, owner)
         self.connections[session_id] = connection
         return connection
 
@@ -89,25 +95,49 @@ class Bridge:
 
     async def history(self, session_id: str) -> HistoryReply | None:
         """The orchestrator's view of a session's dialogue; None if it did not answer."""
-        request_id = uuid.uuid4().hex
-        future: asyncio.Future[HistoryReply] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
+        reply = await self.ask(HistoryRequest(session_id=session_id, reply_to=self.settings.egress))
+        return reply if isinstance(reply, HistoryReply) else None
+
+    async def admin(self, action: str) -> AdminReply | ErrorEvent | None:
+        reply = await self.ask(AdminRequest(action=action, reply_to=self.settings.egress))
+        return reply if isinstance(reply, AdminReply | ErrorEvent) else None
+
+    async def ask(self, request: Frame, timeout_s: float | None = None) -> EgressMessage | None:
+        """One request, one reply matched by request id; None when none came in time."""
+        request.request_id = uuid.uuid4().hex
+        future: asyncio.Future[EgressMessage] = asyncio.get_running_loop().create_future()
+        self._pending[request.request_id] = future
         try:
-            request = HistoryRequest(session_id=session_id, request_id=request_id,
-                                     reply_to=self.settings.egress)
             if not await self.send(request):
                 return None
-            return await asyncio.wait_for(future, self.settings.request_timeout_s)
+            return await asyncio.wait_for(future, timeout_s or self.settings.request_timeout_s + 5)
         except TimeoutError:
             return None
         finally:
-            self._pending.pop(request_id, None)
+            self._pending.pop(request.request_id, None)
+
+    def open_job(self) -> tuple[str, asyncio.Queue[EgressMessage]]:
+        """A job id and the queue its results arrive on (a REST request's stream)."""
+        job_id = f"job-{uuid.uuid4().hex}"
+        queue: asyncio.Queue[EgressMessage] = asyncio.Queue()
+        self.jobs[job_id] = queue
+        return job_id, queue
+
+    async def close_job(self, job_id: str, *, finished: bool) -> None:
+        """Forget a job; one its client abandoned is cancelled so its worker stops."""
+        self.jobs.pop(job_id, None)
+        if not finished:
+            await self.send(JobCancel(session_id=job_id))
 
     async def _route(self, frame: EgressMessage) -> None:
-        if isinstance(frame, HistoryReply):
-            future = self._pending.get(frame.request_id)
-            if future is not None and not future.done():
+        future = self._pending.get(frame.request_id) if frame.request_id else None
+        if future is not None:
+            if not future.done():
                 future.set_result(frame)
+            return
+        job = self.jobs.get(frame.session_id)
+        if job is not None:
+            job.put_nowait(frame)
             return
         connection = self.connections.get(frame.session_id)
         if connection is not None:

@@ -2,7 +2,7 @@
 
 Client text messages are JSON objects tagged by "type" and decoded by one typed decoder, so a
 malformed or unknown message becomes a precise error instead of a crash. Binary messages are
-PCM16 LE mono audio at the session's sample rate.
+PCM16 LE mono audio at 16 kHz, or (a session started with codec "opus") one Opus packet each.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import msgspec
 from common.frames import AudioChunk, ErrorEvent, Frame, TokenChunk, TranscriptChunk, TurnEvent
 from common.languages import registry as languages
 
-SUPPORTED_RATES = (16000,)
-SUPPORTED_CODECS = ("pcm16",)
+# Input sample rate per codec: PCM16 is the ASR's 16 kHz; Opus always runs on a 48 kHz clock.
+SUPPORTED_RATES = {"pcm16": (16000,), "opus": (48000,)}
+SUPPORTED_CODECS = tuple(SUPPORTED_RATES)
+MAX_OPUS_PACKET = 1275  # bytes: the largest packet RFC 6716 allows
 
 # WebSocket close codes (RFC 6455 and IANA registry)
 CLOSE_NORMAL = 1000
@@ -60,16 +62,18 @@ def parse_client_message(text: str) -> ClientMessage:
 def check_start(start: Start) -> str:
     """Validate a start message; returns the session id to use."""
     if start.codec not in SUPPORTED_CODECS:
-        raise ProtocolError("unsupported_codec", f"codec {start.codec!r} is not supported")
+        raise ProtocolError("unsupported_codec",
+                            f"codec {start.codec!r} is not supported; use one of {SUPPORTED_CODECS}")
     if start.language not in ("", "auto", *languages.codes()):
         raise ProtocolError(
             "unsupported_language",
             f"language {start.language!r} has no language pack; use auto or one of {languages.codes()}",
         )
-    if start.sample_rate not in SUPPORTED_RATES:
+    rates = SUPPORTED_RATES[start.codec]
+    if start.sample_rate not in rates:
         raise ProtocolError(
             "unsupported_sample_rate",
-            f"sample_rate {start.sample_rate} is not supported; use {SUPPORTED_RATES[0]}",
+            f"sample_rate {start.sample_rate} is not supported with {start.codec}; use {rates[0]}",
         )
     if not start.session_id:
         return str(uuid.uuid4())

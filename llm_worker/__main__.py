@@ -29,9 +29,11 @@ async def main() -> None:
         seed=settings.llm_seed,
         temperature=settings.llm_temperature,
     )
-    engine.warmup(settings.system_prompt or languages.get(settings.language).system_prompt)
-    worker = LlmWorker(engine, settings.llm_max_new_tokens)
-    info = {**model_info(settings.llm_model, settings.models_dir), "engine": settings.llm_engine}
+    system_prompt = settings.system_prompt or languages.get(settings.language).system_prompt
+    engine.warmup(system_prompt)
+    worker = LlmWorker(engine, settings.llm_max_new_tokens, system_prompt)
+    info = {**model_info(settings.llm_model, settings.models_dir), "engine": settings.llm_engine,
+            "device": "cuda" if settings.llm_engine == "vllm" else "cpu"}
     await serve_serial("llm", settings, LlmWork, worker, info)
 
 

@@ -13,10 +13,14 @@ log = logging.getLogger(__name__)
 
 
 class LlmWorker(SerialWorker[GenerateRequest]):
-    def __init__(self, engine: LLM, default_max_new_tokens: int) -> None:
+    def __init__(self, engine: LLM, default_max_new_tokens: int, system_prompt: str = "") -> None:
         super().__init__()
         self.engine = engine
         self.default_max_new_tokens = default_max_new_tokens
+        self.system_prompt = system_prompt  # warm-ups keep llama.cpp's prefix cache on it
+
+    def warm(self) -> None:
+        self.engine.warmup(self.system_prompt)
 
     async def failed(self, request: GenerateRequest) -> None:
         await self._emit(request, seq=1_000_000, token="", final=True)

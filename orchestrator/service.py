@@ -16,8 +16,10 @@ import zmq.asyncio
 
 from common import transport
 from common.frames import (
+    AdminRequest,
     AudioChunk,
     AudioIn,
+    ChatJob,
     EndTurn,
     ErrorEvent,
     Frame,
@@ -25,6 +27,7 @@ from common.frames import (
     HistoryReply,
     HistoryRequest,
     IngressMessage,
+    JobCancel,
     Leaving,
     Ping,
     PlaybackMark,
@@ -32,11 +35,15 @@ from common.frames import (
     ResultMessage,
     SessionEnd,
     SessionStart,
+    SpeakJob,
     StackStatus,
     TokenChunk,
+    TranscribeJob,
     TranscriptChunk,
+    Transcription,
     TurnHypothesis,
     VadEvent,
+    WarmupDone,
     WorkerError,
     WorkerExited,
     decoder,
@@ -45,6 +52,8 @@ from common.languages import registry as languages
 from common.logs import content
 from common.metrics import RESTART_BUDGET_EXHAUSTED, WORKER_RESTARTS
 from common.settings import Settings
+from orchestrator.admin import Admin
+from orchestrator.jobs import Jobs
 from orchestrator.recovery import Recovery
 from orchestrator.registry import Instance, WorkerRegistry
 from orchestrator.session import Session
@@ -65,6 +74,8 @@ class Orchestrator:
         self.turns = Turns(settings, self._to_worker, self._to_client, self._publish)
         self.recovery = Recovery(self.sessions, self.registry, self.turns, self._to_worker,
                                  self._to_client, settings.request_timeout_s)
+        self.jobs = Jobs(settings, self.registry, self._to_gateway, self._publish)
+        self.admin = Admin(self.registry, self._to_gateway, settings.request_timeout_s)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -99,8 +110,10 @@ class Orchestrator:
                 timeout_s=0,
             )
             for dead in self.registry.reap():
-                await self.recovery.lost(dead.kind, dead.instance_id)
+                await self._lost(dead.kind, dead.instance_id)
             await self.recovery.expire_waits()
+            await self.jobs.expire()
+            await self.admin.expire()
             for session in list(self.sessions.values()):
                 await self.turns.check_timeouts(session)
                 await self.recovery.check_asr_stall(session, self.settings.asr_stall_s)
@@ -130,6 +143,12 @@ class Orchestrator:
                 session = self.sessions.get(message.session_id)
                 if session is not None:
                     self.turns.on_playback(session, message)
+            case ChatJob() | SpeakJob() | TranscribeJob():
+                await self.jobs.submit(message)
+            case JobCancel():
+                await self.jobs.cancel(message.session_id)
+            case AdminRequest():
+                await self.admin.handle(message)
 
     async def _history(self, request: HistoryRequest) -> None:
         session = self.sessions.get(request.session_id)
@@ -175,8 +194,16 @@ class Orchestrator:
                 await self._on_exited(message)
             case Leaving():
                 await self._on_leaving(message)
+            case WarmupDone():
+                await self.admin.on_warmup_done(message)
+            case TokenChunk() | AudioChunk() | Transcription() | WorkerError() if self.jobs.owns(
+                message.session_id
+            ):
+                await self.jobs.on_result(message)
             case WorkerError():
                 await self._on_worker_error(message)
+            case Transcription():
+                pass  # a job that was cancelled or timed out
             case _:
                 await self._to_turns(message)
 
@@ -214,8 +241,14 @@ class Orchestrator:
             message.kind, message.instance_id, message.endpoint, message.model, info
         )
         if replaced is not None:  # restarted on the same endpoint before anyone noticed
-            await self.recovery.lost(message.kind, replaced)
+            await self._lost(message.kind, replaced)
         await self.recovery.on_ready(message.kind)
+        await self.jobs.on_ready(message.kind)
+
+    async def _lost(self, kind: str, instance_id: str) -> None:
+        """An instance is gone: replay the sessions' and the jobs' work it had in hand."""
+        await self.recovery.lost(kind, instance_id)
+        await self.jobs.lost(kind, instance_id)
 
     async def _on_exited(self, exited: WorkerExited) -> None:
         """The watchdog saw a worker process die: act now, not after missed heartbeats."""
@@ -228,7 +261,7 @@ class Orchestrator:
         instance = self.registry.by_endpoint(endpoint)
         if instance is not None:
             self.registry.drop(instance)
-            await self.recovery.lost(instance.kind, instance.instance_id)
+            await self._lost(instance.kind, instance.instance_id)
 
     async def _on_leaving(self, leaving: Leaving) -> None:
         """A worker stops on purpose: new work goes elsewhere (or waits for its restart); the
@@ -240,7 +273,9 @@ class Orchestrator:
         instance.leaving = True
         if leaving.gone:
             self.registry.drop(instance)
-        if leaving.gone or instance.kind == "asr":
+        if leaving.gone:
+            await self._lost(instance.kind, instance.instance_id)
+        elif instance.kind == "asr":
             await self.recovery.lost(instance.kind, instance.instance_id)
 
     async def _on_transcript(self, session: Session, chunk: TranscriptChunk) -> None:
@@ -264,6 +299,10 @@ class Orchestrator:
         if sock is None:
             sock = self._egress[endpoint] = transport.push(endpoint)
         return sock
+
+    async def _to_gateway(self, endpoint: str, frame: Frame) -> None:
+        if not await transport.send(self._egress_socket(endpoint), frame, timeout_s=2.0):
+            log.warning("gateway unreachable; job result dropped", extra={"session_id": frame.session_id})
 
     async def _publish(self, frame: Frame) -> None:
         await transport.send(self._control, frame, timeout_s=0)

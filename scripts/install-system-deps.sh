@@ -1,22 +1,41 @@
 #!/usr/bin/env bash
-# System packages Inzwa needs beyond Python: espeak-ng (TTS phonemes; run as a separate
-# program, never linked, since it is GPL-3.0).
+# System packages Inzwa needs beyond Python:
+#   espeak-ng     TTS phonemes; run as a separate program, never linked, since it is GPL-3.0.
+#   redis-server  only for the tests of the shared (Redis) rate-limit backend; a deployment
+#                 points INZWA_REDIS_URL at its own Redis instead.
+# Installs whichever of them is missing; a no-op when all are present.
 set -euo pipefail
-if command -v espeak-ng >/dev/null 2>&1; then
+
+# command name -> package name, per package manager (they differ for redis on Homebrew).
+missing_apt=()
+missing_brew=()
+if ! command -v espeak-ng >/dev/null 2>&1; then
+    missing_apt+=(espeak-ng)
+    missing_brew+=(espeak-ng)
+fi
+if ! command -v redis-server >/dev/null 2>&1; then
+    missing_apt+=(redis-server)
+    missing_brew+=(redis)
+fi
+if [ "${#missing_apt[@]}" -eq 0 ]; then
     exit 0
 fi
+
 sudo=""
 if [ "$(id -u)" != 0 ]; then
     sudo="sudo"
 fi
 if command -v apt-get >/dev/null 2>&1; then
-    echo "installing espeak-ng (apt-get)" >&2
+    echo "installing ${missing_apt[*]} (apt-get)" >&2
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        "${missing_apt[@]}" >/dev/null
 elif command -v brew >/dev/null 2>&1; then
-    brew install espeak-ng
+    echo "installing ${missing_brew[*]} (brew)" >&2
+    brew install "${missing_brew[@]}"
 else
-    echo "espeak-ng is required: install it with your system's package manager" >&2
+    echo "${missing_apt[*]} required: install with your system's package manager" >&2
     exit 1
 fi
 command -v espeak-ng >/dev/null
+command -v redis-server >/dev/null

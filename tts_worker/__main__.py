@@ -23,7 +23,8 @@ async def main() -> None:
     )
     voice.warmup()
     worker = TtsWorker(voice, settings.audio_frame_ms)
-    info = {**model_info(settings.tts_model, settings.models_dir), "engine": settings.tts_engine}
+    info = {**model_info(settings.tts_model, settings.models_dir), "engine": settings.tts_engine,
+            "device": "cpu"}  # onnxruntime CPUExecutionProvider
     await serve_serial("tts", settings, TtsWork, worker, info)
 
 

@@ -11,7 +11,7 @@ from common.frames import AudioChunk, SynthesizeRequest
 from common.languages import registry as languages
 from common.languages.base import Phonemizer
 from common.languages.sn_g2p import EN_US_ESPEAK_SYMBOLS
-from common.metrics import TTS_PHRASES, TTS_RTF
+from common.metrics import TTS_FIRST_AUDIO_MS, TTS_PHRASES, TTS_RTF
 from common.worker import SerialWorker, iterate_in_thread
 from tts_worker.engine import TTS
 
@@ -46,6 +46,9 @@ class TtsWorker(SerialWorker[SynthesizeRequest]):
             self._phonemizers[pack.code] = made
         return self._phonemizers[pack.code]
 
+    def warm(self) -> None:
+        self.voice.warmup()
+
     async def process(self, request: SynthesizeRequest) -> None:
         seq = await self._synthesize(request)
         await self._emit(request, seq, b"", final=True)
@@ -72,6 +75,8 @@ class TtsWorker(SerialWorker[SynthesizeRequest]):
         async with contextlib.aclosing(frames):  # closing it stops the synthesis thread
             async for payload in frames:
                 busy_s = time.perf_counter() - started  # synthesis time up to this frame
+                if seq == 0:
+                    TTS_FIRST_AUDIO_MS.observe(busy_s * 1000)
                 if runtime.is_cancelled(request.session_id, request.turn_id):
                     break
                 await self._emit(request, seq, payload, final=False)

@@ -1,0 +1,189 @@
+"""Who is calling: API keys, HS256 JWTs, or an anonymous local developer.
+
+The gateway is safe by default: with no credentials configured it serves only loopback
+clients (and refuses to bind anything else, see `check_bind`), so a forgotten setting can
+never expose an open voice assistant on a network. Once any key or JWT secret is set every
+request needs a credential. Principals carry an id derived from the credential but never the
+credential itself, since ids end up in logs, metrics and rate-limit keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from common.settings import Settings
+
+JWT_ALGORITHM = "HS256"
+JWT_LEEWAY_S = 5.0  # tolerated clock skew between the token issuer and this gateway
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller; `id` keys rate limits and appears in logs."""
+
+    id: str
+    admin: bool = False
+    anonymous: bool = False
+
+
+class AuthError(Exception):
+    """A refused request: `status` is 401 (who are you?) or 403 (not allowed)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def auth_configured(settings: Settings) -> bool:
+    """True when any credential is set, which switches the gateway to authenticated mode."""
+    return bool(settings.api_keys or settings.admin_api_keys or settings.jwt_secret)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 (also IPv4-mapped) and "localhost"; anything unparsable is not.
+
+    Starlette's test client reports the host "testclient": it is deliberately not loopback so
+    tests exercise the remote-client rules.
+    """
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name.split("%", 1)[0])  # drop an IPv6 zone ("::1%lo")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def check_bind(settings: Settings) -> None:
+    """Refuse to listen beyond loopback while no credential is configured."""
+    if auth_configured(settings) or is_loopback(settings.host):
+        return
+    raise RuntimeError(
+        f"no credentials configured (INZWA_API_KEYS, INZWA_ADMIN_API_KEYS or INZWA_JWT_SECRET), so the "
+        f"gateway serves loopback only and refuses to start on another address ({settings.host!r}); "
+        f"set a credential or bind 127.0.0.1"
+    )
+
+
+def key_id(key: str) -> str:
+    """A stable, non-reversible id for an API key (a short prefix of its SHA-256)."""
+    return "key:" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def bearer(header_value: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None for anything else."""
+    if not header_value:
+        return None
+    parts = header_value.split()
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        return None
+    return parts[1]
+
+
+def require_admin(principal: Principal) -> None:
+    """Raise unless the principal may use admin endpoints.
+
+    The anonymous loopback principal is made admin by `Authenticator` only when no credential
+    is configured, so a local developer without keys can still reach admin endpoints.
+    """
+    if not principal.admin:
+        raise AuthError(403, "admin_required",
+                        "this endpoint requires an admin key or a token with scope admin")
+
+
+def make_token(secret: str, sub: str, ttl_s: float, scope: str = "") -> str:
+    """An HS256 token for `sub` valid `ttl_s` seconds (negative: already expired); for tests and ops."""
+    now = time.time()
+    claims: dict[str, Any] = {"sub": sub, "iat": int(now), "exp": int(now + ttl_s)}
+    if scope:
+        claims["scope"] = scope
+    return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM)
+
+
+def _digest(value: str) -> bytes:
+    # Comparing fixed-length digests keeps compare_digest from leaking the key length, and
+    # accepts any text (compare_digest refuses non-ASCII str).
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+
+
+def _has_admin_scope(claims: dict[str, Any]) -> bool:
+    scope = claims.get("scope")
+    scopes = claims.get("scopes")
+    in_scope = isinstance(scope, str) and "admin" in scope.split()
+    in_scopes = isinstance(scopes, list) and "admin" in scopes
+    return in_scope or in_scopes
+
+
+class Authenticator:
+    """Turns a bearer token and the client address into a `Principal`, or raises `AuthError`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._configured = auth_configured(settings)
+        self._keys = [(_digest(key), key_id(key), False) for key in settings.api_keys if key]
+        self._keys += [(_digest(key), key_id(key), True) for key in settings.admin_api_keys if key]
+        self._jwt_secret = settings.jwt_secret
+
+    @property
+    def configured(self) -> bool:
+        return self._configured
+
+    def authenticate(self, token: str | None, client_host: str) -> Principal:
+        if not self._configured:
+            return self._anonymous(client_host)
+        if not token:
+            raise AuthError(401, "missing_credentials",
+                            "missing credentials: send 'Authorization: Bearer <key>'")
+        principal = self._match_key(token)
+        if principal is not None:
+            return principal
+        if self._jwt_secret:
+            return self._decode_jwt(token)
+        raise AuthError(401, "invalid_credentials", "invalid credentials: the API key is not recognised")
+
+    @staticmethod
+    def _anonymous(client_host: str) -> Principal:
+        if is_loopback(client_host):
+            return Principal(id="ip:" + client_host, admin=True, anonymous=True)
+        raise AuthError(403, "loopback_only",
+                        "no credentials are configured on this gateway, so it serves loopback clients only")
+
+    def _match_key(self, token: str) -> Principal | None:
+        presented = _digest(token)
+        found: Principal | None = None
+        # Every key is compared, matched or not, so timing says nothing about which one matched;
+        # an admin match wins when a key is listed in both settings.
+        for digest, ident, admin in self._keys:
+            if hmac.compare_digest(presented, digest) and (found is None or admin):
+                found = Principal(id=ident, admin=admin)
+        return found
+
+    def _decode_jwt(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(token, self._jwt_secret, algorithms=[JWT_ALGORITHM],
+                                options={"require": ["exp", "sub"]}, leeway=JWT_LEEWAY_S)
+        except jwt.ExpiredSignatureError:
+            raise AuthError(401, "token_expired", "the token has expired: obtain a new one") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(401, "invalid_credentials",
+                            f"invalid credentials: the token lacks the {exc.claim!r} claim") from None
+        except jwt.InvalidTokenError:
+            # The library's own message is dropped: it is not needed and must not echo the token.
+            raise AuthError(401, "invalid_credentials",
+                            "invalid credentials: not a known API key nor a valid HS256 token") from None
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise AuthError(401, "invalid_credentials",
+                            "invalid credentials: the token's 'sub' claim is empty")
+        return Principal(id="jwt:" + sub, admin=_has_admin_scope(claims))

@@ -1,0 +1,188 @@
+"""REST jobs: one request (a chat, a text to speak, a recording), one worker, results streamed.
+
+A job has no dialogue and no turn-taking: the orchestrator hands it to the least-loaded READY
+instance of its kind and forwards every result to the gateway that asked. The job id is both the
+frames' `session_id` and `request_id`, so results route like a session's and a worker's cancel
+memory works unchanged. When a worker is lost the job is replayed on another instance: a chat
+continues after the text already sent; speech and transcription start over only if nothing
+was sent yet (otherwise the client would hear or read something twice), else they fail cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from common.frames import (
+    AudioChunk,
+    Cancel,
+    ChatJob,
+    ChatMessage,
+    ErrorEvent,
+    Frame,
+    GenerateRequest,
+    SpeakJob,
+    SynthesizeRequest,
+    TokenChunk,
+    TranscribeJob,
+    TranscribeRequest,
+    Transcription,
+    WorkerError,
+)
+from common.languages import registry as languages
+from common.metrics import REPLAYS
+from common.settings import Settings
+from orchestrator.registry import WorkerRegistry
+
+log = logging.getLogger(__name__)
+
+JobFrame = ChatJob | SpeakJob | TranscribeJob
+JobResult = TokenChunk | AudioChunk | Transcription | WorkerError
+ToGateway = Callable[[str, Frame], Awaitable[None]]
+
+
+@dataclass
+class Job:
+    job_id: str
+    kind: str  # the worker kind that serves it: "llm", "tts" or "asr"
+    reply_to: str
+    work: GenerateRequest | SynthesizeRequest | TranscribeRequest
+    deadline: float
+    instance_id: str = ""
+    sent: int = 0  # results forwarded to the gateway
+    text: str = ""  # a chat's tokens forwarded so far: a replay continues after them
+    language: str = ""
+
+
+def work_for(frame: JobFrame, settings: Settings) -> tuple[str, GenerateRequest | SynthesizeRequest |
+                                                         TranscribeRequest]:
+    """The worker request that serves a job, with the job id as its session and request id."""
+    ids = {"session_id": frame.session_id, "request_id": frame.session_id}
+    match frame:
+        case ChatJob():
+            messages = list(frame.messages)
+            if not any(message.role == "system" for message in messages):
+                prompt = settings.system_prompt or languages.get(frame.language).system_prompt
+                messages.insert(0, ChatMessage("system", prompt))
+            return "llm", GenerateRequest(**ids, messages=messages, language=frame.language,
+                                          max_new_tokens=frame.max_new_tokens)
+        case SpeakJob():
+            return "tts", SynthesizeRequest(**ids, text=frame.text, language=frame.language,
+                                            voice=frame.voice, sample_rate=frame.sample_rate)
+        case TranscribeJob():
+            return "asr", TranscribeRequest(**ids, pcm=frame.pcm, language=frame.language)
+
+
+class Jobs:
+    def __init__(self, settings: Settings, registry: WorkerRegistry, to_gateway: ToGateway,
+                 publish: Callable[[Frame], Awaitable[None]]) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._to_gateway = to_gateway
+        self._publish = publish
+        self.active: dict[str, Job] = {}
+
+    def owns(self, session_id: str) -> bool:
+        return session_id in self.active
+
+    async def submit(self, frame: JobFrame) -> None:
+        kind, work = work_for(frame, self.settings)
+        job = Job(frame.session_id, kind, frame.reply_to, work, self._deadline(),
+                  language=frame.language)
+        self.active[job.job_id] = job
+        if isinstance(frame, ChatJob) and frame.messages and languages.get(frame.language).blocks_input(
+            frame.messages[-1].content
+        ):
+            await self._refuse(job)  # the safety filter: a polite refusal, no LLM call
+            return
+        await self._dispatch(job)
+
+    async def _dispatch(self, job: Job) -> None:
+        """To the least-loaded instance; with none READY the job waits (until its deadline)."""
+        instance = self.registry.pick(job.kind)
+        job.instance_id = ""
+        if instance is None:
+            return
+        if await self.registry.send(instance, job.work):
+            job.instance_id = instance.instance_id
+            instance.sessions += 1
+
+    async def on_result(self, frame: JobResult) -> None:
+        job = self.active.get(frame.session_id)
+        if job is None:
+            return
+        job.deadline = self._deadline()
+        if isinstance(frame, WorkerError):
+            await self._fail(job, frame.code or f"{job.kind}_error", frame.message)
+            return
+        if isinstance(frame, TokenChunk) and await self._blocked_output(job, frame):
+            return
+        await self._forward(job, frame)
+        if isinstance(frame, Transcription) or frame.is_final:
+            self._finish(job)
+
+    async def _forward(self, job: Job, frame: JobResult) -> None:
+        if isinstance(frame, TokenChunk):
+            frame.seq = job.sent  # a replay restarts its worker's numbering: keep the client's
+            job.text += frame.token
+        job.sent += 1
+        await self._to_gateway(job.reply_to, frame)
+
+    async def _blocked_output(self, job: Job, token: TokenChunk) -> bool:
+        """The output safety filter: a reply the pack forbids stops there with its refusal."""
+        pack = languages.get(job.language)
+        if not pack.blocks_output(job.text + token.token):
+            return False
+        await self._publish(Cancel(session_id=job.job_id, turn_id=-1))
+        await self._refuse(job)
+        return True
+
+    async def _refuse(self, job: Job) -> None:
+        refusal = languages.get(job.language).fallback("cannot_help")
+        for token, final in ((refusal, False), ("", True)):
+            await self._forward(job, TokenChunk(session_id=job.job_id, request_id=job.job_id,
+                                                token=token, is_final=final))
+        self._finish(job)
+
+    async def cancel(self, job_id: str) -> None:
+        """The client left: stop the worker, forget the job."""
+        if self.active.pop(job_id, None) is not None:
+            await self._publish(Cancel(session_id=job_id, turn_id=-1))
+
+    async def lost(self, kind: str, instance_id: str) -> None:
+        for job in [j for j in self.active.values() if j.kind == kind and j.instance_id == instance_id]:
+            if isinstance(job.work, GenerateRequest):
+                job.work.prefix = job.text  # continue the reply after what was sent
+            elif job.sent:
+                await self._fail(job, f"{kind}_lost", "the worker serving this request stopped")
+                continue
+            REPLAYS.labels(kind).inc()
+            log.warning("job replayed", extra={"session_id": job.job_id, "kind": kind})
+            await self._dispatch(job)
+
+    async def on_ready(self, kind: str) -> None:
+        for job in [j for j in self.active.values() if j.kind == kind and not j.instance_id]:
+            await self._dispatch(job)
+
+    async def expire(self) -> None:
+        now = time.monotonic()
+        for job in [j for j in self.active.values() if j.deadline < now]:
+            await self._publish(Cancel(session_id=job.job_id, turn_id=-1))
+            code = "timeout" if job.instance_id else f"{job.kind}_unavailable"
+            await self._fail(job, code, f"no answer from the {job.kind} worker in time")
+
+    async def _fail(self, job: Job, code: str, message: str) -> None:
+        self._finish(job)
+        await self._to_gateway(job.reply_to, ErrorEvent(session_id=job.job_id, request_id=job.job_id,
+                                                        code=code, message=message, fatal=True))
+
+    def _finish(self, job: Job) -> None:
+        self.active.pop(job.job_id, None)
+        instance = self.registry.get(job.instance_id)
+        if instance is not None:
+            instance.sessions = max(0, instance.sessions - 1)
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.settings.request_timeout_s
