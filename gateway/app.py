@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, FastAPI, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import Response
 
 from common import logs
 from common.metrics import exposition
@@ -19,6 +19,7 @@ from gateway.bridge import Bridge
 from gateway.errors import ApiError
 from gateway.guard import Guard
 from gateway.observe import RequestObserver
+from gateway.responses import OrjsonResponse
 from gateway.rest import add_rest_routes
 
 
@@ -36,7 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await guard.limits.close()
 
     app = FastAPI(title="Inzwa gateway", version="0.1.0", lifespan=lifespan,
-                  default_response_class=ORJSONResponse,
+                  default_response_class=OrjsonResponse,
                   description="Real-time speech-to-speech assistant: WebSocket /ws/audio and REST.")
     app.state.bridge = bridge
     app.state.guard = guard
@@ -69,10 +70,10 @@ def _add_operations(router: APIRouter, bridge: Bridge, guard: Guard) -> None:
         return {"status": "ok"}
 
     @router.get("/readyz", tags=["operations"], responses={503: {"description": "Not ready"}})
-    async def readyz() -> ORJSONResponse:
+    async def readyz() -> OrjsonResponse:
         """Readiness: the orchestrator is alive and every worker kind has a READY instance."""
         ok, detail = bridge.ready()
-        return ORJSONResponse({"ready": ok, **detail}, status_code=200 if ok else 503)
+        return OrjsonResponse({"ready": ok, **detail}, status_code=200 if ok else 503)
 
     @router.get("/metrics", tags=["operations"], response_class=Response,
                 dependencies=[Depends(guard.admin)])
@@ -84,7 +85,7 @@ def _add_operations(router: APIRouter, bridge: Bridge, guard: Guard) -> None:
     @router.get("/v1/sessions/{session_id}", tags=["assistant"],
                 responses={404: {"description": "No such session of yours"}})
     async def session_history(session_id: str, principal: Principal = Depends(guard.caller)
-                              ) -> ORJSONResponse:
+                              ) -> OrjsonResponse:
         """A live session's dialogue history (what the assistant keeps of each turn)."""
         connection = bridge.connections.get(session_id)
         if not principal.admin and (connection is None or connection.owner != principal.id):
@@ -95,6 +96,6 @@ def _add_operations(router: APIRouter, bridge: Bridge, guard: Guard) -> None:
         if not reply.found:
             raise ApiError(404, "session_not_found", "no live session with that id")
         history = [{"role": m.role, "content": m.content} for m in reply.messages]
-        return ORJSONResponse({"session_id": session_id, "language": reply.language,
+        return OrjsonResponse({"session_id": session_id, "language": reply.language,
                                "system_prompt": reply.system_prompt, "turns": reply.turns,
                                "history": history})

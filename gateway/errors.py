@@ -11,8 +11,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.responses import OrjsonResponse
 
 
 class ApiError(Exception):
@@ -23,8 +24,8 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers or {}
 
-    def response(self) -> ORJSONResponse:
-        return ORJSONResponse({"error": self.code, "message": self.message}, status_code=self.status,
+    def response(self) -> OrjsonResponse:
+        return OrjsonResponse({"error": self.code, "message": self.message}, status_code=self.status,
                               headers=self.headers)
 
 
@@ -34,19 +35,19 @@ def _where(error: dict[str, Any]) -> str:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> ORJSONResponse:
+    async def api_error(_: Request, exc: ApiError) -> OrjsonResponse:
         return exc.response()
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def invalid(_: Request, exc: RequestValidationError) -> OrjsonResponse:
         errors = exc.errors()
         message = "; ".join(f"{_where(e)}: {e.get('msg', 'invalid')}" for e in errors[:5])
         details = [{"field": _where(e), "problem": str(e.get("msg", ""))} for e in errors[:20]]
-        return ORJSONResponse({"error": "invalid_request", "message": message, "details": details},
+        return OrjsonResponse({"error": "invalid_request", "message": message, "details": details},
                               status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def http_error(_: Request, exc: StarletteHTTPException) -> OrjsonResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return ORJSONResponse({"error": code, "message": str(exc.detail)}, status_code=exc.status_code,
+        return OrjsonResponse({"error": code, "message": str(exc.detail)}, status_code=exc.status_code,
                               headers=getattr(exc, "headers", None))

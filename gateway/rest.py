@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import ORJSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.frames import (
@@ -36,6 +36,7 @@ from gateway.bridge import Bridge
 from gateway.codec import OggOpusWriter, wav_header
 from gateway.errors import ApiError
 from gateway.guard import Guard
+from gateway.responses import OrjsonResponse
 from gateway.uploads import read_audio_upload
 
 SAMPLE_RATE = 16000
@@ -139,7 +140,7 @@ def add_rest_routes(router: APIRouter, bridge: Bridge, settings: Settings, guard
         check_language(body.language)
         check_text("".join(m.content for m in body.messages), settings.max_text_chars, "messages")
         job = ChatJob(messages=[ChatMessage(m.role, m.content) for m in body.messages],
-                      max_new_tokens=body.max_tokens or 0, language=body.language)
+                      max_new_tokens=body.max_tokens or 0, language=body.language or settings.language)
         if body.stream:
             return await _chat_stream(jobs, job)
         return await _chat_reply(jobs, job)
@@ -157,7 +158,8 @@ def add_rest_routes(router: APIRouter, bridge: Bridge, settings: Settings, guard
         voice = settings.tts_model.rstrip("/").rsplit("/", 1)[-1]
         if body.voice not in (None, "", voice):
             raise ApiError(422, "unknown_voice", f"voice {body.voice!r} is not loaded; use {voice!r}")
-        job = SpeakJob(text=body.text, language=body.language, voice=voice, sample_rate=SAMPLE_RATE)
+        job = SpeakJob(text=body.text, language=body.language or settings.language, voice=voice,
+                       sample_rate=SAMPLE_RATE)
         return await _speech_stream(jobs, job, body.format, settings.opus_bitrate)
 
     @router.post("/v1/asr", tags=["assistant"], openapi_extra=_UPLOAD_SCHEMA, responses={
@@ -166,7 +168,7 @@ def add_rest_routes(router: APIRouter, bridge: Bridge, settings: Settings, guard
     async def asr(request: Request,
                   sample_rate: Annotated[int | None, Query(ge=8000, le=48000)] = None,
                   language: Annotated[str, Query(max_length=8)] = "",
-                  principal: Principal = caller) -> ORJSONResponse:
+                  principal: Principal = caller) -> OrjsonResponse:
         """Transcribe an uploaded WAV (or raw PCM16 mono with `sample_rate`)."""
         check_language(language)
         job = await read_audio_upload(request, settings, sample_rate)
@@ -176,20 +178,20 @@ def add_rest_routes(router: APIRouter, bridge: Bridge, settings: Settings, guard
         await jobs.end(job.session_id, finished=True)
         if not isinstance(result, Transcription):
             raise ApiError(502, "bad_worker_reply", f"unexpected {type(result).__name__} from the ASR")
-        return ORJSONResponse(_transcript_body(result))
+        return OrjsonResponse(_transcript_body(result))
 
     @router.get("/v1/models", tags=["operations"])
-    async def models(_: Principal = caller) -> ORJSONResponse:
+    async def models(_: Principal = caller) -> OrjsonResponse:
         """Every loaded model: role, name, version, sha256, device and the instances serving it."""
-        return ORJSONResponse(_models_body(await _admin(bridge, "models")))
+        return OrjsonResponse(_models_body(await _admin(bridge, "models")))
 
     @router.post("/v1/admin/warmup", tags=["operations"], responses={
         403: {"description": "Needs an admin credential"},
         503: {"description": "Some worker kind is missing or did not warm up"}})
-    async def warmup(_: Principal = admin) -> ORJSONResponse:
+    async def warmup(_: Principal = admin) -> OrjsonResponse:
         """Run every worker's warm-up (a dummy request); answers with versions and checksums."""
         reply = await _admin(bridge, "warmup")
-        return ORJSONResponse(_models_body(reply), status_code=503 if reply.missing else 200)
+        return OrjsonResponse(_models_body(reply), status_code=503 if reply.missing else 200)
 
 
 _UPLOAD_SCHEMA: dict[str, Any] = {
@@ -230,7 +232,7 @@ def _transcript_body(result: Transcription) -> dict[str, Any]:
             "confidence": round(confidence, 3), "segments": segments}
 
 
-async def _chat_reply(jobs: Jobs, job: ChatJob) -> ORJSONResponse:
+async def _chat_reply(jobs: Jobs, job: ChatJob) -> OrjsonResponse:
     queue = await jobs.start(job)
     tokens: list[str] = []
     done = False
@@ -245,7 +247,7 @@ async def _chat_reply(jobs: Jobs, job: ChatJob) -> ORJSONResponse:
                 done = frame.is_final
     finally:
         await jobs.end(job.session_id, finished=done)
-    return ORJSONResponse({"id": job.session_id, "language": job.language,
+    return OrjsonResponse({"id": job.session_id, "language": job.language,
                            "message": {"role": "assistant", "content": "".join(tokens).strip()},
                            "tokens": sum(1 for token in tokens if token)})
 
