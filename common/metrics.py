@@ -72,6 +72,21 @@ RATE_LIMITED = Counter(
 AUTH_FAILURES = Counter("inzwa_auth_failures_total", "Requests refused by auth", ["code"])
 
 
+DROP_REASONS = ("client_too_slow", "partial_skipped_congestion", "superseded_partial")
+WORKER_KINDS = ("asr", "llm", "tts")
+
+
+def declare_series() -> None:
+    """Create the labelled series a dashboard expects at zero, so "no restarts yet" reads as 0
+    rather than as a missing metric (called once by the orchestrator)."""
+    for kind in WORKER_KINDS:
+        WORKER_RESTARTS.labels(kind)
+        RESTART_BUDGET_EXHAUSTED.labels(kind)
+        REPLAYS.labels(kind)
+    for reason in DROP_REASONS:
+        DROPPED_FRAMES.labels(reason)
+
+
 def exposition() -> tuple[bytes, str]:
     """The body and content type of /metrics: every process's samples when multiprocess."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

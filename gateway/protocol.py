@@ -19,6 +19,7 @@ from common.languages import registry as languages
 SUPPORTED_RATES = {"pcm16": (16000,), "opus": (48000,)}
 SUPPORTED_CODECS = tuple(SUPPORTED_RATES)
 MAX_OPUS_PACKET = 1275  # bytes: the largest packet RFC 6716 allows
+MAX_CONTROL_CHARS = 4096  # a control message is a small JSON object; anything bigger is refused
 
 # WebSocket close codes (RFC 6455 and IANA registry)
 CLOSE_NORMAL = 1000
@@ -51,6 +52,9 @@ class ProtocolError(Exception):
 
 
 def parse_client_message(text: str) -> ClientMessage:
+    if len(text) > MAX_CONTROL_CHARS:
+        raise ProtocolError("message_too_large",
+                            f"control message of {len(text)} characters > {MAX_CONTROL_CHARS}")
     try:
         return _client_decoder.decode(text)
     except msgspec.ValidationError as exc:

@@ -50,7 +50,7 @@ from common.frames import (
 )
 from common.languages import registry as languages
 from common.logs import content
-from common.metrics import RESTART_BUDGET_EXHAUSTED, WORKER_RESTARTS
+from common.metrics import RESTART_BUDGET_EXHAUSTED, WORKER_RESTARTS, declare_series
 from common.settings import Settings
 from orchestrator.admin import Admin
 from orchestrator.jobs import Jobs
@@ -95,6 +95,7 @@ class Orchestrator:
             ),
             asyncio.create_task(self._housekeeping()),
         ]
+        declare_series()
         log.info("orchestrator up", extra={"ingress": self.settings.ingress})
         await stop.wait()
         await transport.cancel_tasks(tasks)

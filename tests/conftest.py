@@ -53,8 +53,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     # stack a restart budget to match (the default budget is tested on a stack of its own).
     # Replies of at most 48 tokens (~10 s of speech) keep the suite quick; paced playback
     # otherwise makes every test that waits for tts.end wait for the whole answer.
+    # Every test talks from 127.0.0.1 as one anonymous caller: the shared stack's rate limits
+    # are lifted (they are tested on gateways of their own in test_api_auth.py).
     running = Stack(tmp_path_factory.mktemp("stack"), INZWA_RESTART_BUDGET="40",
-                    INZWA_LLM_MAX_NEW_TOKENS="48")
+                    INZWA_LLM_MAX_NEW_TOKENS="48", INZWA_RATE_REQUESTS_PER_MINUTE="0",
+                    INZWA_RATE_CONCURRENT_SESSIONS="0")
     try:
         running.start()
         yield running

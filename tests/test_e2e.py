@@ -175,6 +175,41 @@ def test_a_bad_frame_gets_an_error_and_the_session_goes_on(stack: Stack, bad: st
     assert close_code is None or close_code == 1000  # the server did not end the session
 
 
+OVER_LIMIT_AUDIO = [np.zeros(1600, dtype="<i2").tobytes()] * 310  # 31 s in 100 ms frames > 30 s
+BAD_INPUTS = [  # (messages after connecting, the error code the client must get)
+    (["{not json"], "bad_json"),
+    ([json.dumps({"type": "shout"})], "bad_message"),
+    ([json.dumps({"type": "start", "sample_rate": 8000})], "unsupported_sample_rate"),
+    ([b"\x00\x00" * 320], "start_required"),
+    ([START, "{not json"], "bad_json"),
+    ([START, json.dumps({"type": "shout"})], "bad_message"),
+    ([START, b"\x00\x00" * 16000], "frame_too_large"),
+    ([START, b"\x00\x00\x00"], "odd_frame"),
+    ([START, json.dumps({"type": "end_turn", "pad": "x" * 5000})], "message_too_large"),
+    ([START, *OVER_LIMIT_AUDIO], "audio_too_long"),
+    ([START, START], "already_started"),
+]
+
+
+def test_bad_inputs_get_clear_errors_and_a_parallel_session_is_unaffected(
+    stack: Stack, fixtures_dir: Path
+) -> None:
+    """Every bad input gets its own error while a healthy voice turn goes on beside them."""
+
+    async def run() -> tuple[TalkResult, list[tuple[list, int | None]]]:
+        healthy = asyncio.create_task(talk(fixtures_dir / "q_en_capital.wav", stack.url, timeout_s=90))
+        answers = [await _exchange(stack.url, *messages, wait=2) for messages, _ in BAD_INPUTS]
+        return await healthy, answers
+
+    healthy, answers = asyncio.run(run())
+    for (messages, code), (replies, _) in zip(BAD_INPUTS, answers, strict=True):
+        errors = [r.get("code") for r in replies if isinstance(r, dict) and r.get("type") == "error"]
+        assert code in errors, (messages[-1][:60], replies)
+    assert healthy.completed and healthy.errors == [], healthy.summary()
+    assert "capital" in normalize(healthy.transcript)
+    assert len(healthy.reply_audio) > SAMPLE_RATE  # at least half a second of reply
+
+
 def test_metrics_of_every_process_in_one_scrape(stack: Stack, capital_turn: TalkResult) -> None:
     body = httpx.get(f"{stack.http}/metrics", timeout=10).text
     samples = {}

@@ -24,6 +24,7 @@ from common.frames import (
     ControlMessage,
     EgressMessage,
     GenerateRequest,
+    LlmWork,
     PlaybackMark,
     Ready,
     SessionStart,
@@ -31,6 +32,7 @@ from common.frames import (
     SynthesizeRequest,
     TokenChunk,
     TranscriptChunk,
+    TtsWork,
     TurnEvent,
     TurnHypothesis,
     VadEvent,
@@ -55,8 +57,7 @@ class Harness:
         self.egress = transport.pull(s.egress)
         self.control = transport.sub(s.control)
         self.work = {kind: transport.pull(s.work_endpoint(kind, 0)) for kind in ("asr", "llm", "tts")}
-        self.decoders = {"asr": decoder(AsrWork), "llm": decoder(GenerateRequest),
-                         "tts": decoder(SynthesizeRequest)}
+        self.decoders = {"asr": decoder(AsrWork), "llm": decoder(LlmWork), "tts": decoder(TtsWork)}
 
     async def announce(self) -> None:
         for kind in self.work:
