@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.frames import EgressMessage, IngressMessage, ResultMessage, decoder
+from gateway.codec import CodecError, OpusDecoder, OpusEncoder, read_upload
 from gateway.protocol import ProtocolError, Start, check_audio, check_start, parse_client_message
 
 SCALARS = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20)
@@ -36,12 +37,12 @@ MESSAGES = st.fixed_dictionaries(
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.one_of(st.text(max_size=200), MESSAGES.map(json.dumps), JSON_VALUES.map(json.dumps)))
+@given(st.one_of(st.text(max_size=5000), MESSAGES.map(json.dumps), JSON_VALUES.map(json.dumps)))
 def test_control_messages_parse_or_fail_with_a_protocol_error(text: str) -> None:
     try:
         message = parse_client_message(text)
     except ProtocolError as exc:
-        assert exc.code in ("bad_json", "bad_message") and exc.message
+        assert exc.code in ("bad_json", "bad_message", "message_too_large") and exc.message
         return
     if isinstance(message, Start):
         try:
@@ -69,3 +70,27 @@ def test_frame_decoders_fail_only_with_decode_errors(data: bytes) -> None:
     for union in (IngressMessage, EgressMessage, ResultMessage):
         with contextlib.suppress(msgspec.DecodeError):  # ValidationError is a DecodeError too
             decoder(union).decode(data)  # any other exception fails the test
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=1400), min_size=1, max_size=5))
+def test_opus_packets_decode_or_fail_with_a_codec_error(packets: list[bytes]) -> None:
+    """A client's Opus packets: audio or CodecError, and the decoder survives either way."""
+    decoder_ = OpusDecoder(16000)
+    for packet in packets:
+        with contextlib.suppress(CodecError):
+            assert len(decoder_.decode(packet)) % 2 == 0
+    good = OpusEncoder(16000).encode(b"\x00\x00" * 320 * 3)
+    assert all(isinstance(decoder_.decode(packet), bytes) for packet in good)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600).map(lambda tail: b"RIFF\xff\xff\xff\xffWAVE" + tail) | st.binary(max_size=200),
+       st.sampled_from([None, 16000]))
+def test_uploads_parse_or_fail_with_a_codec_error(data: bytes, raw_rate: int | None) -> None:
+    try:
+        pcm, rate = read_upload(data, raw_rate)
+    except CodecError as exc:
+        assert str(exc)
+    else:
+        assert len(pcm) % 2 == 0 and rate > 0
