@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from asr_worker.wer import corpus_wer
+from bench.rest import rest_figures
 from common.audio import pcm16_to_float
 from common.languages import registry as languages
 from common.models import resolve
@@ -95,9 +96,10 @@ def stack_figures(rounds: int) -> dict[str, Any]:
             asyncio.run(one_turn(stack.url, questions()[0]))  # warm every path once
             single = asyncio.run(sessions(stack.url, rounds * len(questions()), 1))
             concurrent = asyncio.run(sessions(stack.url, rounds * 2, 4))
+            rest = rest_figures(stack.http, FIXTURES / "q_en_capital.wav")
         finally:
             stack.stop()
-    return {"one_session": turn_figures(single), "four_sessions": turn_figures(concurrent)}
+    return {"one_session": turn_figures(single), "four_sessions": turn_figures(concurrent), "rest": rest}
 
 
 def timed(fn: Any, *args: Any) -> tuple[Any, float]:
@@ -172,6 +174,8 @@ def print_table(report: dict[str, Any]) -> None:
         for name, value in report["stack"][scope].items():
             if isinstance(value, dict):
                 print(f"{scope + '.' + name:<40}{value['p50']!s:>10}{value['p95']!s:>10}")
+    for name, value in report["stack"]["rest"].items():
+        print(f"{'rest.' + name:<40}{value['p50']!s:>10}")
     asr = report["asr"]
     print(f"asr latency ratio (stock / inzwa)       {asr['latency_ratio_p50']:>10}")
     print(f"wer stock / inzwa                       {asr['stock_wer']:>10}{asr['inzwa_wer']:>10}")

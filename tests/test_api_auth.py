@@ -17,6 +17,7 @@ import time
 import uuid
 import wave
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -332,12 +333,49 @@ def test_gateway_refuses_a_public_bind_without_credentials(tmp_path: Path) -> No
     assert "INZWA_API_KEYS" in done.stderr and "loopback" in done.stderr, done.stderr
 
 
-def test_logs_never_contain_secrets(tmp_path: Path) -> None:
+@dataclass(frozen=True)
+class GatewayLog:
+    """What a real gateway process logged while it was sent good and bad credentials."""
+
+    text: str
+    key: str
+    wrong_key: str
+    short_wrong_key: str
+    secret: str
+    jwts: tuple[str, ...]
+
+
+def wait_healthy(process: subprocess.Popen[bytes], http: str, log_path: Path, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert process.poll() is None, log_path.read_text()
+        assert time.monotonic() < deadline, "the gateway did not come up"
+        try:
+            if httpx.get(f"{http}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+
+
+async def send_raw_start(url: str, text: str) -> None:
+    """A start message exactly as given (for example compact JSON); waits for the refusal."""
+    async with websockets.connect(url, open_timeout=WS_TIMEOUT_S, close_timeout=5) as ws:
+        await ws.send(text)
+        await until_closed(ws)
+
+
+@pytest.fixture(scope="module")
+def gateway_log(tmp_path_factory: pytest.TempPathFactory) -> GatewayLog:
+    """Run `python -m gateway` at DEBUG with no orchestrator, exercise auth on REST and the
+    WebSocket, stop it, and return its stderr (the JSON log)."""
+    tmp_path = tmp_path_factory.mktemp("gateway-log")
     key = "sk-logtest-" + uuid.uuid4().hex
-    wrong = "sk-logtest-wrong-" + uuid.uuid4().hex
     secret = "logtest-secret-" + uuid.uuid4().hex * 2
-    good_jwt = make_token(secret, "log-tester", 300)
-    expired_jwt = make_token(secret, "log-tester", -60)
+    logged = GatewayLog(text="", key=key, wrong_key="sk-logtest-wrong-" + uuid.uuid4().hex,
+                        short_wrong_key="sk-typo-" + uuid.uuid4().hex[:10], secret=secret,
+                        jwts=(make_token(secret, "log-tester", 3600), make_token(secret, "log-tester", -60)))
+    good_jwt, expired_jwt = logged.jwts
     port = free_port()
     env = gateway_env(INZWA_HOST="127.0.0.1", INZWA_PORT=str(port), INZWA_API_KEYS=key,
                       INZWA_JWT_SECRET=secret, INZWA_LOG_LEVEL="DEBUG",
@@ -346,34 +384,25 @@ def test_logs_never_contain_secrets(tmp_path: Path) -> None:
     log_path = tmp_path / "gateway.log"
     http = f"http://127.0.0.1:{port}"
     url = f"ws://127.0.0.1:{port}/ws/audio"
+    tokens = (key, logged.wrong_key, good_jwt, expired_jwt)
     with log_path.open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "gateway"], env=env, cwd=tmp_path,
                                    stdout=subprocess.DEVNULL, stderr=log)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "the gateway did not come up"
-            try:
-                if httpx.get(f"{http}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-
+        wait_healthy(process, http, log_path)
         with httpx.Client(timeout=10) as client:
-            statuses = {token: client.get(f"{http}/v1/models", headers=bearer(token)).status_code
-                        for token in (key, wrong, good_jwt, expired_jwt)}
+            statuses = [client.get(f"{http}/v1/models", headers=bearer(t)).status_code for t in tokens]
             tagged = client.get(f"{http}/v1/models", headers={**bearer(key), "X-Request-ID": "test-req-123"})
-        assert statuses == {key: 503, wrong: 401, good_jwt: 503, expired_jwt: 401}
+        # No orchestrator: a good credential gets as far as 503, a bad one stops at 401.
+        assert statuses == [503, 401, 503, 401]
         assert tagged.status_code == 503 and tagged.headers["X-Request-ID"] == "test-req-123"
 
-        tokens = (key, wrong, good_jwt, expired_jwt)
-        ws_codes = {token: ws_handshake(url, token)[0]["code"] for token in tokens}
-        assert ws_codes == {key: "not_ready", wrong: "invalid_credentials", good_jwt: "not_ready",
-                            expired_jwt: "token_expired"}
-        assert ws_handshake(url, headers=bearer(wrong))[0]["code"] == "invalid_credentials"
+        ws_codes = [ws_handshake(url, token)[0]["code"] for token in tokens]
+        assert ws_codes == ["not_ready", "invalid_credentials", "not_ready", "token_expired"]
+        assert ws_handshake(url, headers=bearer(logged.wrong_key))[0]["code"] == "invalid_credentials"
         assert ws_handshake(url, headers=bearer(key))[0]["code"] == "not_ready"
+        compact = json.dumps({"type": "start", "auth_token": logged.short_wrong_key}, separators=(",", ":"))
+        asyncio.run(send_raw_start(url, compact))
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -381,9 +410,11 @@ def test_logs_never_contain_secrets(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+    return replace(logged, text=log_path.read_text())
 
-    text = log_path.read_text()
-    lines = [line for line in text.splitlines() if line.strip()]
+
+def test_logs_are_json_lines_with_request_ids(gateway_log: GatewayLog) -> None:
+    lines = [line for line in gateway_log.text.splitlines() if line.strip()]
     assert lines
     entries = []
     for line in lines:
@@ -392,5 +423,20 @@ def test_logs_never_contain_secrets(tmp_path: Path) -> None:
         assert entry["process"] == "gateway"
         entries.append(entry)
     assert any(entry.get("request_id") == "test-req-123" for entry in entries)
-    for leaked in (key, wrong, secret, good_jwt, expired_jwt):
-        assert leaked not in text
+    assert any(entry["level"] == "DEBUG" for entry in entries)  # the level that logs the most
+
+
+def test_logs_never_contain_secrets(gateway_log: GatewayLog) -> None:
+    for leaked in (gateway_log.key, gateway_log.wrong_key, gateway_log.secret, *gateway_log.jwts):
+        assert leaked not in gateway_log.text
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "product bug: at DEBUG, uvicorn's websockets protocol logs each received text frame "
+    "('< TEXT ...', up to 75 characters, elided in the middle) on uvicorn.error, and common.logs.scrub "
+    "masks only whole configured secrets, 'Bearer x' and whole JWTs: a short start message logs its "
+    "auth_token whole, a longer one the token's last ~20 characters"))
+def test_debug_logs_hold_no_part_of_an_auth_token(gateway_log: GatewayLog) -> None:
+    text = gateway_log.text
+    assert gateway_log.short_wrong_key not in text
+    assert gateway_log.key[-12:] not in text
