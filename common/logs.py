@@ -72,11 +72,19 @@ def scrub(line: str) -> str:
     return _JWT.sub("***", _BEARER.sub(r"\1***", line))
 
 
+def _no_frame_dumps(record: logging.LogRecord) -> bool:
+    """websockets logs every frame at DEBUG ("< TEXT '{...}' [50 bytes]"): client messages,
+    start tokens and transcripts included. Those lines are content: kept only with log_content
+    (and even then scrubbed of secrets like every other line)."""
+    return _log_content or record.msg not in ("< %s", "> %s")
+
+
 def setup(process_name: str, level: str = "INFO", log_content: bool = False) -> None:
     global _log_content
     _log_content = log_content
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(process_name))
+    handler.addFilter(_no_frame_dumps)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -121,7 +121,7 @@ def gateway_settings(stack: Stack, **overrides: Any) -> Settings:
         "redis_url": "",
     }
     fields.update(overrides)
-    return Settings(_env_file=None, **fields)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **fields)
 
 
 @contextlib.contextmanager
