@@ -13,10 +13,11 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
+import msgspec
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from common.frames import (
     AdminReply,
@@ -44,10 +45,22 @@ SAMPLE_RATE = 16000
 log = logging.getLogger(__name__)
 
 
+def utf8_text(value: str) -> str:
+    """JSON may carry lone surrogates ("\\ud800"): not text, and not encodable for the workers."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(utf8_text)]
+
+
 class ChatTurn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: Text
 
 
 class ChatRequest(BaseModel):
@@ -55,15 +68,15 @@ class ChatRequest(BaseModel):
     messages: list[ChatTurn] = Field(min_length=1, max_length=64)
     stream: bool = False
     max_tokens: int | None = Field(default=None, ge=1, le=1024)
-    language: str = ""
+    language: Text = ""
 
 
 class SpeakRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    text: str = Field(min_length=1)
-    voice: str | None = None
+    text: Annotated[Text, Field(min_length=1)]
+    voice: Text | None = None
     format: Literal["wav", "opus"] = "wav"
-    language: str = ""
+    language: Text = ""
 
 
 def check_language(code: str) -> str:
@@ -97,7 +110,12 @@ class Jobs:
         job_id, queue = self.bridge.open_job()
         frame.session_id = frame.request_id = job_id
         frame.reply_to = self.settings.egress
-        if not await self.bridge.send(frame):
+        try:
+            sent = await self.bridge.send(frame)
+        except (UnicodeEncodeError, msgspec.EncodeError):  # validation should have caught these
+            await self.bridge.close_job(job_id, finished=True)
+            raise ApiError(422, "invalid_request", "the request cannot be encoded as text") from None
+        if not sent:
             await self.bridge.close_job(job_id, finished=True)
             raise ApiError(503, "orchestrator_unavailable", "the orchestrator is not reachable")
         return queue
@@ -286,6 +304,9 @@ async def _chat_stream(jobs: Jobs, job: ChatJob) -> StreamingResponse:
 async def _speech_stream(jobs: Jobs, job: SpeakJob, fmt: str, bitrate: int) -> StreamingResponse:
     queue = await jobs.start(job)
     first = await jobs.first(job.session_id, queue)
+    if isinstance(first, AudioChunk) and first.is_final and not first.payload:
+        await jobs.end(job.session_id, finished=True)
+        raise ApiError(422, "nothing_to_say", "the text has nothing the voice can say")
     writer = OggOpusWriter(SAMPLE_RATE, bitrate) if fmt == "opus" else None
 
     async def body() -> AsyncIterator[bytes]:
