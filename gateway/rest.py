@@ -146,7 +146,12 @@ class Jobs:
 
 def add_rest_routes(router: APIRouter, bridge: Bridge, settings: Settings, guard: Guard) -> None:
     jobs = Jobs(bridge, settings)
-    caller, admin = Depends(guard.caller), Depends(guard.admin)
+    _add_text_routes(router, jobs, settings, guard)
+    _add_audio_and_operation_routes(router, jobs, settings, guard)
+
+
+def _add_text_routes(router: APIRouter, jobs: Jobs, settings: Settings, guard: Guard) -> None:
+    caller = Depends(guard.caller)
 
     @router.post("/v1/chat", tags=["assistant"], responses={
         200: {"description": "The reply as JSON, or with `stream` a text/event-stream of `token` "
@@ -180,6 +185,10 @@ def add_rest_routes(router: APIRouter, bridge: Bridge, settings: Settings, guard
                        sample_rate=SAMPLE_RATE)
         return await _speech_stream(jobs, job, body.format, settings.opus_bitrate)
 
+
+def _add_audio_and_operation_routes(router: APIRouter, jobs: Jobs, settings: Settings, guard: Guard) -> None:
+    caller, admin = Depends(guard.caller), Depends(guard.admin)
+
     @router.post("/v1/asr", tags=["assistant"], openapi_extra=_UPLOAD_SCHEMA, responses={
         413: {"description": "Upload too large or too long"}, 415: {"description": "Not audio"},
         422: {"description": "Invalid request"}, 429: {"description": "Rate limited or over quota"}})
@@ -201,14 +210,14 @@ def add_rest_routes(router: APIRouter, bridge: Bridge, settings: Settings, guard
     @router.get("/v1/models", tags=["operations"])
     async def models(_: Principal = caller) -> OrjsonResponse:
         """Every loaded model: role, name, version, sha256, device and the instances serving it."""
-        return OrjsonResponse(_models_body(await _admin(bridge, "models")))
+        return OrjsonResponse(_models_body(await _admin(jobs.bridge, "models")))
 
     @router.post("/v1/admin/warmup", tags=["operations"], responses={
         403: {"description": "Needs an admin credential"},
         503: {"description": "Some worker kind is missing or did not warm up"}})
     async def warmup(_: Principal = admin) -> OrjsonResponse:
         """Run every worker's warm-up (a dummy request); answers with versions and checksums."""
-        reply = await _admin(bridge, "warmup")
+        reply = await _admin(jobs.bridge, "warmup")
         return OrjsonResponse(_models_body(reply), status_code=503 if reply.missing else 200)
 
 
