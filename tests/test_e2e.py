@@ -227,3 +227,8 @@ def test_metrics_of_every_process_in_one_scrape(stack: Stack, capital_turn: Talk
     assert total("inzwa_tts_rtf_count") >= 1  # tts worker
     assert total('inzwa_turns_total{outcome="completed"}') >= 1
     assert "inzwa_session_active" in body
+    assert total("inzwa_tts_first_audio_ms_count") >= 1  # tts worker: time to first audio
+    assert total('inzwa_http_requests_total{method="WS",route="/ws/audio",status="101"}') >= 1
+    for kind in ("asr", "llm", "tts"):  # declared at zero by the orchestrator, counted by it
+        assert f'inzwa_worker_restarts_total{{kind="{kind}"}}' in samples
+    assert any(name.startswith('inzwa_dropped_frames_total{reason="client_too_slow"}') for name in samples)
