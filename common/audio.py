@@ -21,6 +21,15 @@ def float_to_pcm16(audio: np.ndarray) -> bytes:
     return (clipped * 32767.0).astype("<i2").tobytes()
 
 
+def resample_pcm16(pcm: bytes, rate: int, target: int = SAMPLE_RATE) -> bytes:
+    """Whole-clip PCM16 resampling (uploads, fixture clips); streams use soxr.ResampleStream."""
+    if rate == target:
+        return pcm
+    import soxr
+
+    return float_to_pcm16(soxr.resample(pcm16_to_float(pcm), rate, target))
+
+
 def frame_bytes(ms: int, sample_rate: int = SAMPLE_RATE) -> int:
     return sample_rate * ms // 1000 * BYTES_PER_SAMPLE
 

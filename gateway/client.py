@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import websockets
 
-from common.audio import SAMPLE_RATE, frame_bytes, pcm16_to_float, read_wav, wav_bytes
+from common.audio import SAMPLE_RATE, frame_bytes, pcm16_to_float, read_wav, resample_pcm16, wav_bytes
 
 
 def speech_end_s(pcm: bytes, frame_ms: int = 20) -> float:
@@ -35,12 +35,7 @@ def speech_end_s(pcm: bytes, frame_ms: int = 20) -> float:
 
 def load_clip(path: str | Path) -> bytes:
     pcm, rate = read_wav(path)
-    if rate != SAMPLE_RATE:
-        import soxr
-
-        audio = soxr.resample(pcm16_to_float(pcm), rate, SAMPLE_RATE)
-        pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
-    return pcm
+    return resample_pcm16(pcm, rate)
 
 
 @dataclass

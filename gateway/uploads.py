@@ -6,10 +6,9 @@ lies in Content-Length, or sends none, cannot make the gateway buffer more than 
 
 from __future__ import annotations
 
-import numpy as np
 from fastapi import Request
 
-from common.audio import pcm16_to_float
+from common.audio import resample_pcm16
 from common.frames import TranscribeJob
 from common.settings import Settings
 from gateway.codec import CodecError, read_upload
@@ -31,15 +30,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def to_target_rate(pcm: bytes, rate: int) -> bytes:
-    if rate == TARGET_RATE:
-        return pcm
-    import soxr
-
-    audio = soxr.resample(pcm16_to_float(pcm), rate, TARGET_RATE)
-    return (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
-
-
 async def read_audio_upload(request: Request, settings: Settings, raw_rate: int | None) -> TranscribeJob:
     """The upload as a transcription job at 16 kHz; a clear 4xx for anything unusable."""
     data = await read_body(request, settings.max_upload_bytes)
@@ -58,4 +48,4 @@ async def read_audio_upload(request: Request, settings: Settings, raw_rate: int 
                        f"the audio is {seconds:.1f} s; the limit is {settings.max_audio_seconds:g} s")
     if seconds < 0.1:
         raise ApiError(422, "audio_too_short", "the audio is shorter than 0.1 s")
-    return TranscribeJob(pcm=to_target_rate(pcm, rate))
+    return TranscribeJob(pcm=resample_pcm16(pcm, rate, TARGET_RATE))
