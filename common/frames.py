@@ -84,6 +84,13 @@ class EndTurn(Frame):
     """The client says the user turn is over (push-to-talk)."""
 
 
+class TextIn(Frame):
+    """A typed user message (WebSocket/WebRTC `{"type":"text"}`): a whole user turn, as if the
+    ASR had heard it, with the same safety filter and limits as speech."""
+
+    text: str = ""
+
+
 class SessionEnd(Frame):
     reason: str = ""
 
@@ -314,6 +321,7 @@ IngressMessage = (
     SessionStart
     | AudioIn
     | EndTurn
+    | TextIn
     | SessionEnd
     | PlaybackMark
     | HistoryRequest

@@ -227,7 +227,11 @@ class _Pump:
         return False
 
     def run(self, make_iterator: Callable[[], Iterator[Any]]) -> None:
-        iterator = make_iterator()
+        try:  # an engine that fails to even start its stream must reach the consumer too
+            iterator = make_iterator()
+        except BaseException as exc:
+            self.hand_over(exc)
+            return
         try:
             for item in iterator:
                 if not self.hand_over(item):

@@ -39,6 +39,7 @@ from common.frames import (
     StackStatus,
     TokenChunk,
     TranscribeJob,
+    TextIn,
     TranscriptChunk,
     Transcription,
     TurnHypothesis,
@@ -136,6 +137,8 @@ class Orchestrator:
                 session = self.sessions.get(message.session_id)
                 if session is not None:
                     await self._to_worker(session, "asr", message)
+            case TextIn():
+                await self._on_text(message)
             case SessionEnd():
                 await self._end_session(message)
             case HistoryRequest():
@@ -150,6 +153,19 @@ class Orchestrator:
                 await self.jobs.cancel(message.session_id)
             case AdminRequest():
                 await self.admin.handle(message)
+
+    async def _on_text(self, message: TextIn) -> None:
+        """A typed turn: shown to the client as the user's final words, then answered exactly
+        like a spoken one (barge-in on a reply being played included)."""
+        session = self.sessions.get(message.session_id)
+        if session is None or not message.text.strip():
+            return
+        final = TranscriptChunk(text=message.text.strip(), is_final=True, confidence=1.0,
+                                language=session.language)
+        await self._to_client(session, final)
+        log.info("user turn (typed)", extra={"session_id": session.session_id,
+                                             "text": content(final.text)})
+        await self.turns.start(session, final.text)
 
     async def _history(self, request: HistoryRequest) -> None:
         session = self.sessions.get(request.session_id)
