@@ -72,6 +72,8 @@ class SessionStart(Frame):
     sample_rate: int = 16000
     offset_ms: int = 0  # where the audio that follows sits in the session (replay to a new ASR)
     pcm: bytes = b""  # audio to take first (a replay), in the same message so nothing overtakes it
+    principal: str = ""  # who opened it (the gateway's authenticated caller): sessions are theirs
+    gateway_id: str = ""  # the gateway that holds the client connection
 
 
 class AudioIn(Frame):

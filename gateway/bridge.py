@@ -36,6 +36,14 @@ CLOSE_RESTART = 1012  # WebSocket close code: service restart
 log = logging.getLogger(__name__)
 
 KINDS = ("asr", "llm", "tts")
+# Client-chosen session ids live in their caller's namespace: the same id from two callers names
+# two sessions, so guessing or learning someone's id gets nothing (and reveals nothing).
+_SESSION_NAMESPACE = uuid.UUID("5d1c9a43-3f0e-4a59-9b7e-2a4c0f6a8e11")
+
+
+def scoped_session_id(principal_id: str, client_id: str) -> str:
+    """The internal session id for a client-chosen one, unique to the caller."""
+    return str(uuid.uuid5(_SESSION_NAMESPACE, f"{principal_id}\x00{client_id}"))
 
 
 @dataclass
