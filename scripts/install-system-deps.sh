@@ -3,6 +3,9 @@
 #   espeak-ng     TTS phonemes; run as a separate program, never linked, since it is GPL-3.0.
 #   redis-server  only for the tests of the shared (Redis) rate-limit backend; a deployment
 #                 points INZWA_REDIS_URL at its own Redis instead.
+#   chromium      only for the real-browser tests of the page (tests/test_browser.py, driven by
+#                 Playwright with the system browser: Playwright's own download is not reachable).
+#                 Not installed with Homebrew (no formula); those tests skip without it.
 # Installs whichever of them is missing; a no-op when all are present.
 set -euo pipefail
 
@@ -17,7 +20,10 @@ if ! command -v redis-server >/dev/null 2>&1; then
     missing_apt+=(redis-server)
     missing_brew+=(redis)
 fi
-if [ "${#missing_apt[@]}" -eq 0 ]; then
+if ! command -v chromium >/dev/null 2>&1; then
+    missing_apt+=(chromium)
+fi
+if [ "${#missing_apt[@]}" -eq 0 ] && [ "${#missing_brew[@]}" -eq 0 ]; then
     exit 0
 fi
 
@@ -31,6 +37,9 @@ if command -v apt-get >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
         "${missing_apt[@]}" >/dev/null
 elif command -v brew >/dev/null 2>&1; then
+    if [ "${#missing_brew[@]}" -eq 0 ]; then
+        exit 0
+    fi
     echo "installing ${missing_brew[*]} (brew)" >&2
     brew install "${missing_brew[@]}"
 else
@@ -39,3 +48,6 @@ else
 fi
 command -v espeak-ng >/dev/null
 command -v redis-server >/dev/null
+if command -v apt-get >/dev/null 2>&1; then
+    command -v chromium >/dev/null
+fi
