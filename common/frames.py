@@ -8,9 +8,26 @@ messages it may carry (see the `*Message` aliases at the bottom).
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal, TypedDict, TypeGuard
 
 import msgspec
+
+# --- the wire vocabulary: one definition of each closed set of values ----------------------------
+# A frame whose field holds a value outside its Literal does not decode: the socket's reader drops
+# it (and logs), so handlers only ever see these values.
+
+WorkerKind = Literal["asr", "llm", "tts"]
+WORKER_KINDS: tuple[WorkerKind, ...] = ("asr", "llm", "tts")
+Role = Literal["gateway", "orchestrator", "worker", "watchdog"]  # identities on the plane
+ChatRole = Literal["system", "user", "assistant"]
+Codec = Literal["pcm16", "opus"]
+VadEventName = Literal["speech_start", "speech_resume", "progress"]
+TurnEventName = Literal["tts.start", "tts.end", "tts.cancel"]
+AdminAction = Literal["models", "warmup"]
+
+
+def is_worker_kind(value: str) -> TypeGuard[WorkerKind]:
+    return value in WORKER_KINDS
 
 
 def now_ns() -> int:
@@ -18,7 +35,7 @@ def now_ns() -> int:
 
 
 class ChatMessage(msgspec.Struct, array_like=True, gc=False):
-    role: str
+    role: ChatRole
     content: str
 
 
@@ -36,6 +53,19 @@ class Frame(msgspec.Struct, tag=True, array_like=True, omit_defaults=True, gc=Fa
     request_id: str = ""
 
 
+class Envelope(TypedDict):
+    session_id: str
+    turn_id: int
+    request_id: str
+
+
+def reply_envelope(request: Frame) -> Envelope:
+    """The envelope of an answer to `request`: same session, turn and request id, so the asker
+    matches it (`Frame(**reply_envelope(request), ...)`)."""
+    return {"session_id": request.session_id, "turn_id": request.turn_id,
+            "request_id": request.request_id}
+
+
 # --- the seed's data chunks -------------------------------------------------------------------
 
 
@@ -46,6 +76,7 @@ class TranscriptChunk(Frame):
     end_ms: int = 0
     confidence: float = 0.0
     language: str = ""
+    instance_id: str = ""  # the ASR instance that heard it (older workers put it in request_id)
 
 
 class TokenChunk(Frame):
@@ -66,9 +97,9 @@ class AudioChunk(Frame):
 
 
 class SessionStart(Frame):
-    reply_to: str = ""  # the gateway's egress endpoint
+    reply_to: str = ""  # unused (kept for wire compatibility): answers go to gateway_id's egress
     language: str = ""
-    codec: str = "pcm16"
+    codec: Codec = "pcm16"
     sample_rate: int = 16000
     offset_ms: int = 0  # where the audio that follows sits in the session (replay to a new ASR)
     pcm: bytes = b""  # audio to take first (a replay), in the same message so nothing overtakes it
@@ -106,9 +137,21 @@ class PlaybackMark(Frame):
 
 
 class HistoryRequest(Frame):
-    """Ask for a session's dialogue history (REST `GET /v1/sessions/{id}`)."""
+    """Ask for a session's dialogue history (REST `GET /v1/sessions/{id}`). Answered only to the
+    gateway holding the session, or, with `admin`, to any authenticated gateway."""
 
-    reply_to: str = ""
+    reply_to: str = ""  # unused (wire compatibility)
+    gateway_id: str = ""  # the asking gateway (checked against its key under CURVE)
+    admin: bool = False  # the caller is an admin (the gateway checked): any session
+
+
+class GatewayHeartbeat(Frame):
+    """A gateway is alive. Sent on start and every heartbeat interval; a gateway silent for
+    heartbeat_interval_s * heartbeat_liveness has its sessions ended. A new `incarnation` of the
+    same gateway_id (a restart) ends the old one's sessions at once."""
+
+    gateway_id: str = ""
+    incarnation: str = ""
 
 
 # --- gateway -> orchestrator: REST jobs (one request, one worker, results streamed back) ---------
@@ -116,24 +159,27 @@ class HistoryRequest(Frame):
 
 
 class ChatJob(Frame):
-    reply_to: str = ""
+    reply_to: str = ""  # unused (wire compatibility); replies go to gateway_id's egress
     messages: list[ChatMessage] = []
     max_new_tokens: int = 0
     language: str = ""
+    gateway_id: str = ""
 
 
 class SpeakJob(Frame):
-    reply_to: str = ""
+    reply_to: str = ""  # unused (wire compatibility)
     text: str = ""
     language: str = ""
     voice: str = ""
     sample_rate: int = 16000
+    gateway_id: str = ""
 
 
 class TranscribeJob(Frame):
-    reply_to: str = ""
+    reply_to: str = ""  # unused (wire compatibility)
     pcm: bytes = b""  # PCM16 mono at 16 kHz
     language: str = ""
+    gateway_id: str = ""
 
 
 class JobCancel(Frame):
@@ -143,8 +189,9 @@ class JobCancel(Frame):
 class AdminRequest(Frame):
     """`models`: what every READY instance serves; `warmup`: run each instance's warm-up."""
 
-    reply_to: str = ""
-    action: str = ""
+    reply_to: str = ""  # unused (wire compatibility)
+    action: AdminAction | Literal[""] = ""
+    gateway_id: str = ""
 
 
 # --- orchestrator -> gateway (egress) -------------------------------------------------------------
@@ -153,7 +200,7 @@ class AdminRequest(Frame):
 class TurnEvent(Frame):
     """Lifecycle events forwarded to the client as JSON: tts.start, tts.end, tts.cancel, ..."""
 
-    event: str = ""
+    event: TurnEventName | Literal[""] = ""
     text: str = ""
 
 
@@ -166,7 +213,7 @@ class HistoryReply(Frame):
 
 
 class ModelEntry(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
-    role: str
+    role: WorkerKind
     name: str
     version: str = ""
     sha256: str = ""
@@ -178,7 +225,7 @@ class ModelEntry(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
 
 class AdminReply(Frame):
     models: list[ModelEntry] = []
-    missing: list[str] = []  # worker kinds with no READY instance, or that did not answer
+    missing: list[WorkerKind] = []  # worker kinds with no READY instance, or that did not answer
 
 
 class ErrorEvent(Frame):
@@ -237,7 +284,7 @@ class StackStatus(Frame):
 
 
 class Ready(Frame):
-    kind: str = ""
+    kind: WorkerKind | Literal[""] = ""
     instance_id: str = ""
     endpoint: str = ""
     model: str = ""
@@ -248,7 +295,7 @@ class Heartbeat(Frame):
     """Sent only by READY instances, and carries what READY carries, so an orchestrator that
     restarted learns every live instance from heartbeats alone."""
 
-    kind: str = ""
+    kind: WorkerKind | Literal[""] = ""
     instance_id: str = ""
     busy: int = 0
     endpoint: str = ""
@@ -259,8 +306,9 @@ class VadEvent(Frame):
     """Speech activity seen by the ASR worker: "speech_start" (a new utterance; barge-in) or
     "speech_resume" (speech again after a pause inside the same utterance)."""
 
-    event: str = ""
+    event: VadEventName | Literal[""] = ""
     at_ms: int = 0
+    instance_id: str = ""  # the ASR instance (older workers put it in request_id)
 
 
 class TurnHypothesis(Frame):
@@ -269,13 +317,14 @@ class TurnHypothesis(Frame):
     text: str = ""
     at_ms: int = 0
     language: str = ""
+    instance_id: str = ""  # the ASR instance (older workers put it in request_id)
 
 
 class Leaving(Frame):
     """A worker is stopping (SIGTERM): route no new work to it. With `gone`, it has finished
     what it could and exits now; anything still in flight must be replayed."""
 
-    kind: str = ""
+    kind: WorkerKind | Literal[""] = ""
     instance_id: str = ""
     gone: bool = False
 
@@ -283,7 +332,7 @@ class Leaving(Frame):
 class WorkerExited(Frame):
     """From the watchdog: a worker process died (don't wait for its heartbeats to stop)."""
 
-    kind: str = ""
+    kind: WorkerKind | Literal[""] = ""
     program: str = ""
     instance: int = 0
     gave_up: bool = False  # its restart budget is spent: it stays down
@@ -307,14 +356,14 @@ class Transcription(Frame):
 
 
 class WarmupDone(Frame):
-    kind: str = ""
+    kind: WorkerKind | Literal[""] = ""
     instance_id: str = ""
     elapsed_ms: float = 0.0
     error: str = ""
 
 
 class WorkerError(Frame):
-    kind: str = ""
+    kind: WorkerKind | Literal[""] = ""
     code: str = ""
     message: str = ""
 
@@ -327,6 +376,7 @@ IngressMessage = (
     | SessionEnd
     | PlaybackMark
     | HistoryRequest
+    | GatewayHeartbeat
     | ChatJob
     | SpeakJob
     | TranscribeJob
@@ -348,7 +398,6 @@ ResultMessage = (
     Ready
     | Heartbeat
     | WorkerError
-    | WorkerExited
     | Leaving
     | VadEvent
     | TurnHypothesis
@@ -358,6 +407,9 @@ ResultMessage = (
     | Transcription
     | WarmupDone
 )
+# WorkerExited has a socket of its own that only the watchdog may reach (the results socket
+# does not decode it): a process that can reach the results socket cannot forge a worker's death.
+WatchdogMessage = WorkerExited
 AsrWork = SessionStart | AudioIn | EndTurn | SessionEnd | TranscribeRequest | WarmupRequest
 LlmWork = GenerateRequest | WarmupRequest
 TtsWork = SynthesizeRequest | WarmupRequest
@@ -369,6 +421,33 @@ def encode(frame: Frame) -> bytes:
     return _encoder.encode(frame)
 
 
-def decoder(union: object) -> msgspec.msgpack.Decoder:
-    """One typed decoder per socket, for the union that socket carries."""
+def decoder(union: object) -> msgspec.msgpack.Decoder[Any]:
+    """One decoder for the union a socket carries (prefer the typed ones below)."""
     return msgspec.msgpack.Decoder(union)
+
+
+# Typed decoders, one per socket kind: `decode_x(data)` returns the socket's union, so a handler's
+# `match` is checked against exactly what can arrive.
+def ingress_decoder() -> msgspec.msgpack.Decoder[IngressMessage]:
+    return msgspec.msgpack.Decoder(IngressMessage)  # type: ignore[arg-type]
+
+
+def egress_decoder() -> msgspec.msgpack.Decoder[EgressMessage]:
+    return msgspec.msgpack.Decoder(EgressMessage)  # type: ignore[arg-type]
+
+
+def control_decoder() -> msgspec.msgpack.Decoder[ControlMessage]:
+    return msgspec.msgpack.Decoder(ControlMessage)  # type: ignore[arg-type]
+
+
+def result_decoder() -> msgspec.msgpack.Decoder[ResultMessage]:
+    return msgspec.msgpack.Decoder(ResultMessage)  # type: ignore[arg-type]
+
+
+def watchdog_decoder() -> msgspec.msgpack.Decoder[WatchdogMessage]:
+    return msgspec.msgpack.Decoder(WatchdogMessage)
+
+
+def work_decoder(kind: WorkerKind) -> msgspec.msgpack.Decoder[Any]:
+    """The work union of a worker kind (what its work socket carries)."""
+    return msgspec.msgpack.Decoder({"asr": AsrWork, "llm": LlmWork, "tts": TtsWork}[kind])
