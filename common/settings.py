@@ -53,6 +53,30 @@ class Settings(BaseSettings):
     rate_concurrent_sessions: int = 8
     rate_audio_seconds_per_day: float = 4 * 3600.0  # audio heard (WebSocket and /v1/asr)
 
+    # --- gateway edge: body caps, server limits, hosts, proxies, JWT claims, TLS (HTTP edge area) ---
+    max_json_bytes: int = Field(default=64 * 1024, ge=1024)  # JSON bodies; refused before reading
+    ws_max_bytes: int = Field(default=64 * 1024, ge=4096)  # any WebSocket message (global ceiling)
+    keep_alive_timeout_s: int = Field(default=5, ge=1)  # idle HTTP keep-alive connections close
+    header_timeout_s: float = Field(default=10.0, gt=0)  # a request's headers must arrive by then
+    limit_concurrency: int = Field(default=1000, ge=1)  # connections + tasks; above: 503
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)  # X-Forwarded-For from
+    trusted_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)  # extra Host names
+    max_wav_chunks: int = Field(default=64, ge=2)  # RIFF chunks walked in an upload
+    jwt_audience: str = "inzwa"  # required `aud` claim
+    jwt_issuer: str = "inzwa"  # required `iss` claim
+    jwt_max_ttl_s: float = Field(default=24 * 3600.0, gt=0)  # exp - iat above this: refused
+    tls_certfile: str = ""  # both set: the gateway serves HTTPS/WSS itself
+    tls_keyfile: str = ""
+
+    @field_validator("trusted_proxies", "trusted_hosts", mode="before")
+    @classmethod
+    def _split_edge_list(cls, value: object) -> object:
+        if isinstance(value, str):  # comma-separated, or a JSON array
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
     # --- ZeroMQ endpoints (derived from zmq_base_port unless set) ---
     zmq_host: str = "127.0.0.1"
     zmq_base_port: int = 5550

@@ -21,6 +21,7 @@ from gateway.guard import Guard
 from gateway.observe import RequestObserver
 from gateway.responses import OrjsonResponse
 from gateway.rest import add_rest_routes
+from gateway.security import EdgeGuard
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.bridge = bridge
     app.state.guard = guard
     errors.install(app)
+    app.add_middleware(EdgeGuard, settings=settings, guard=guard)  # host, origin, auth, body cap
     app.add_middleware(RequestObserver)
     if settings.cors_allowed_origins:  # added last: outermost, so refusals carry CORS headers too
         app.add_middleware(

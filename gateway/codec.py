@@ -309,10 +309,15 @@ def wav_header(sample_rate: int = SAMPLE_RATE, data_bytes: int | None = None) ->
     )  # fmt: skip
 
 
-def read_upload(data: bytes, raw_sample_rate: int | None) -> tuple[bytes, int]:
+MAX_WAV_CHUNKS = 64  # RIFF chunks walked before the audio (INZWA_MAX_WAV_CHUNKS in uploads)
+
+
+def read_upload(data: bytes, raw_sample_rate: int | None,
+                max_chunks: int = MAX_WAV_CHUNKS) -> tuple[bytes, int]:
     """PCM16 mono and its rate from an uploaded WAV, or from raw PCM16 mono when `raw_sample_rate` is set.
 
     Stereo (or wider) WAV is averaged down to mono. Nothing is resampled: callers decide what rate they need.
+    At most `max_chunks` RIFF chunks are walked before the audio.
     """
     if raw_sample_rate is not None:
         if raw_sample_rate <= 0:
@@ -320,14 +325,14 @@ def read_upload(data: bytes, raw_sample_rate: int | None) -> tuple[bytes, int]:
         if len(data) % BYTES_PER_SAMPLE:
             raise CodecError(f"raw PCM16 upload has an odd number of bytes ({len(data)})")
         return bytes(data), raw_sample_rate
-    channels, rate, pcm = _parse_wav(data)
+    channels, rate, pcm = _parse_wav(data, max_chunks)
     if channels == 1:
         return pcm, rate
     frames = np.frombuffer(pcm, dtype="<i2").reshape(-1, channels)
     return np.round(frames.mean(axis=1)).astype("<i2").tobytes(), rate
 
 
-def _parse_wav(data: bytes) -> tuple[int, int, bytes]:
+def _parse_wav(data: bytes, max_chunks: int = MAX_WAV_CHUNKS) -> tuple[int, int, bytes]:
     """(channels, sample rate, PCM16 frames) of a PCM16 WAV; anything else is a CodecError saying why.
 
     Walks the RIFF chunks itself rather than using `wave`, which in Python 3.11 rejects
@@ -337,7 +342,13 @@ def _parse_wav(data: bytes) -> tuple[int, int, bytes]:
         raise CodecError("not a WAV file (no RIFF/WAVE header); send raw PCM16 with its sample rate instead")
     fmt: tuple[int, int] | None = None
     pos = 12
+    walked = 0
     while pos + 8 <= len(data):
+        walked += 1
+        if walked > max_chunks:
+            # Real files hold a handful (fmt, LIST, fact, data); millions of empty chunks are
+            # an attack on the parser.
+            raise CodecError(f"WAV file has more than {max_chunks} chunks before its audio")
         chunk_id, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
         body = pos + 8
         if chunk_id == b"fmt ":

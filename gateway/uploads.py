@@ -1,10 +1,14 @@
 """Audio uploads for `/v1/asr`: size-capped reading, WAV or raw PCM16, checks, resampling.
 
 The body is read in chunks and refused as soon as it passes `max_upload_bytes` (a client that
-lies in Content-Length, or sends none, cannot make the gateway buffer more than that).
+lies in Content-Length, or sends none, cannot make the gateway buffer more than that). Parsing
+and resampling run in a worker thread with a capped RIFF chunk walk, so a hostile file cannot
+stall the event loop that every other client shares.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import Request
 
@@ -36,7 +40,7 @@ async def read_audio_upload(request: Request, settings: Settings, raw_rate: int 
     if not data:
         raise ApiError(422, "empty_audio", "the upload is empty")
     try:
-        pcm, rate = read_upload(data, raw_rate)
+        pcm, rate = await asyncio.to_thread(read_upload, data, raw_rate, settings.max_wav_chunks)
     except CodecError as exc:
         raise ApiError(415, "unsupported_audio", str(exc)) from None
     if rate not in UPLOAD_RATES:
@@ -48,4 +52,4 @@ async def read_audio_upload(request: Request, settings: Settings, raw_rate: int 
                        f"the audio is {seconds:.1f} s; the limit is {settings.max_audio_seconds:g} s")
     if seconds < 0.1:
         raise ApiError(422, "audio_too_short", "the audio is shorter than 0.1 s")
-    return TranscribeJob(pcm=resample_pcm16(pcm, rate, TARGET_RATE))
+    return TranscribeJob(pcm=await asyncio.to_thread(resample_pcm16, pcm, rate, TARGET_RATE))

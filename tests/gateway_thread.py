@@ -29,6 +29,7 @@ import zmq.asyncio
 from common import transport
 from common.settings import Settings
 from gateway.app import create_app
+from gateway.server import server_options
 from tests.stack import Stack, free_port
 
 _local = threading.local()
@@ -50,9 +51,10 @@ class GatewayThread:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.port = settings.port
+        # The production server options (gateway/server.py): body and message caps, proxy trust.
         config = uvicorn.Config(
             create_app(settings), host="127.0.0.1", port=self.port, log_config=None,
-            access_log=False, lifespan="on", timeout_graceful_shutdown=3,
+            access_log=False, lifespan="on", timeout_graceful_shutdown=3, **server_options(settings),
         )
         self.server = uvicorn.Server(config)
         self.error: BaseException | None = None

@@ -90,6 +90,14 @@ class Stack:
             time.sleep(0.5)
         raise TimeoutError(f"stack not ready after {timeout_s} s:\n{self.logs()}")
 
+    def admin_headers(self) -> dict[str, str]:
+        """The local admin token the stack's gateway wrote: admin routes (/metrics, /v1/admin/*)
+        refuse anonymous callers."""
+        from gateway.auth import local_admin_token
+
+        token = local_admin_token(Settings(_env_file=None, run_dir=self.run_dir))  # type: ignore[call-arg]
+        return {"Authorization": f"Bearer {token}"}
+
     def ready(self) -> bool:
         try:
             return httpx.get(f"{self.http}/readyz", timeout=2).status_code == 200

@@ -423,8 +423,8 @@ def test_models_lists_each_role_with_its_checksum(client: httpx.Client, settings
         assert "warmup_ms" not in model
 
 
-def test_admin_warmup_times_every_instance(client: httpx.Client, settings: Settings) -> None:
-    response = client.post("/v1/admin/warmup")
+def test_admin_warmup_times_every_instance(client: httpx.Client, settings: Settings, stack: Stack) -> None:
+    response = client.post("/v1/admin/warmup", headers=stack.admin_headers())
     assert response.status_code == 200, response.text
     for model in check_models(response.json(), settings).values():
         warmup = model["warmup_ms"]
@@ -567,7 +567,8 @@ def bound_cost(case: schemathesis.Case) -> None:
 
 
 @pytest.mark.parametrize(("method", "path"), FUZZED, ids=[f"{m} {p}" for m, p in FUZZED])
-def test_no_request_gets_a_server_error(api_schema: schemathesis.BaseSchema, method: str, path: str) -> None:
+def test_no_request_gets_a_server_error(api_schema: schemathesis.BaseSchema, stack: Stack, method: str,
+                                        path: str) -> None:
     """Valid and invalid requests generated from the schema: 2xx or 4xx, never a 5xx."""
     operation = api_schema[path][method]
     strategy = operation.as_strategy(GenerationMode.POSITIVE)
@@ -580,7 +581,9 @@ def test_no_request_gets_a_server_error(api_schema: schemathesis.BaseSchema, met
               phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target])
     def run(case: schemathesis.Case) -> None:
         bound_cost(case)
-        response = case.call_and_validate(checks=[not_a_server_error], timeout=60)
+        # Admin routes refuse anonymous callers: the local admin token lets the fuzzer past.
+        headers = stack.admin_headers() if path in ("/metrics", "/v1/admin/warmup") else None
+        response = case.call_and_validate(checks=[not_a_server_error], timeout=60, headers=headers)
         statuses.append(response.status_code)
 
     run()

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import stat
 import time
+from pathlib import Path
 
 import jwt
 import pytest
 
 from common.settings import Settings
 from gateway.auth import (
+    ANONYMOUS_ID,
     Authenticator,
     AuthError,
+    ConfigError,
     Principal,
     auth_configured,
     bearer,
     check_bind,
+    ensure_local_admin_token,
     is_loopback,
+    local_admin_token,
     make_token,
     require_admin,
 )
@@ -48,6 +55,14 @@ def refused(auth: Authenticator, token: str | None, host: str = REMOTE) -> AuthE
 def assert_secret_free(error: AuthError, *secrets: str) -> None:
     for secret in secrets:
         assert secret not in error.message and secret not in str(error)
+
+
+def claims(**overrides: object) -> dict[str, object]:
+    """Valid claims for this gateway's defaults; an override of None drops that claim."""
+    now = int(time.time())
+    base: dict[str, object] = {"sub": "alice", "iat": now, "exp": now + 60, "aud": "inzwa", "iss": "inzwa"}
+    base.update(overrides)
+    return {name: value for name, value in base.items() if value is not None}
 
 
 def none_alg_token(claims: dict[str, object]) -> str:
@@ -136,7 +151,7 @@ def test_expired_jwt() -> None:
 
 
 def test_jwt_within_leeway_is_accepted() -> None:
-    token = jwt.encode({"sub": "alice", "exp": int(time.time()) - 2}, SECRET, algorithm="HS256")
+    token = jwt.encode(claims(exp=int(time.time()) - 2), SECRET, algorithm="HS256")
     assert authenticator(jwt_secret=SECRET).authenticate(token, REMOTE).id == "jwt:alice"
 
 
@@ -175,18 +190,17 @@ def test_admin_scope_string_claim() -> None:
 
 def test_admin_scopes_list_claim() -> None:
     auth = authenticator(jwt_secret=SECRET)
-    exp = int(time.time()) + 60
-    admin = jwt.encode({"sub": "ops", "exp": exp, "scopes": ["read", "admin"]}, SECRET, algorithm="HS256")
-    user = jwt.encode({"sub": "ops", "exp": exp, "scopes": ["read"]}, SECRET, algorithm="HS256")
+    admin = jwt.encode(claims(sub="ops", scopes=["read", "admin"]), SECRET, algorithm="HS256")
+    user = jwt.encode(claims(sub="ops", scopes=["read"]), SECRET, algorithm="HS256")
     assert auth.authenticate(admin, REMOTE).admin
     assert not auth.authenticate(user, REMOTE).admin
 
 
 def test_jwt_without_sub_or_exp_is_refused() -> None:
     auth = authenticator(jwt_secret=SECRET)
-    no_sub = jwt.encode({"exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
-    no_exp = jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256")
-    empty_sub = jwt.encode({"sub": "", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    no_sub = jwt.encode(claims(sub=None), SECRET, algorithm="HS256")
+    no_exp = jwt.encode(claims(exp=None), SECRET, algorithm="HS256")
+    empty_sub = jwt.encode(claims(sub=""), SECRET, algorithm="HS256")
     for token in (no_sub, no_exp, empty_sub):
         error = refused(auth, token)
         assert (error.status, error.code) == (401, "invalid_credentials")
@@ -201,13 +215,16 @@ def test_unknown_key_without_jwt_secret_is_not_decoded() -> None:
 # --- no credentials configured ---
 
 
-def test_no_auth_loopback_is_anonymous_admin() -> None:
+def test_no_auth_loopback_callers_are_one_anonymous_non_admin() -> None:
     auth = authenticator()
     assert not auth.configured and not auth_configured(make_settings())
-    for host in ("127.0.0.1", "::1", "localhost"):
+    for host in ("127.0.0.1", "127.0.0.2", "127.9.8.7", "::1", "localhost"):
         principal = auth.authenticate(None, host)
-        assert principal == Principal(id="ip:" + host, admin=True, anonymous=True)
-        require_admin(principal)
+        # One principal for every loopback address: rotating 127.x does not reset limits.
+        assert principal == Principal(id=ANONYMOUS_ID, admin=False, anonymous=True)
+        with pytest.raises(AuthError) as caught:
+            require_admin(principal)
+        assert caught.value.status == 403
 
 
 def test_no_auth_remote_is_403() -> None:
@@ -261,7 +278,94 @@ def test_bearer_parsing() -> None:
 
 
 def test_make_token_claims() -> None:
-    claims = jwt.decode(make_token(SECRET, "svc", 30, scope="admin"), SECRET, algorithms=["HS256"])
-    assert claims["sub"] == "svc" and claims["scope"] == "admin"
-    assert 25 <= claims["exp"] - time.time() <= 31
-    assert "scope" not in jwt.decode(make_token(SECRET, "svc", 30), SECRET, algorithms=["HS256"])
+    def decode(token: str) -> dict[str, object]:
+        return dict(jwt.decode(token, SECRET, algorithms=["HS256"], audience="inzwa", issuer="inzwa"))
+
+    made = decode(make_token(SECRET, "svc", 30, scope="admin"))
+    assert made["sub"] == "svc" and made["scope"] == "admin" and made["aud"] == made["iss"] == "inzwa"
+    assert 25 <= float(str(made["exp"])) - time.time() <= 31
+    assert "scope" not in decode(make_token(SECRET, "svc", 30))
+
+
+# --- JWT hardening: secret length, audience, issuer, lifetime ---
+
+
+def test_a_short_jwt_secret_refuses_to_start() -> None:
+    for secret in ("x", "s" * 31):
+        with pytest.raises(ConfigError, match="at least 32"):
+            authenticator(jwt_secret=secret)
+        with pytest.raises(RuntimeError, match="INZWA_JWT_SECRET"):
+            check_bind(make_settings(jwt_secret=secret))
+    authenticator(jwt_secret="s" * 32)  # exactly 32 bytes is enough
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param({"aud": "another-service"}, id="foreign-audience"),
+        pytest.param({"iss": "someone-else"}, id="foreign-issuer"),
+        pytest.param({"aud": None}, id="no-audience"),
+        pytest.param({"iss": None}, id="no-issuer"),
+        pytest.param({"iat": None}, id="no-iat"),
+    ],
+)
+def test_jwt_audience_issuer_and_iat_are_required(bad: dict[str, object]) -> None:
+    token = jwt.encode(claims(**bad), SECRET, algorithm="HS256")
+    error = refused(authenticator(jwt_secret=SECRET), token)
+    assert (error.status, error.code) == (401, "invalid_credentials")
+    assert_secret_free(error, token, SECRET)
+
+
+def test_jwt_audience_and_issuer_come_from_settings() -> None:
+    auth = authenticator(jwt_secret=SECRET, jwt_audience="voice-api", jwt_issuer="https://id.example")
+    good = make_token(SECRET, "alice", 60, audience="voice-api", issuer="https://id.example")
+    assert auth.authenticate(good, REMOTE).id == "jwt:alice"
+    assert refused(auth, make_token(SECRET, "alice", 60)).code == "invalid_credentials"
+
+
+def test_jwt_lifetime_is_capped() -> None:
+    auth = authenticator(jwt_secret=SECRET, jwt_max_ttl_s=3600)
+    assert auth.authenticate(make_token(SECRET, "alice", 3600), REMOTE).id == "jwt:alice"
+    error = refused(auth, make_token(SECRET, "alice", 3601 + 60))
+    assert (error.status, error.code) == (401, "token_lifetime_too_long")
+    now = int(time.time())
+    ten_years = jwt.encode(claims(iat=now - 60, exp=now + 10 * 365 * 86400), SECRET, algorithm="HS256")
+    assert refused(auth, ten_years).code == "token_lifetime_too_long"
+
+
+def test_a_jwt_issued_in_the_future_is_refused() -> None:
+    now = int(time.time())
+    token = jwt.encode(claims(iat=now + 600, exp=now + 900), SECRET, algorithm="HS256")
+    assert refused(authenticator(jwt_secret=SECRET), token).code == "invalid_credentials"
+
+
+# --- the local admin token ---
+
+
+def test_local_admin_token_file_is_private_random_and_reused(tmp_path: Path) -> None:
+    settings = make_settings(run_dir=tmp_path / "run")
+    token = ensure_local_admin_token(settings)
+    path = tmp_path / "run" / "admin.token"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(token) >= 32 and local_admin_token(settings) == token
+    assert ensure_local_admin_token(settings) == token  # a second gateway on the run dir reads it
+    other = make_settings(run_dir=tmp_path / "other")
+    assert ensure_local_admin_token(other) != token
+
+
+def test_a_world_readable_token_file_is_replaced(tmp_path: Path) -> None:
+    settings = make_settings(run_dir=tmp_path)
+    (tmp_path / "admin.token").write_text("x" * 40)
+    os.chmod(tmp_path / "admin.token", 0o644)
+    token = ensure_local_admin_token(settings)
+    assert token != "x" * 40 and stat.S_IMODE((tmp_path / "admin.token").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("configured", [{}, {"api_keys": [KEY]}], ids=["anonymous", "with-keys"])
+def test_the_local_admin_token_is_an_admin(configured: dict[str, object]) -> None:
+    auth = Authenticator(make_settings(**configured), "local-token-" + "9" * 32)
+    principal = auth.authenticate("local-token-" + "9" * 32, "127.0.0.1")
+    assert principal.admin and not principal.anonymous
+    require_admin(principal)
+    wrong = auth.authenticate("local-token-" + "8" * 32, "127.0.0.1") if not configured else None
+    assert wrong is None or not wrong.admin  # anonymous mode: a wrong token is just anonymous

@@ -211,7 +211,7 @@ def test_bad_inputs_get_clear_errors_and_a_parallel_session_is_unaffected(
 
 
 def test_metrics_of_every_process_in_one_scrape(stack: Stack, capital_turn: TalkResult) -> None:
-    body = httpx.get(f"{stack.http}/metrics", timeout=10).text
+    body = httpx.get(f"{stack.http}/metrics", headers=stack.admin_headers(), timeout=10).text
     samples = {}
     for line in body.splitlines():
         if line and not line.startswith("#"):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from common.languages import safety
 
 
 class Phonemizer(Protocol):
@@ -31,9 +32,12 @@ class LanguagePack:
     asr_initial_prompt: str = ""  # words the ASR should expect (names, places)
     espeak_voice: str = ""  # espeak-ng voice for G2P when `phonemizer` is None
     phonemizer: PhonemizerFactory | None = None
-    blocked_input: tuple[str, ...] = ()  # regexes: requests the assistant will not take up
-    blocked_output: tuple[str, ...] = ()  # regexes: words the assistant must not say
+    # Safety rules: a regex, or (reason, regex), matched against text normalized by
+    # `common.languages.safety` (case, punctuation, whitespace, `safety_stem` on every word).
+    blocked_input: tuple[safety.Rule, ...] = ()  # requests the assistant will not take up
+    blocked_output: tuple[safety.Rule, ...] = ()  # words the assistant must not say
     normalize: Callable[[str], str] = field(default=lambda text: text)
+    safety_stem: Callable[[str], str] = safety.identity
 
     def __post_init__(self) -> None:
         missing = [reason for reason in FALLBACK_REASONS if reason not in self.fallbacks]
@@ -43,8 +47,22 @@ class LanguagePack:
     def fallback(self, reason: str) -> str:
         return self.fallbacks[reason]
 
+    def input_refusal(self, texts: Iterable[str]) -> str | None:
+        """Why any of `texts` is refused as input (the rule's reason), or None; not counted."""
+        return safety.refusal(self.blocked_input, self.safety_stem, texts)
+
     def blocks_input(self, text: str) -> bool:
-        return any(re.search(p, text, re.IGNORECASE) for p in self.blocked_input)
+        return self.blocks_any_input([text])
+
+    def blocks_any_input(self, texts: Iterable[str]) -> bool:
+        """True (and counted by reason) when any of the texts is refused."""
+        reason = self.input_refusal(texts)
+        if reason is not None:
+            safety.count("input", self.code, reason)
+        return reason is not None
 
     def blocks_output(self, text: str) -> bool:
-        return any(re.search(p, text, re.IGNORECASE) for p in self.blocked_output)
+        reason = safety.refusal(self.blocked_output, self.safety_stem, [text])
+        if reason is not None:
+            safety.count("output", self.code, reason)
+        return reason is not None

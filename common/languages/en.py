@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from common.languages.base import LanguagePack
+from common.languages.safety import english_stem
 
 ENGLISH = LanguagePack(
     code="en",
@@ -20,5 +21,19 @@ ENGLISH = LanguagePack(
         "handover": "Let me hand you over to a person who can help.",
         "unavailable": "Sorry, I cannot answer right now. Please try again in a moment.",
     },
-    blocked_input=(r"\b(kill|hurt) (myself|yourself|someone)\b", r"\bmake (a )?bomb\b"),
+    # Written in plain words: text and patterns are normalized and stemmed alike
+    # (common/languages/safety.py), so "Making  BOMBS" meets "make a bomb".
+    safety_stem=english_stem,
+    blocked_input=(
+        ("self_harm", r"\b(kill|hurt|harm|cut) (myself|yourself|yourselves|themselves|himself|herself)\b"),
+        ("self_harm", r"\b(commit|attempt) suicide\b"),
+        ("violence", r"\b(kill|hurt|murder|stab|shoot|poison) (someone|somebody|people|a person)\b"),
+        ("weapons", r"\b(make|build|assemble) (a |an |some )?(pipe )?(bomb|explosive)\b"),
+    ),
+    blocked_output=(
+        ("self_harm", r"\b(kill|hurt|harm) (yourself|yourselves)\b"),
+        ("self_harm", r"\byou should (die|commit suicide)\b"),
+        ("violence", r"\b(kill|murder|stab|shoot|poison) (someone|somebody|people|a person)\b"),
+        ("weapons", r"\b(make|build|assemble) (a |an )?(pipe )?(bomb|explosive)\b"),
+    ),
 )

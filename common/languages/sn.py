@@ -51,5 +51,15 @@ SHONA = LanguagePack(
     },
     phonemizer=_phonemizer,
     normalize=normalize,
-    blocked_input=(r"\bkuzviuraya\b", r"\bbhomba\b"),
+    # Shona inflects with prefixes and joined words (ndinoda kuzviuraya, achazviuraya,
+    # mabhomba): the patterns allow them instead of a stemmer.
+    blocked_input=(
+        ("self_harm", r"\b\w*zviuray\w*\b"),  # -zviuraya: to kill oneself, in any person/tense
+        ("weapons", r"\b(ma|re)?bhomba\b"),  # bomb(s)
+    ),
+    blocked_output=(
+        ("self_harm", r"\b\w*zviuray\w*\b"),
+        ("weapons", r"\b\w*gadzir\w* (ma|re)?bhomba\b"),  # -gadzira bhomba: make a bomb
+        ("violence", r"\b\w*uray\w* (munhu|vanhu)\b"),  # -uraya munhu: kill a person/people
+    ),
 )
