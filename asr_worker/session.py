@@ -1,5 +1,10 @@
 """One client's streaming recognition: VAD turn logic, stable partials and finals.
 
+This is the stream adapter of the ASR seam (the shape of LiveKit Agents' STT StreamAdapter): it
+turns ANY batch engine (`asr_worker.interface.ASR`: audio in, text out) into a streaming
+recogniser with the VAD, so engines never implement streaming themselves. Partials run only for
+engines that say they are cheap enough (`ASR.partials`); the others get finals and pauses.
+
 Synchronous and single-threaded by design: the worker owns one `AsrSession` per client and calls
 it from one thread, so the session needs no locks and tests drive it by feeding bytes.
 """
@@ -18,7 +23,7 @@ from asr_worker.wer import normalize
 from common.audio import pcm16_to_float
 
 if TYPE_CHECKING:
-    from asr_worker.engine import ASR
+    from asr_worker.interface import ASR
     from common.settings import Settings
 
 MIN_PARTIAL_MS = 500  # less voiced audio than this and Whisper mostly guesses
@@ -190,7 +195,7 @@ class AsrSession:
                 events.extend(self._finish(event))
         if self._detector.in_speech:
             events.extend(self._pause_events())
-            if self._paused is None and partials:
+            if self._paused is None and partials and self._engine.partials:
                 events.extend(self._maybe_partial())
         return events
 
@@ -283,7 +288,7 @@ class AsrSession:
 
 def stream_turn(engine: ASR, frames: Iterable[bytes], language: str | None = None) -> Iterator[AsrEvent]:
     """One streaming turn over `frames` with the default turn settings, closed when they end:
-    what `ASR.transcribe_stream` means for any engine."""
+    streaming recognition for any batch engine."""
     session = AsrSession(engine, language=language)
     for frame in frames:
         yield from session.feed(frame)

@@ -2,6 +2,10 @@
 
 Each session gets its own inbox and task, so sessions never wait on each other's socket
 order; when transcription falls behind, the task feeds all queued audio in one call.
+
+Only a SessionStart opens a session's stream: audio or an end of turn for a session this
+instance does not hold is dropped and counted (made-up session ids never create state), and a
+frame whose audio is out of bounds is refused with a WorkerError instead of being acted on.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from asr_worker.engine import ASR
+from asr_worker.interface import ASR
 from asr_worker.session import (
     AsrEvent,
     AsrSession,
@@ -36,6 +40,7 @@ from common.frames import (
     Transcription,
     TurnHypothesis,
     VadEvent,
+    VadEventName,
     WarmupRequest,
     WorkerError,
 )
@@ -48,6 +53,8 @@ log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 1.0
 BACKLOG_BYTES = 32 * 200  # more than 200 ms of audio queued for one session: we are behind
+INBOX_LIMIT = 1500  # queued audio messages per session (30 s of 20 ms frames): beyond, dropped
+REPLAY_MARGIN_S = 2.0  # the orchestrator keeps max_audio_seconds plus 2 s to replay a turn
 _END_TURN = "end_turn"
 _CLOSE = "close"
 
@@ -73,6 +80,10 @@ class AsrWorker:
         self._jobs: set[asyncio.Task[None]] = set()
 
     async def handle(self, message: AsrWork) -> None:
+        refusal = self._refusal(message)
+        if refusal is not None:
+            await self._refuse(message, refusal)
+            return
         match message:
             case SessionStart():
                 # A start for a session already here is a reset (stall, or a replay): a fresh
@@ -85,19 +96,46 @@ class AsrWorker:
                 if message.pcm:
                     stream.inbox.put_nowait(message.pcm)
             case AudioIn():
-                # Audio for a session this instance has not seen (it restarted) opens it.
-                self._stream(message.session_id).inbox.put_nowait(message.pcm)
+                self._deliver(message.session_id, message.pcm)
             case EndTurn():
-                self._stream(message.session_id).inbox.put_nowait(_END_TURN)
+                self._deliver(message.session_id, _END_TURN)
             case SessionEnd():
-                stream = self.streams.pop(message.session_id, None)
-                if stream is not None:
-                    stream.inbox.put_nowait(_CLOSE)
+                ended = self.streams.pop(message.session_id, None)
+                if ended is not None:
+                    ended.inbox.put_nowait(_CLOSE)
             case TranscribeRequest():
                 self._spawn(self._transcribe_file(message))
             case WarmupRequest():
                 assert self.runtime is not None
                 self._spawn(self.runtime.warm_up(message, self.engine.warmup))
+
+    def _deliver(self, session_id: str, item: bytes | str) -> None:
+        """To an open stream only; the orchestrator opens (or replays) with a SessionStart."""
+        stream = self.streams.get(session_id)
+        if stream is None:
+            DROPPED_FRAMES.labels("asr_unknown_session").inc()
+        elif isinstance(item, bytes) and stream.inbox.qsize() >= INBOX_LIMIT:
+            DROPPED_FRAMES.labels("asr_inbox_full").inc()
+        else:
+            stream.inbox.put_nowait(item)
+
+    def _refusal(self, message: AsrWork) -> str | None:
+        """Why a frame's audio is not acted on (None: it is fine)."""
+        if not isinstance(message, SessionStart | AudioIn | TranscribeRequest):
+            return None
+        limit = int((self.settings.max_audio_seconds + REPLAY_MARGIN_S) * 32000)
+        if len(message.pcm) % 2:
+            return "audio is not whole PCM16 samples"
+        if len(message.pcm) > limit:
+            return f"audio longer than {self.settings.max_audio_seconds:g} s"
+        return None
+
+    async def _refuse(self, message: AsrWork, reason: str) -> None:
+        assert self.runtime is not None
+        DROPPED_FRAMES.labels("asr_refused").inc()
+        await self.runtime.emit(WorkerError(session_id=message.session_id, turn_id=message.turn_id,
+                                            request_id=message.request_id or self.runtime.instance_id,
+                                            kind="asr", code="bad_audio", message=reason))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """One-off work runs beside the live sessions (the engine's lock takes turns)."""
@@ -161,8 +199,16 @@ class AsrWorker:
                     return
                 try:
                     await self._process(stream, item)
-                except Exception:
+                except Exception as exc:  # the session goes on; the client hears why
                     log.exception("asr failed", extra={"session_id": stream.session_id})
+                    await self._failed(stream, exc)
+
+    async def _failed(self, stream: SessionStream, exc: Exception) -> None:
+        assert self.runtime is not None
+        await self.runtime.emit(WorkerError(session_id=stream.session_id, turn_id=stream.utterance,
+                                            request_id=self.runtime.instance_id, kind="asr",
+                                            code="asr_failed",
+                                            message=f"speech recognition failed: {type(exc).__name__}"))
 
     async def _process(self, stream: SessionStream, item: bytes | str) -> None:
         if item == _END_TURN:
@@ -189,8 +235,10 @@ class AsrWorker:
             # tells a long quiet stretch (partials skipped under load) from a stalled decoder.
             stream.said_at = now
             assert self.runtime is not None
+            instance = self.runtime.instance_id
             await self.runtime.emit(VadEvent(session_id=stream.session_id, turn_id=stream.utterance,
-                                             request_id=self.runtime.instance_id, event="progress"))
+                                             request_id=instance, instance_id=instance,
+                                             event="progress"))
 
     async def _emit(self, stream: SessionStream, event: AsrEvent) -> None:
         assert self.runtime is not None
@@ -201,22 +249,24 @@ class AsrWorker:
     def _frame(self, stream: SessionStream, event: AsrEvent) -> Frame:
         """The wire frame for a session event, in the session's timeline."""
         assert self.runtime is not None
-        # The instance id lets the orchestrator drop results of an instance it has left.
-        envelope = {"session_id": stream.session_id, "turn_id": stream.utterance,
-                    "request_id": self.runtime.instance_id}
-        offset = stream.offset_ms
+        # The instance id lets the orchestrator drop results of an instance it has left (in
+        # `request_id` too, for orchestrators older than `instance_id`).
+        instance = self.runtime.instance_id
+        sid, turn, offset = stream.session_id, stream.utterance, stream.offset_ms
         match event:
-            case SpeechStarted():
-                return VadEvent(**envelope, event="speech_start", at_ms=event.at_ms + offset)
-            case SpeechResumed():
-                return VadEvent(**envelope, event="speech_resume", at_ms=event.at_ms + offset)
+            case SpeechStarted() | SpeechResumed():
+                name: VadEventName = "speech_start" if isinstance(event, SpeechStarted) else "speech_resume"
+                return VadEvent(session_id=sid, turn_id=turn, request_id=instance, instance_id=instance,
+                                event=name, at_ms=event.at_ms + offset)
             case Paused():
-                return TurnHypothesis(**envelope, text=self._normalized(event.text, event.language),
-                                      at_ms=event.at_ms + offset, language=event.language)
+                return TurnHypothesis(session_id=sid, turn_id=turn, request_id=instance,
+                                      instance_id=instance, at_ms=event.at_ms + offset,
+                                      text=self._normalized(event.text, event.language),
+                                      language=event.language)
             case Transcript():
                 return TranscriptChunk(
-                    **envelope, text=self._normalized(event.text, event.language),
-                    is_final=event.is_final,
+                    session_id=sid, turn_id=turn, request_id=instance, instance_id=instance,
+                    text=self._normalized(event.text, event.language), is_final=event.is_final,
                     start_ms=event.start_ms + offset, end_ms=event.end_ms + offset,
                     confidence=event.confidence, language=event.language,
                 )

@@ -11,6 +11,9 @@ A model setting is either a catalogue name (fetched into `models_dir`) or a loca
 from __future__ import annotations
 
 import hashlib
+import importlib
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +22,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 
 class ChecksumError(RuntimeError):
@@ -27,6 +31,10 @@ class ChecksumError(RuntimeError):
 
 class ModelNotFound(RuntimeError):
     pass
+
+
+class UnknownEngine(ValueError):
+    """An `INZWA_*_ENGINE` setting that names no engine of its worker's registry."""
 
 
 @dataclass(frozen=True)
@@ -233,3 +241,83 @@ def model_info(name_or_path: str, models_dir: Path) -> dict[str, str]:
         return {"name": Path(name_or_path).name, "version": "local", "path": name_or_path}
     weights = next(f for f in spec.files if f.sha256)
     return {"name": spec.name, "version": spec.version, "sha256": weights.sha256}
+
+
+# --- what an engine reports about the files it loaded (issue 9: computed, never copied) ---------
+
+
+def _hash_cache_file() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "inzwa" / "sha256-cache.json"
+
+
+_HASHES: dict[str, str] = {}  # "path|size|mtime_ns" -> sha256, this process
+
+
+def _read_hash_cache(cache: Path) -> dict[str, str]:
+    try:
+        data = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_hash_cache(cache: Path, entries: dict[str, str]) -> None:
+    """Best effort and atomic (several workers start at once); a read-only cache only costs
+    a rehash at the next start."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(entries))
+        tmp.replace(cache)
+    except OSError:
+        pass
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a loaded file, hashed from its bytes. Remembered under its path, size and
+    mtime (in memory and in a small cache file), so a restarted worker does not rehash 100 MB;
+    a file that changes gets a new key and is hashed again."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    if key not in _HASHES:
+        cache = _hash_cache_file()
+        entries = _read_hash_cache(cache)
+        if key not in entries:
+            entries[key] = sha256_of(path)
+            _write_hash_cache(cache, entries)
+        _HASHES[key] = entries[key]
+    return _HASHES[key]
+
+
+def weights_file(path: Path) -> Path:
+    """The file that identifies a loaded model: the file itself, or a directory's largest file
+    (CTranslate2's model.bin next to its small tokenizer and config files)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if not files:
+        raise ModelNotFound(f"no model files in {path}")
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+def loaded_model_info(name_or_path: str, loaded: Path, *, engine: str, device: str) -> dict[str, str]:
+    """An engine's `info()`: catalogue name and version (or the local path's name), and the
+    sha256 of the weights it actually loaded."""
+    spec = CATALOGUE.get(name_or_path)
+    name, version = (spec.name, spec.version) if spec else (Path(name_or_path).name, "local")
+    return {"name": name, "version": version, "sha256": file_sha256(weights_file(loaded)),
+            "device": device, "engine": engine}
+
+
+def engine_module(kind: str, engines: dict[str, str], name: str) -> ModuleType:
+    """The module of engine `name` from a worker's registry (name -> module path).
+
+    Imported only when selected, so choosing the CPU engines never imports vLLM, torch or an
+    HTTP stack that is not used. Each engine module has `create(settings)`.
+    """
+    if name not in engines:
+        known = ", ".join(sorted(engines))
+        raise UnknownEngine(f"unknown {kind} engine {name!r}; known {kind} engines: {known}")
+    return importlib.import_module(engines[name])

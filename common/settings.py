@@ -93,7 +93,7 @@ class Settings(BaseSettings):
 
     # --- models ---
     models_dir: Path = Field(default_factory=_default_models_dir)
-    asr_engine: Literal["faster-whisper"] = "faster-whisper"
+    asr_engine: str = "faster-whisper"  # a name of asr_worker/registry.py (checked there)
     asr_model: str = "whisper-base"  # a name from the model catalogue, or a local directory
     asr_compute_type: str = "int8"
     asr_threads: int = 2
@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     early_reply: bool = True  # start the LLM at a pause, before the end of turn is certain
     early_pause_ms: int = 100  # unvoiced ms inside speech (after webrtcvad's ~80 ms hangover): a pause
 
-    llm_engine: Literal["llama-cpp", "vllm"] = "llama-cpp"
+    llm_engine: str = "llama-cpp"  # a name of llm_worker/registry.py (checked there)
     llm_model: str = "smollm2-135m"
     llm_threads: int = 1  # llama.cpp threads spin: 2 on a shared 2-core box ran 100x slower
     llm_context: int = 4096
@@ -118,13 +118,38 @@ class Settings(BaseSettings):
     asr_stall_s: float = 6.0  # speech goes on but the ASR says nothing this long: reset it
     llm_timeout_s: float = 8.0  # no token for this long: a fallback reply is spoken instead
 
-    tts_engine: Literal["piper-onnx"] = "piper-onnx"
+    tts_engine: str = "piper-onnx"  # a name of tts_worker/registry.py (checked there)
     tts_model: str = "piper-en-us-joe-medium"
     tts_threads: int = 1
     tts_espeak_voice: str = ""  # empty: the voice's own espeak voice
     audio_out_codec: Literal["pcm16", "opus"] = "pcm16"
     audio_out_sample_rate: int = 16000
     audio_frame_ms: int = 20
+
+    # --- engines (engines area): remote OpenAI-compatible servers and scripted fakes ---
+    # Base URLs include the API version, like the OpenAI SDK's base_url: http://gpu-box:8000/v1
+    llm_remote_url: str = ""
+    llm_remote_model: str = ""  # the server's model name ("" for servers that serve one model)
+    llm_remote_api_key: str = ""
+    llm_remote_timeout_s: float = 30.0  # connect/read timeout; a stalled stream errors out
+    llm_remote_retries: int = 2  # retries of a request that failed before its first token
+    llm_concurrency: int = Field(default=4, ge=1, le=256)  # requests at once (remote engines)
+    asr_remote_url: str = ""
+    asr_remote_model: str = "whisper-1"
+    asr_remote_api_key: str = ""
+    asr_remote_timeout_s: float = 30.0
+    tts_remote_url: str = ""
+    tts_remote_model: str = "tts-1"
+    tts_remote_voice: str = "alloy"
+    tts_remote_api_key: str = ""
+    tts_remote_timeout_s: float = 30.0
+    tts_remote_format: Literal["pcm", "wav"] = "pcm"  # pcm: 24 kHz PCM16 (OpenAI's pcm format)
+    tts_remote_sample_rate: int = 24000  # of `pcm` responses (wav says its own)
+    fake_asr_text: str = "what is the capital of zimbabwe"  # every utterance's transcript
+    fake_llm_tokens_per_s: float = Field(default=50.0, gt=0)
+    fake_llm_reply: str = ""  # empty: an echo of the user's last message, in a few sentences
+    fake_tts_rtf: float = Field(default=0.05, ge=0)  # synthesis time over audio time
+    fake_tts_ms_per_char: int = Field(default=60, ge=1)  # audio length per character of text
 
     # --- process supervision ---
     run_dir: Path = Path(".run")

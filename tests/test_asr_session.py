@@ -7,13 +7,13 @@ deterministic, so every expectation here is exact up to the 20 ms frame grid.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from asr_worker.engine import Transcription
+from asr_worker.interface import Transcription
 from asr_worker.session import (
     AsrEvent,
     AsrSession,
@@ -38,6 +38,8 @@ def silence(ms: int) -> bytes:
 class FakeEngine:
     """Answers with `respond(seconds_of_audio, call_index)` and records every call."""
 
+    partials = True
+
     def __init__(self, respond: Callable[[float, int], str]) -> None:
         self.respond = respond
         self.durations: list[float] = []
@@ -49,11 +51,6 @@ class FakeEngine:
         self.languages.append(language)
         text = self.respond(audio.size / 16000, len(self.durations) - 1)
         return Transcription(text, 0.9, language or "en")
-
-    def transcribe_stream(
-        self, frames: Iterable[bytes], language: str | None = None
-    ) -> Iterator[AsrEvent]:
-        return stream_turn(self, frames, language)
 
 
 def growing(seconds: float, _call: int) -> str:
@@ -279,10 +276,19 @@ def test_reset_drops_the_utterance(short_speech: bytes) -> None:
     assert session.end_turn() == []
 
 
-def test_transcribe_stream_ends_the_turn(short_speech: bytes) -> None:
+def test_an_engine_without_partials_gets_only_the_final(speech: bytes) -> None:
+    """A remote engine (`partials = False`): one request per utterance, not three a second."""
+    engine = FakeEngine(growing)
+    engine.partials = False
+    events = feed(AsrSession(engine), silence(500) + speech + silence(1000))
+    assert partials(events) == []
+    assert len(finals(events)) == 1 and len(engine.durations) == 1
+
+
+def test_stream_turn_ends_the_turn(short_speech: bytes) -> None:
     engine = FakeEngine(growing)
     chunks = [short_speech[i : i + 640] for i in range(0, len(short_speech), 640)]
-    events = list(engine.transcribe_stream(chunks, language="sn"))
+    events = list(stream_turn(engine, chunks, language="sn"))
     assert isinstance(events[0], SpeechStarted)
     assert len(finals(events)) == 1 and finals(events)[0].language == "sn"
 
@@ -294,7 +300,7 @@ def test_transcribe_stream_ends_the_turn(short_speech: bytes) -> None:
 def test_real_engine_streams_partials_then_final(fixtures_dir: Path, whisper_engine) -> None:
     pcm, _ = read_wav(fixtures_dir / "q_en_capital.wav")
     chunks = [pcm[i : i + 640] for i in range(0, len(pcm), 640)]
-    events = list(whisper_engine.transcribe_stream(chunks, language="en"))
+    events = list(stream_turn(whisper_engine, chunks, language="en"))
 
     assert isinstance(events[0], SpeechStarted)
     done = finals(events)

@@ -80,7 +80,7 @@ def test_unknown_phonemes_are_skipped_counted_and_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     voice = fake_voice([])
-    with caplog.at_level(logging.DEBUG, logger="tts_worker.engine"):
+    with caplog.at_level(logging.DEBUG, logger="tts_worker.engines.piper"):
         ids = voice.phoneme_ids("aXbX")
     assert ids == [1, 0, 4, 0, 5, 0, 2]
     assert voice.skipped_phonemes == {"X": 2}

@@ -1,19 +1,25 @@
-"""The TTS worker process: phrases in, 20 ms PCM16 AudioChunks out, in arrival order."""
+"""The TTS worker process: phrases in, 20 ms PCM16 AudioChunks out, in arrival order.
+
+A phrase whose text is too long or whose sample rate is not one we serve is refused with a
+WorkerError (and closed with its final chunk); an engine that fails reports a WorkerError too,
+and the phrase is still closed, so nothing waits on it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
-from typing import Any
+from collections.abc import AsyncGenerator
+from typing import Any, cast
 
-from common.frames import AudioChunk, SynthesizeRequest
+from common.frames import AudioChunk, SynthesizeRequest, WorkerError
 from common.languages import registry as languages
 from common.languages.base import Phonemizer
 from common.languages.sn_g2p import EN_US_ESPEAK_SYMBOLS
 from common.metrics import TTS_FIRST_AUDIO_MS, TTS_PHRASES, TTS_RTF
 from common.worker import SerialWorker, iterate_in_thread
-from tts_worker.engine import TTS
+from tts_worker.interface import SAMPLE_RATES, TTS, PhonemeSymbols, PhonemeVoice
 
 log = logging.getLogger(__name__)
 
@@ -29,29 +35,64 @@ def trained_symbols(config: Any) -> set[str]:
 
 
 class TtsWorker(SerialWorker[SynthesizeRequest]):
-    def __init__(self, voice: TTS, frame_ms: int) -> None:
+    def __init__(self, voice: TTS, frame_ms: int, max_text_chars: int = 2000) -> None:
         super().__init__()
         self.voice = voice
         self.frame_ms = frame_ms
+        self.max_text_chars = max_text_chars
         self._phonemizers: dict[str, Phonemizer | None] = {}
 
     def _phonemizer(self, language: str) -> Phonemizer | None:
-        """The session language's G2P onto this voice (None: the voice's own espeak voice)."""
+        """The session language's G2P onto a phoneme voice (None: the voice's own espeak
+        voice, or a text voice, which needs none)."""
         pack = languages.get(language or "en")
         if pack.code not in self._phonemizers:
             made: Phonemizer | None = None
-            config = getattr(self.voice, "config", None)  # a Piper voice: G2P onto its symbols
-            if pack.phonemizer is not None and config is not None:
-                made = pack.phonemizer(self.voice.phonemizer, trained_symbols(config))
+            voice = self.voice
+            if pack.phonemizer is not None and isinstance(voice, PhonemeSymbols):
+                made = pack.phonemizer(voice.phonemizer, trained_symbols(voice.config))
             self._phonemizers[pack.code] = made
         return self._phonemizers[pack.code]
+
+    def refusal(self, request: SynthesizeRequest) -> str | None:
+        """Why a phrase is not synthesized (None: it is fine)."""
+        if len(request.text) > self.max_text_chars:
+            return f"text longer than {self.max_text_chars} characters"
+        if request.sample_rate not in SAMPLE_RATES:
+            return f"sample_rate must be one of {', '.join(map(str, SAMPLE_RATES))}"
+        return None
+
+    def _stream(self, request: SynthesizeRequest, phonemizer: Phonemizer | None) -> Any:
+        """The engine's frames; a phoneme voice gets the language's G2P, a text voice the text."""
+        voice = self.voice
+        if isinstance(voice, PhonemeVoice):
+            return voice.synthesize_stream(request.text, sample_rate=request.sample_rate,
+                                           frame_ms=self.frame_ms, language=request.language,
+                                           phonemizer=phonemizer)
+        return voice.synthesize_stream(request.text, sample_rate=request.sample_rate,
+                                       frame_ms=self.frame_ms, language=request.language)
 
     def warm(self) -> None:
         self.voice.warmup()
 
     async def process(self, request: SynthesizeRequest) -> None:
-        seq = await self._synthesize(request)
+        refusal = self.refusal(request)
+        if refusal is not None:
+            await self._error(request, "bad_request", refusal)
+            await self._emit(request, 0, b"", final=True)
+            return
+        try:
+            seq = await self._synthesize(request)
+        except Exception as exc:  # the client hears why; `failed` then closes the phrase
+            await self._error(request, "tts_failed", f"synthesis failed: {type(exc).__name__}")
+            raise
         await self._emit(request, seq, b"", final=True)
+
+    async def _error(self, request: SynthesizeRequest, code: str, message: str) -> None:
+        assert self.runtime is not None
+        await self.runtime.emit(WorkerError(session_id=request.session_id, turn_id=request.turn_id,
+                                            request_id=request.request_id, kind="tts", code=code,
+                                            message=message))
 
     async def failed(self, request: SynthesizeRequest) -> None:
         await self._emit(request, 1_000_000, b"", final=True)
@@ -63,16 +104,14 @@ class TtsWorker(SerialWorker[SynthesizeRequest]):
         if runtime.is_cancelled(request.session_id, request.turn_id):
             return seq
         phonemizer = self._phonemizer(request.language)
-        g2p = type(phonemizer).__name__ if phonemizer is not None else "espeak"
+        g2p = type(phonemizer).__name__ if phonemizer is not None else (
+            "espeak" if isinstance(self.voice, PhonemeVoice) else "engine")
         TTS_PHRASES.labels(request.language or "en", g2p).inc()
-        frames = iterate_in_thread(
-            lambda: self.voice.synthesize_stream(
-                request.text, sample_rate=request.sample_rate, frame_ms=self.frame_ms,
-                phonemizer=phonemizer,
-            )
-        )
+        # iterate_in_thread is an async generator: closing it stops the synthesis thread
+        frames = cast(AsyncGenerator[bytes, None],
+                      iterate_in_thread(lambda: self._stream(request, phonemizer)))
         started, busy_s = time.perf_counter(), 0.0
-        async with contextlib.aclosing(frames):  # closing it stops the synthesis thread
+        async with contextlib.aclosing(frames):
             async for payload in frames:
                 busy_s = time.perf_counter() - started  # synthesis time up to this frame
                 if seq == 0:

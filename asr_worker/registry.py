@@ -1,0 +1,21 @@
+"""`INZWA_ASR_ENGINE` -> the engine module; each module's `create(settings)` builds the engine.
+
+A new engine is one file in `asr_worker/engines/` plus one line here.
+"""
+
+from __future__ import annotations
+
+from asr_worker.interface import ASR
+from common.models import engine_module
+from common.settings import Settings
+
+ENGINES = {
+    "faster-whisper": "asr_worker.engines.whisper",
+    "openai": "asr_worker.engines.openai",
+    "fake": "asr_worker.engines.fake",
+}
+
+
+def load_engine(settings: Settings) -> ASR:
+    engine: ASR = engine_module("asr", ENGINES, settings.asr_engine).create(settings)
+    return engine

@@ -1,0 +1,23 @@
+"""`INZWA_LLM_ENGINE` -> the engine module; each module's `create(settings)` builds the engine.
+
+A new engine is one file in `llm_worker/engines/` plus one line here. Modules are imported only
+when selected: the CPU path never imports vLLM or torch.
+"""
+
+from __future__ import annotations
+
+from common.models import engine_module
+from common.settings import Settings
+from llm_worker.interface import LLM
+
+ENGINES = {
+    "llama-cpp": "llm_worker.engines.llama_cpp",
+    "vllm": "llm_worker.engines.vllm",
+    "openai": "llm_worker.engines.openai",
+    "fake": "llm_worker.engines.fake",
+}
+
+
+def load_engine(settings: Settings) -> LLM:
+    engine: LLM = engine_module("llm", ENGINES, settings.llm_engine).create(settings)
+    return engine

@@ -1,0 +1,21 @@
+"""`INZWA_TTS_ENGINE` -> the engine module; each module's `create(settings)` builds the engine.
+
+A new engine is one file in `tts_worker/engines/` plus one line here.
+"""
+
+from __future__ import annotations
+
+from common.models import engine_module
+from common.settings import Settings
+from tts_worker.interface import TTS
+
+ENGINES = {
+    "piper-onnx": "tts_worker.engines.piper",
+    "openai": "tts_worker.engines.openai",
+    "fake": "tts_worker.engines.fake",
+}
+
+
+def load_engine(settings: Settings) -> TTS:
+    engine: TTS = engine_module("tts", ENGINES, settings.tts_engine).create(settings)
+    return engine
