@@ -19,6 +19,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from common.frames import WORKER_KINDS
+
 LATENCY_MS = (25, 50, 100, 200, 300, 400, 500, 600, 800, 1000, 1500, 2000, 3000, 5000, 10000)
 
 SESSIONS_ACTIVE = Gauge(
@@ -47,6 +49,10 @@ RESTART_BUDGET_EXHAUSTED = Counter(
 DROPPED_FRAMES = Counter(
     "inzwa_dropped_frames_total", "Frames not delivered, by reason", ["reason"]
 )
+# The ZeroMQ plane (plane area): connections its ZAP handler refused, by socket role.
+PLANE_REFUSED = Counter(
+    "inzwa_plane_refused_total", "Plane connections refused (unknown key or wrong role)", ["domain"]
+)
 REPLAYS = Counter(
     "inzwa_replays_total", "In-flight requests sent again after a worker was lost", ["kind"]
 )
@@ -72,8 +78,10 @@ RATE_LIMITED = Counter(
 AUTH_FAILURES = Counter("inzwa_auth_failures_total", "Requests refused by auth", ["code"])
 
 
-DROP_REASONS = ("client_too_slow", "partial_skipped_congestion", "superseded_partial")
-WORKER_KINDS = ("asr", "llm", "tts")
+DROP_REASONS = ("client_too_slow", "partial_skipped_congestion", "superseded_partial",
+                # the plane: a peer's outbound queue was full / the peer did not take frames in
+                # time (dead or stalled) / a frame for a session or gateway nobody may act on
+                "peer_queue_full", "peer_unreachable", "unknown_session", "not_permitted")
 
 
 def declare_series() -> None:

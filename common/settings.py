@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+GATEWAY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # also a file name (its ipc socket, its key)
 
 
 def _default_models_dir() -> Path:
@@ -43,6 +46,15 @@ class Settings(BaseSettings):
     playback_lead_ms: int = 250  # reply audio runs at most this far ahead of real time
     max_upload_bytes: int = 16 * 1024 * 1024  # REST bodies (an /v1/asr upload) larger get 413
     opus_bitrate: int = Field(default=24000, ge=6000, le=128000)  # Opus out, bits per second
+
+    # --- voice sessions (WebSocket and WebRTC) and WebRTC (session/WebRTC area) ---
+    session_idle_timeout_s: float = 120.0  # a started session with no audio or message: closed
+    session_audio_rate: float = 1.2  # audio accepted per wall-clock second (x real time); 0: off
+    session_audio_burst_s: float = Field(default=2.0, ge=0.1)  # ... plus this much at once
+    # STUN/TURN for WebRTC: [{"urls": "stun:host:3478"}, {"urls": [...], "username", "credential"}]
+    rtc_ice_servers: list[dict[str, str | list[str]]] = Field(default_factory=list)
+    rtc_connect_timeout_s: float = 15.0  # a peer not connected by then is dropped (and counted)
+    rtc_media_timeout_s: float = 10.0  # a connected peer whose audio stops this long: dropped
 
     # --- auth and limits (gateway) ---
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -90,6 +102,21 @@ class Settings(BaseSettings):
     tts_work_endpoint: str = ""
     heartbeat_interval_s: float = 1.0
     heartbeat_liveness: int = 5  # missed beats before an instance is declared dead
+
+    # --- the ZeroMQ plane (plane area): who may talk on it, and how much ---
+    # ipc (default): every socket is a file in run_dir/plane (dir 0700, sockets 0600), so only the
+    # service user reaches the plane. tcp: ports from zmq_base_port (or the explicit endpoints
+    # above), for several hosts, where curve_keys_dir should be set.
+    zmq_transport: Literal["ipc", "tcp"] = "ipc"
+    # CURVE on every socket, with a ZAP handler admitting only the public keys of this directory
+    # by role (`inzwa keys` writes it): orchestrator, watchdog, worker, gateway-<gateway_id>.
+    curve_keys_dir: Path | None = None
+    zmq_max_message_bytes: int = 0  # larger messages drop the connection; 0: derived (see below)
+    zmq_send_queue: int = 2000  # frames waiting per peer socket; past it frames are dropped
+    watchdog_endpoint: str = ""  # the watchdog's own socket to the orchestrator (WorkerExited)
+    # Where the orchestrator answers each gateway (tcp, several gateways): {"gw1": "tcp://..."}.
+    # With ipc the convention run_dir/plane/egress-<gateway_id>.sock needs no entry.
+    gateway_egress_endpoints: dict[str, str] = Field(default_factory=dict)
 
     # --- models ---
     models_dir: Path = Field(default_factory=_default_models_dir)
@@ -163,6 +190,13 @@ class Settings(BaseSettings):
     llm_replicas: int = 1
     tts_replicas: int = 1
 
+    @field_validator("gateway_id")
+    @classmethod
+    def _gateway_id(cls, value: str) -> str:
+        if not GATEWAY_ID.fullmatch(value):
+            raise ValueError("gateway_id: 1-32 letters, digits, '_' or '-'")
+        return value
+
     @field_validator("cors_allowed_origins", "api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
@@ -175,6 +209,41 @@ class Settings(BaseSettings):
     def _tcp(self, offset: int) -> str:
         return f"tcp://{self.zmq_host}:{self.zmq_base_port + offset}"
 
+    @property
+    def plane_dir(self) -> Path:
+        """The directory of the ipc sockets (created 0700 by whoever binds first)."""
+        return self.run_dir.resolve() / "plane"
+
+    def _endpoint(self, name: str, offset: int) -> str:
+        """ipc: a socket file named `name`; tcp: the base port plus `offset`."""
+        if self.zmq_transport == "tcp":
+            return self._tcp(offset)
+        return f"ipc://{self.plane_dir / name}.sock"
+
+    @property
+    def max_message_bytes(self) -> int:
+        """ZMQ_MAXMSGSIZE: the largest legitimate frame is a replay SessionStart (or a REST
+        transcription) carrying max_audio_seconds of PCM16 at 16 kHz; headroom for the rest."""
+        derived = int(self.max_audio_seconds * 32000) + 64000 + 512 * 1024
+        return self.zmq_max_message_bytes or derived
+
+    @property
+    def watchdog(self) -> str:
+        return self.watchdog_endpoint or self._endpoint("watchdog", 4)
+
+    def gateway_egress(self, gateway_id: str) -> str | None:
+        """Where the orchestrator answers `gateway_id`; None for a gateway it does not know."""
+        if gateway_id in self.gateway_egress_endpoints:
+            return self.gateway_egress_endpoints[gateway_id]
+        if gateway_id == self.gateway_id:
+            return self.egress
+        if self.zmq_transport == "ipc" and GATEWAY_ID.fullmatch(gateway_id):
+            return f"ipc://{self.plane_dir / f'egress-{gateway_id}'}.sock"
+        return None
+
+    def replicas(self, kind: str) -> int:
+        return int(getattr(self, f"{kind}_replicas"))
+
     def bindable(self, endpoint: str) -> str:
         """The address to bind for an endpoint peers connect to (differs in containers)."""
         if not self.zmq_bind_host or not endpoint.startswith("tcp://"):
@@ -184,19 +253,19 @@ class Settings(BaseSettings):
 
     @property
     def ingress(self) -> str:
-        return self.ingress_endpoint or self._tcp(0)
+        return self.ingress_endpoint or self._endpoint("ingress", 0)
 
     @property
     def control(self) -> str:
-        return self.control_endpoint or self._tcp(1)
+        return self.control_endpoint or self._endpoint("control", 1)
 
     @property
     def results(self) -> str:
-        return self.results_endpoint or self._tcp(2)
+        return self.results_endpoint or self._endpoint("results", 2)
 
     @property
     def egress(self) -> str:
-        return self.egress_endpoint or self._tcp(3)
+        return self.egress_endpoint or self._endpoint(f"egress-{self.gateway_id}", 3)
 
     def work_endpoint(self, kind: str, instance: int | None = None) -> str:
         """The endpoint a worker instance binds its work PULL socket on."""
@@ -206,7 +275,7 @@ class Settings(BaseSettings):
             base, _, port = explicit.rpartition(":")
             return f"{base}:{int(port) + index}"
         offsets = {"asr": 10, "llm": 20, "tts": 30}
-        return self._tcp(offsets[kind] + index)
+        return self._endpoint(f"{kind}-{index}", offsets[kind] + index)
 
     @property
     def effective_asr_language(self) -> str:

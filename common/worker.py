@@ -19,7 +19,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from common import transport
 from common.frames import (
     Cancel,
     ControlMessage,
@@ -29,21 +28,26 @@ from common.frames import (
     Ready,
     WarmupDone,
     WarmupRequest,
+    WorkerKind,
+    control_decoder,
     decoder,
+    reply_envelope,
 )
 from common.settings import Settings
+from common.transport import Plane, Sender
 
 log = logging.getLogger(__name__)
 
 Request = TypeVar("Request")
 
 CANCEL_MEMORY_S = 120.0
+RESULT_PATIENCE_S = 30.0  # the orchestrator may be restarting: results wait this long for it
 
 
 class WorkerRuntime:
     def __init__(
         self,
-        kind: str,
+        kind: WorkerKind,
         settings: Settings,
         work_union: Any,
         handler: Callable[[Any], Awaitable[None]],
@@ -58,19 +62,18 @@ class WorkerRuntime:
         self._handler = handler
         self._model_info = model_info
         self._cancelled: dict[tuple[str, int, str], float] = {}
-        self._results = transport.push(settings.results)
+        self._results: Sender | None = None  # made by serve(), in the process's own plane
         self._stopping = asyncio.Event()
 
     # --- what handlers use ---------------------------------------------------------------------
 
     async def emit(self, frame: Frame) -> bool:
-        """Send a result to the orchestrator; blocks (bounded) rather than dropping."""
+        """Queue a result for the orchestrator. Waits only while the queue is full (so an
+        engine slows down with the socket), bounded; past that the result is dropped and
+        counted. The sending itself happens on the results Sender's task."""
         frame.ts_ns = frame.ts_ns or time.monotonic_ns()
-        for _ in range(30):  # the orchestrator may be restarting: retry for ~30 s, then give up
-            if await transport.send(self._results, frame):
-                return True
-        log.error("result dropped: orchestrator unreachable", extra={"frame": type(frame).__name__})
-        return False
+        assert self._results is not None, "emit before serve"
+        return await self._results.put_wait(frame, RESULT_PATIENCE_S)
 
     async def warm_up(self, request: WarmupRequest, warm: Callable[[], None]) -> None:
         """Run the engine's warm-up in a thread (an admin asked); answer with its duration."""
@@ -80,8 +83,8 @@ class WorkerRuntime:
         except Exception as exc:  # reported to the caller, and the worker goes on serving
             log.exception("warm-up failed")
             error = f"{type(exc).__name__}: {exc}"
-        await self.emit(WarmupDone(session_id=request.session_id, request_id=request.request_id,
-                                   kind=self.kind, instance_id=self.instance_id, error=error,
+        await self.emit(WarmupDone(**reply_envelope(request), kind=self.kind,
+                                   instance_id=self.instance_id, error=error,
                                    elapsed_ms=(time.perf_counter() - started) * 1000))
 
     def is_cancelled(self, session_id: str, turn_id: int, request_id: str = "") -> bool:
@@ -92,34 +95,37 @@ class WorkerRuntime:
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        work = transport.pull(self.settings.bindable(self.endpoint), bind=True)
-        control = transport.sub(self.settings.control)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
-        await self.emit(self._ready())
-        log.info("ready", extra={"instance": self.instance_id, "endpoint": self.endpoint})
-        tasks = [
-            asyncio.create_task(transport.read_forever(work, self._work_decoder, self._handler)),
-            asyncio.create_task(
-                transport.read_forever(control, decoder(ControlMessage), self._on_control)
-            ),
-            asyncio.create_task(self._heartbeat()),
-        ]
-        await self._stopping.wait()
-        await self._drain()
-        await transport.cancel_tasks(tasks)
-        transport.close_all()
+        """Bind, announce READY, serve until SIGTERM/SIGINT, drain, close the plane."""
+        plane = Plane(self.settings, "worker")
+        try:
+            results = plane.push(self.settings.results, server="orchestrator")
+            self._results = plane.sender(results, "results", patience_s=RESULT_PATIENCE_S)
+            work = plane.pull(self.endpoint, domain="work")
+            control = plane.sub(self.settings.control)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stopping.set)
+            await self.emit(self._ready())
+            log.info("ready", extra={"instance": self.instance_id, "endpoint": self.endpoint})
+            plane.read(work, self._work_decoder, self._handler, "work")
+            plane.read(control, control_decoder(), self._on_control, "control")
+            plane.spawn(self._heartbeat(), "heartbeat")
+            await self._stopping.wait()
+            await self._drain()
+        finally:
+            await plane.close()
 
     async def _drain(self) -> None:
         """Graceful stop: take no new work, finish what is in hand (bounded), then go."""
         log.info("draining", extra={"instance": self.instance_id, "pid": os.getpid()})
-        await transport.send(self._results, Leaving(kind=self.kind, instance_id=self.instance_id))
+        assert self._results is not None
+        self._results.put(Leaving(kind=self.kind, instance_id=self.instance_id))
         deadline = time.monotonic() + self.settings.drain_timeout_s
-        while self.busy and time.monotonic() < deadline:
+        # `busy` is a plain counter the handlers keep (no event to wait on): poll it, bounded.
+        while self.busy and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        await transport.send(self._results, Leaving(kind=self.kind, instance_id=self.instance_id,
-                                                    gone=True), timeout_s=0.5)
+        self._results.put(Leaving(kind=self.kind, instance_id=self.instance_id, gone=True))
+        await self._results.flush(timeout_s=0.5)
         log.info("stopped", extra={"instance": self.instance_id, "unfinished": self.busy})
 
     def _ready(self) -> Ready:
@@ -141,7 +147,8 @@ class WorkerRuntime:
                 endpoint=self.endpoint,
                 model=self._model_info.get("name", ""),
             )
-            await transport.send(self._results, beat, timeout_s=0.1)
+            if self._results is not None:
+                self._results.put(beat)  # never waits: a stale beat is worth nothing
             self._forget_old_cancels()
 
     async def _on_control(self, message: ControlMessage) -> None:
@@ -193,14 +200,17 @@ class SerialWorker(Generic[Request]):
 
 
 async def serve_serial(
-    kind: str, settings: Settings, work_union: Any, worker: SerialWorker[Any], info: dict[str, str]
+    kind: WorkerKind, settings: Settings, work_union: Any, worker: SerialWorker[Any], info: dict[str, str]
 ) -> None:
     """A worker process's main loop: announce, serve until SIGTERM, drain, go."""
     runtime = WorkerRuntime(kind, settings, work_union, worker.handle, info)
     worker.runtime = runtime
     serving = asyncio.create_task(worker.run())
-    await runtime.serve()
-    serving.cancel()
+    try:
+        await runtime.serve()
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
 
 
 _DONE = object()

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from common.settings import Settings
+from common.transport import private_dir
 
 CONFIG = Path(__file__).with_name("supervisord.conf")
 PROGRAMS = ("orchestrator", "asr_worker", "llm_worker", "tts_worker", "gateway")
@@ -18,7 +19,7 @@ def stack_env(settings: Settings, base: dict[str, str] | None = None) -> dict[st
     """The environment supervisord and supervisorctl need to expand the config."""
     env = dict(os.environ if base is None else base)
     run_dir = Path(env.get("INZWA_RUN_DIR", str(settings.run_dir))).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(run_dir)  # 0700: its logs and ipc sockets are the service user's alone
     env["INZWA_RUN_DIR"] = str(run_dir)
     env.setdefault("INZWA_PYTHON", sys.executable)
     env.setdefault("INZWA_WORKDIR", os.getcwd())
@@ -33,7 +34,7 @@ def fresh_metrics_dir(env: dict[str, str]) -> None:
     """Each start of the stack begins with empty multiprocess metric files."""
     metrics = Path(env["PROMETHEUS_MULTIPROC_DIR"])
     shutil.rmtree(metrics, ignore_errors=True)
-    metrics.mkdir(parents=True)
+    metrics.mkdir(parents=True, mode=0o700)
 
 
 def supervisord_command() -> list[str]:

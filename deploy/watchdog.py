@@ -3,8 +3,9 @@
 supervisord alone retries a failing program three times and then gives up for good, and it
 tells nobody. This listener instead, on PROCESS_STATE_EXITED / FATAL of a program:
 
-1. tells the orchestrator at once (a WorkerExited frame on the results socket), so in-flight
-   work moves to another instance without waiting for heartbeats to expire;
+1. tells the orchestrator at once (a WorkerExited frame on the watchdog's own socket, which
+   only the watchdog's identity may reach), so in-flight work moves to another instance
+   without waiting for heartbeats to expire;
 2. restarts the program after a backoff that doubles with each recent restart;
 3. past `restart_budget` restarts within `restart_window_s`, stops restarting it and raises a
    clear alert (an ERROR log line, `watchdog.json` in the run dir, and the orchestrator's
@@ -26,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from common import logs
-from common.frames import WorkerExited, encode
+from common.frames import WorkerExited, WorkerKind, encode
 from common.metrics import process_exited
 from common.settings import Settings, get_settings
+from common.transport import sync_push, umask_private
 
 log = logging.getLogger("watchdog")
 
-KIND_OF = {"asr_worker": "asr", "llm_worker": "llm", "tts_worker": "tts"}
+KIND_OF: dict[str, WorkerKind] = {"asr_worker": "asr", "llm_worker": "llm", "tts_worker": "tts"}
 
 
 class RestartBudget:
@@ -68,7 +70,7 @@ class Watchdog:
         self.budget = RestartBudget(settings.restart_budget, settings.restart_window_s,
                                     settings.restart_backoff_s, settings.restart_backoff_max_s)
         self.restarts_total: dict[str, int] = defaultdict(int)
-        self._notifier = Notifier(settings.results)
+        self._notifier = Notifier(settings)
 
     def serve(self) -> None:
         while True:
@@ -122,28 +124,31 @@ class Watchdog:
 
 
 class Notifier:
-    """Tells the orchestrator that a worker process exited (best effort, never blocks)."""
+    """Tells the orchestrator that a worker process exited (best effort, never blocks long)."""
 
-    def __init__(self, endpoint: str) -> None:
-        import zmq
-
-        self._socket = zmq.Context.instance().socket(zmq.PUSH)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.SNDTIMEO, 200)
-        self._socket.connect(endpoint)
+    def __init__(self, settings: Settings) -> None:
+        self._context, self._socket = sync_push(settings, "watchdog", settings.watchdog,
+                                                server="orchestrator")
 
     def exited(self, program: str, instance: int, gave_up: bool = False) -> None:
-        kind = KIND_OF.get(program, program)
+        kind = KIND_OF.get(program)
+        if kind is None:
+            return  # not a worker (the orchestrator and gateway restart on their own)
         frame = WorkerExited(kind=kind, program=program, instance=instance, gave_up=gave_up)
         try:
             self._socket.send(encode(frame))
         except Exception:  # the orchestrator is down: heartbeats will tell it later
             log.info("orchestrator not told of the exit", extra={"program": program})
 
+    def close(self) -> None:
+        self._socket.close(linger=0)
+        self._context.term()
+
 
 def main() -> None:
     from supervisor import childutils
 
+    umask_private()
     settings = get_settings()
     logs.setup("watchdog", settings.log_level)
     Watchdog(settings, childutils.getRPCInterface(os.environ)).serve()

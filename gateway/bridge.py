@@ -4,6 +4,11 @@ Each WebSocket connection registers an outbox; the one egress reader routes ever
 outbox of its session and never waits on a client. Outboxes are bounded generously (reply audio
 arrives faster than real time and is paced out); a client that falls that far behind is
 disconnected rather than slowing anyone else.
+
+The bridge owns this gateway's ZeroMQ plane (its own context; identity gateway-<gateway_id>
+under CURVE), stamps its gateway_id on every frame that carries one (the orchestrator answers
+on this gateway's configured egress endpoint, never on an address a frame names), and
+heartbeats the orchestrator so that its sessions end if this process dies.
 """
 
 from __future__ import annotations
@@ -14,28 +19,32 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from common import transport
 from common.frames import (
+    WORKER_KINDS,
+    AdminAction,
     AdminReply,
     AdminRequest,
     ControlMessage,
     EgressMessage,
     ErrorEvent,
     Frame,
+    GatewayHeartbeat,
     HistoryReply,
     HistoryRequest,
     JobCancel,
     StackStatus,
-    decoder,
+    control_decoder,
+    egress_decoder,
 )
+from common.plane_auth import gateway_identity
 from common.settings import Settings
+from common.transport import Plane, Sender
 from gateway.playback import Outbox, SessionClosed
 
 CLOSE_RESTART = 1012  # WebSocket close code: service restart
 
 log = logging.getLogger(__name__)
 
-KINDS = ("asr", "llm", "tts")
 # Client-chosen session ids live in their caller's namespace: the same id from two callers names
 # two sessions, so guessing or learning someone's id gets nothing (and reveals nothing).
 _SESSION_NAMESPACE = uuid.UUID("5d1c9a43-3f0e-4a59-9b7e-2a4c0f6a8e11")
@@ -59,36 +68,45 @@ class Bridge:
         self.connections: dict[str, Connection] = {}
         self.status = StackStatus()
         self.status_at = 0.0
-        self._ingress = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self.incarnation = uuid.uuid4().hex  # a restart is a new incarnation: old sessions end
+        self._plane: Plane | None = None
+        self._ingress: Sender | None = None
         self._pending: dict[str, asyncio.Future[EgressMessage]] = {}
         self.jobs: dict[str, asyncio.Queue[EgressMessage]] = {}
 
     async def start(self) -> None:
-        self._ingress = transport.push(self.settings.ingress)
-        egress = transport.pull(self.settings.bindable(self.settings.egress), bind=True)
-        control = transport.sub(self.settings.control)
-        self._tasks = [
-            asyncio.create_task(transport.read_forever(egress, decoder(EgressMessage), self._route)),
-            asyncio.create_task(
-                transport.read_forever(control, decoder(ControlMessage), self._on_control)
-            ),
-            asyncio.create_task(self._watch_orchestrator()),
-        ]
+        s = self.settings
+        plane = self._plane = Plane(s, gateway_identity(s.gateway_id))
+        self._ingress = plane.sender(plane.push(s.ingress, server="orchestrator"), "ingress",
+                                     patience_s=2.0)
+        plane.read(plane.pull(s.egress, domain="egress"), egress_decoder(), self._route, "egress")
+        plane.read(plane.sub(s.control), control_decoder(), self._on_control, "control")
+        plane.spawn(self._watch_orchestrator(), "watch-orchestrator")
+        plane.spawn(self._heartbeat(), "heartbeat")
 
     async def stop(self) -> None:
-        await transport.cancel_tasks(self._tasks)
-        transport.close_all()
+        if self._plane is not None:
+            await self._plane.close()
+            self._plane = None
 
     async def send(self, frame: Frame) -> bool:
+        """Queue a frame for the orchestrator (never waits on it); False when it was dropped.
+        Frames that name a gateway are stamped with this one's id."""
         assert self._ingress is not None
-        return await transport.send(self._ingress, frame, timeout_s=self.settings.request_timeout_s)
+        if hasattr(frame, "gateway_id"):
+            frame.gateway_id = self.settings.gateway_id
+        return self._ingress.put(frame)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await self.send(GatewayHeartbeat(incarnation=self.incarnation))
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         """Ready when the orchestrator spoke recently and every worker kind has an instance."""
         fresh = self.orchestrator_alive()
-        counts = {kind: self.status.ready.get(kind, 0) for kind in KINDS} if fresh else {}
-        ok = fresh and all(counts.get(kind, 0) > 0 for kind in KINDS)
+        counts = {kind: self.status.ready.get(kind, 0) for kind in WORKER_KINDS} if fresh else {}
+        ok = fresh and all(counts.get(kind, 0) > 0 for kind in WORKER_KINDS)
         return ok, {"orchestrator": fresh, "workers": counts}
 
     def register(self, session_id: str, owner: str = "") -> Connection:
@@ -101,13 +119,15 @@ class Bridge:
     def unregister(self, session_id: str) -> None:
         self.connections.pop(session_id, None)
 
-    async def history(self, session_id: str) -> HistoryReply | None:
-        """The orchestrator's view of a session's dialogue; None if it did not answer."""
-        reply = await self.ask(HistoryRequest(session_id=session_id, reply_to=self.settings.egress))
+    async def history(self, session_id: str, *, admin: bool = False) -> HistoryReply | None:
+        """The orchestrator's view of a session's dialogue; None if it did not answer. It is
+        found only for a session this gateway holds, unless `admin` (the caller is an admin:
+        the route checked) asks for a session of any gateway."""
+        reply = await self.ask(HistoryRequest(session_id=session_id, admin=admin))
         return reply if isinstance(reply, HistoryReply) else None
 
-    async def admin(self, action: str) -> AdminReply | ErrorEvent | None:
-        reply = await self.ask(AdminRequest(action=action, reply_to=self.settings.egress))
+    async def admin(self, action: AdminAction) -> AdminReply | ErrorEvent | None:
+        reply = await self.ask(AdminRequest(action=action))
         return reply if isinstance(reply, AdminReply | ErrorEvent) else None
 
     async def ask(self, request: Frame, timeout_s: float | None = None) -> EgressMessage | None:

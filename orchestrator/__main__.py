@@ -6,10 +6,12 @@ import asyncio
 
 from common import logs
 from common.settings import get_settings
+from common.transport import umask_private
 from orchestrator.service import Orchestrator
 
 
 async def main() -> None:
+    umask_private()  # its sockets and files are the service user's alone (see transport)
     settings = get_settings()
     logs.setup("orchestrator", settings.log_level, settings.log_content)
     await Orchestrator(settings).serve()

@@ -30,6 +30,7 @@ from common.frames import (
     TranscribeRequest,
     Transcription,
     WorkerError,
+    WorkerKind,
 )
 from common.languages import registry as languages
 from common.metrics import REPLAYS
@@ -40,14 +41,14 @@ log = logging.getLogger(__name__)
 
 JobFrame = ChatJob | SpeakJob | TranscribeJob
 JobResult = TokenChunk | AudioChunk | Transcription | WorkerError
-ToGateway = Callable[[str, Frame], Awaitable[None]]
+ToGateway = Callable[[str, Frame], Awaitable[None]]  # (gateway_id, frame)
 
 
 @dataclass
 class Job:
     job_id: str
-    kind: str  # the worker kind that serves it: "llm", "tts" or "asr"
-    reply_to: str
+    kind: WorkerKind  # the worker kind that serves it
+    gateway_id: str  # the gateway that asked: results go there, and only it may cancel
     work: GenerateRequest | SynthesizeRequest | TranscribeRequest
     deadline: float
     instance_id: str = ""
@@ -56,7 +57,7 @@ class Job:
     language: str = ""
 
 
-def work_for(frame: JobFrame, settings: Settings) -> tuple[str, GenerateRequest | SynthesizeRequest |
+def work_for(frame: JobFrame, settings: Settings) -> tuple[WorkerKind, GenerateRequest | SynthesizeRequest |
                                                          TranscribeRequest]:
     """The worker request that serves a job, with the job id as its session and request id."""
     ids = {"session_id": frame.session_id, "request_id": frame.session_id}
@@ -93,9 +94,11 @@ class Jobs:
     def owns(self, session_id: str) -> bool:
         return session_id in self.active
 
-    async def submit(self, frame: JobFrame) -> None:
+    async def submit(self, frame: JobFrame, gateway_id: str) -> None:
+        if frame.session_id in self.active:
+            return  # a job id is the asking gateway's, once (a repeat cannot take it over)
         kind, work = work_for(frame, self.settings)
-        job = Job(frame.session_id, kind, frame.reply_to, work, self._deadline(),
+        job = Job(frame.session_id, kind, gateway_id, work, self._deadline(),
                   language=frame.language)
         self.active[job.job_id] = job
         # The safety filter sees what the model would see: every user and caller system message.
@@ -112,7 +115,7 @@ class Jobs:
         job.instance_id = ""
         if instance is None:
             return
-        if await self.registry.send(instance, job.work):
+        if self.registry.send(instance, job.work):
             job.instance_id = instance.instance_id
             instance.sessions += 1
 
@@ -135,7 +138,7 @@ class Jobs:
             frame.seq = job.sent  # a replay restarts its worker's numbering: keep the client's
             job.text += frame.token
         job.sent += 1
-        await self._to_gateway(job.reply_to, frame)
+        await self._to_gateway(job.gateway_id, frame)
 
     async def _blocked_output(self, job: Job, token: TokenChunk) -> bool:
         """The output safety filter: a reply the pack forbids stops there with its refusal."""
@@ -153,12 +156,20 @@ class Jobs:
                                                 token=token, is_final=final))
         self._finish(job)
 
-    async def cancel(self, job_id: str) -> None:
-        """The client left: stop the worker, forget the job."""
-        if self.active.pop(job_id, None) is not None:
-            await self._publish(Cancel(session_id=job_id, turn_id=-1))
+    async def cancel(self, job_id: str, gateway_id: str = "") -> None:
+        """The client left: stop the worker, forget the job (only the asking gateway may)."""
+        job = self.active.get(job_id)
+        if job is None or gateway_id not in ("", job.gateway_id):
+            return
+        self._finish(job)
+        await self._publish(Cancel(session_id=job_id, turn_id=-1))
 
-    async def lost(self, kind: str, instance_id: str) -> None:
+    async def cancel_gateway(self, gateway_id: str) -> None:
+        """A gateway is gone: nobody waits for its jobs."""
+        for job in [j for j in self.active.values() if j.gateway_id == gateway_id]:
+            await self.cancel(job.job_id)
+
+    async def lost(self, kind: WorkerKind, instance_id: str) -> None:
         for job in [j for j in self.active.values() if j.kind == kind and j.instance_id == instance_id]:
             if isinstance(job.work, GenerateRequest):
                 job.work.prefix = job.text  # continue the reply after what was sent
@@ -169,7 +180,7 @@ class Jobs:
             log.warning("job replayed", extra={"session_id": job.job_id, "kind": kind})
             await self._dispatch(job)
 
-    async def on_ready(self, kind: str) -> None:
+    async def on_ready(self, kind: WorkerKind) -> None:
         for job in [j for j in self.active.values() if j.kind == kind and not j.instance_id]:
             await self._dispatch(job)
 
@@ -182,7 +193,7 @@ class Jobs:
 
     async def _fail(self, job: Job, code: str, message: str) -> None:
         self._finish(job)
-        await self._to_gateway(job.reply_to, ErrorEvent(session_id=job.job_id, request_id=job.job_id,
+        await self._to_gateway(job.gateway_id, ErrorEvent(session_id=job.job_id, request_id=job.job_id,
                                                         code=code, message=message, fatal=True))
 
     def _finish(self, job: Job) -> None:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from common.frames import ErrorEvent, Frame, SessionStart
+from common.frames import WORKER_KINDS, ErrorEvent, Frame, SessionStart, WorkerKind
 from common.metrics import REPLAYS
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class Recovery:
         sessions: dict[str, Session],
         registry: WorkerRegistry,
         turns: Turns,
-        to_worker: Callable[[Session, str, Frame], Awaitable[bool]],
+        to_worker: Callable[[Session, WorkerKind, Frame], Awaitable[bool]],
         to_client: Callable[[Session, Frame], Awaitable[None]],
         timeout_s: float,
     ) -> None:
@@ -50,26 +50,26 @@ class Recovery:
         self.to_worker = to_worker
         self.to_client = to_client
         self.timeout_s = timeout_s
-        self.replays: dict[str, int] = {"asr": 0, "llm": 0, "tts": 0}
+        self.replays: dict[WorkerKind, int] = dict.fromkeys(WORKER_KINDS, 0)
         self.stalls = 0
 
-    async def lost(self, kind: str, instance_id: str) -> None:
+    async def lost(self, kind: WorkerKind, instance_id: str) -> None:
         for session in list(self.sessions.values()):
             if session.pins.get(kind) == instance_id:
                 del session.pins[kind]
                 await self.replay(session, kind)
 
-    async def on_ready(self, kind: str) -> None:
+    async def on_ready(self, kind: WorkerKind) -> None:
         for session in list(self.sessions.values()):
             if kind in session.needs_replay:
                 await self.replay(session, kind)
 
-    def wait_for(self, session: Session, kind: str) -> None:
+    def wait_for(self, session: Session, kind: WorkerKind) -> None:
         """No instance of `kind` could take the session's work: wait for one."""
         session.needs_replay.add(kind)
         session.waiting_since.setdefault(kind, time.monotonic())
 
-    async def replay(self, session: Session, kind: str) -> None:
+    async def replay(self, session: Session, kind: WorkerKind) -> None:
         if self.registry.pick(kind) is None:
             self.wait_for(session, kind)
             return
@@ -86,9 +86,9 @@ class Recovery:
             await self.turns.replay_tts(session)
 
     async def _replay_asr(self, session: Session) -> None:
-        start = SessionStart(session_id=session.session_id, reply_to=session.reply_to,
-                             language=session.language, offset_ms=session.audio_start_ms,
-                             pcm=bytes(session.audio))
+        start = SessionStart(session_id=session.session_id, language=session.language,
+                             offset_ms=session.audio_start_ms, pcm=bytes(session.audio),
+                             principal=session.principal, gateway_id=session.gateway_id)
         await self.to_worker(session, "asr", start)
 
     async def check_asr_stall(self, session: Session, stall_s: float) -> None:
@@ -107,8 +107,9 @@ class Recovery:
         tail = bytes(session.audio[-STALL_REPLAY_BYTES:])
         offset = session.audio_start_ms + (len(session.audio) - len(tail)) // 32
         # A SessionStart for a session the ASR has resets it: a fresh decoder and VAD.
-        start = SessionStart(session_id=session.session_id, reply_to=session.reply_to,
-                             language=session.language, offset_ms=offset, pcm=tail)
+        start = SessionStart(session_id=session.session_id, language=session.language,
+                             offset_ms=offset, pcm=tail, principal=session.principal,
+                             gateway_id=session.gateway_id)
         await self.to_worker(session, "asr", start)
 
     async def expire_waits(self) -> None:

@@ -2,32 +2,32 @@
 
 Sessions are pinned to one instance per kind (streaming ASR state and the LLM's KV cache live
 there), so the orchestrator holds one PUSH socket per instance and chooses the socket itself:
-a shared PUSH would round-robin a session's frames over instances.
+a shared PUSH would round-robin a session's frames over instances. Each socket has its own
+Sender (a bounded queue and a task), so a stalled instance never holds up the caller.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import zmq.asyncio
-
-from common import transport
-from common.frames import Frame
+from common.frames import WORKER_KINDS, Frame, WorkerKind
+from common.transport import Sender
 
 log = logging.getLogger(__name__)
 
-KINDS = ("asr", "llm", "tts")
+KINDS = WORKER_KINDS  # (kept for importers)
 
 
 @dataclass
 class Instance:
-    kind: str
+    kind: WorkerKind
     instance_id: str
     endpoint: str
     model: str
-    socket: zmq.asyncio.Socket
+    sender: Sender
     last_seen: float = field(default_factory=time.monotonic)
     sessions: int = 0
     info: dict[str, str] = field(default_factory=dict)
@@ -35,14 +35,15 @@ class Instance:
 
 
 class WorkerRegistry:
-    def __init__(self, liveness_s: float) -> None:
+    def __init__(self, liveness_s: float, connect: Callable[[str], Sender]) -> None:
         self.liveness_s = liveness_s
+        self._connect = connect  # endpoint -> a sender to it (the plane's)
         self._instances: dict[str, Instance] = {}
         self._by_endpoint: dict[str, str] = {}
-        self._spare_sockets: dict[str, zmq.asyncio.Socket] = {}
+        self._spare_senders: dict[str, Sender] = {}
 
     def announce(
-        self, kind: str, instance_id: str, endpoint: str, model: str, info: dict[str, str]
+        self, kind: WorkerKind, instance_id: str, endpoint: str, model: str, info: dict[str, str]
     ) -> tuple[Instance, str | None]:
         """Register a READY instance; returns it and the id of an instance it replaced.
 
@@ -54,11 +55,11 @@ class WorkerRegistry:
             known.last_seen = time.monotonic()
             return known, None
         replaced = self._by_endpoint.get(endpoint)
-        socket = self._spare_sockets.pop(endpoint, None)
+        sender = self._spare_senders.pop(endpoint, None)
         if replaced is not None and replaced in self._instances:
-            socket = self._instances.pop(replaced).socket  # same peer address: keep the socket
+            sender = self._instances.pop(replaced).sender  # same peer address: keep the socket
         instance = Instance(
-            kind, instance_id, endpoint, model, socket or transport.push(endpoint), info=info
+            kind, instance_id, endpoint, model, sender or self._connect(endpoint), info=info
         )
         self._instances[instance_id] = instance
         self._by_endpoint[endpoint] = instance_id
@@ -72,14 +73,14 @@ class WorkerRegistry:
     def get(self, instance_id: str | None) -> Instance | None:
         return self._instances.get(instance_id) if instance_id else None
 
-    def alive(self, kind: str) -> list[Instance]:
+    def alive(self, kind: WorkerKind) -> list[Instance]:
         horizon = time.monotonic() - self.liveness_s
         return [i for i in self._instances.values() if i.kind == kind and i.last_seen >= horizon]
 
     def is_alive(self, instance: Instance) -> bool:
         return instance.last_seen >= time.monotonic() - self.liveness_s
 
-    def pick(self, kind: str) -> Instance | None:
+    def pick(self, kind: WorkerKind) -> Instance | None:
         """The live instance of `kind` with the fewest pinned sessions."""
         candidates = [i for i in self.alive(kind) if not i.leaving]
         return min(candidates, key=lambda i: i.sessions) if candidates else None
@@ -98,16 +99,18 @@ class WorkerRegistry:
         """Forget a dead instance. Its socket stays open: a restarted process binds the same
         endpoint, and ZeroMQ reconnects to it on its own."""
         self._instances.pop(instance.instance_id, None)
-        self._spare_sockets[instance.endpoint] = instance.socket
+        self._spare_senders[instance.endpoint] = instance.sender
         if self._by_endpoint.get(instance.endpoint) == instance.instance_id:
             del self._by_endpoint[instance.endpoint]
         log.warning("instance lost", extra={"kind": instance.kind, "instance": instance.instance_id})
 
     def ready_counts(self) -> dict[str, int]:
-        return {kind: sum(not i.leaving for i in self.alive(kind)) for kind in KINDS}
+        return {kind: sum(not i.leaving for i in self.alive(kind)) for kind in WORKER_KINDS}
 
     def all(self) -> list[Instance]:
         return list(self._instances.values())
 
-    async def send(self, instance: Instance, frame: Frame) -> bool:
-        return await transport.send(instance.socket, frame)
+    def send(self, instance: Instance, frame: Frame) -> bool:
+        """Queue work for an instance (never waits); False when its queue dropped it or its
+        last frame did not go out (a dead or stalled instance)."""
+        return instance.sender.put(frame)

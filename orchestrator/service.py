@@ -1,7 +1,14 @@
 """The orchestrator: sessions, turns and the routing of frames between gateways and workers.
 
-One reader task per socket (ingress from gateways, results from workers) dispatches each frame
-with `match`; all state lives on this one event loop, so handlers need no locks.
+One reader task per socket (ingress from gateways, results from workers, the watchdog's own
+socket) dispatches each frame with `match`; all state lives on this one event loop, so
+handlers need no locks. Readers never wait on a peer: every send is queued on that peer's
+Sender (common/transport.py).
+
+Trust: the plane admits only the service user (ipc) or known keys by role (CURVE). On top of
+that, a gateway acts only on its own sessions (under CURVE its key names it), answers go to
+the gateway's configured endpoint (never to an address a frame names), a worker announces
+only an endpoint it is configured for, and only the watchdog reports a worker's death.
 """
 
 from __future__ import annotations
@@ -12,9 +19,6 @@ import signal
 import time
 import uuid
 
-import zmq.asyncio
-
-from common import transport
 from common.frames import (
     AdminRequest,
     AudioChunk,
@@ -23,6 +27,7 @@ from common.frames import (
     EndTurn,
     ErrorEvent,
     Frame,
+    GatewayHeartbeat,
     Heartbeat,
     HistoryReply,
     HistoryRequest,
@@ -37,9 +42,9 @@ from common.frames import (
     SessionStart,
     SpeakJob,
     StackStatus,
+    TextIn,
     TokenChunk,
     TranscribeJob,
-    TextIn,
     TranscriptChunk,
     Transcription,
     TurnHypothesis,
@@ -47,13 +52,20 @@ from common.frames import (
     WarmupDone,
     WorkerError,
     WorkerExited,
-    decoder,
+    WorkerKind,
+    ingress_decoder,
+    is_worker_kind,
+    result_decoder,
+    watchdog_decoder,
 )
 from common.languages import registry as languages
 from common.logs import content
-from common.metrics import RESTART_BUDGET_EXHAUSTED, WORKER_RESTARTS, declare_series
+from common.metrics import DROPPED_FRAMES, RESTART_BUDGET_EXHAUSTED, WORKER_RESTARTS, declare_series
+from common.plane_auth import gateway_identity
 from common.settings import Settings
+from common.transport import Plane, Sender
 from orchestrator.admin import Admin
+from orchestrator.gateways import Gateways
 from orchestrator.jobs import Jobs
 from orchestrator.recovery import Recovery
 from orchestrator.registry import Instance, WorkerRegistry
@@ -62,16 +74,21 @@ from orchestrator.turns import Turns
 
 log = logging.getLogger(__name__)
 
+SessionFrame = AudioIn | EndTurn | TextIn | SessionEnd | PlaybackMark
+GATEWAY_PREFIX = "gateway-"
+
 
 class Orchestrator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.registry = WorkerRegistry(settings.heartbeat_interval_s * settings.heartbeat_liveness)
         self.sessions: dict[str, Session] = {}
         self.incarnation = uuid.uuid4().hex
-        self._egress: dict[str, zmq.asyncio.Socket] = {}
         self._max_audio_bytes = int(settings.max_audio_seconds * 32000) + 64000
-        self._control = transport.pub(settings.bindable(settings.control), bind=True)
+        self._plane: Plane | None = None
+        self._control: Sender | None = None
+        liveness_s = settings.heartbeat_interval_s * settings.heartbeat_liveness
+        self.registry = WorkerRegistry(liveness_s, self._connect_worker)
+        self.gateways = Gateways(settings, self._connect_gateway, self._disconnect)
         self.turns = Turns(settings, self._to_worker, self._to_client, self._publish)
         self.recovery = Recovery(self.sessions, self.registry, self.turns, self._to_worker,
                                  self._to_client, settings.request_timeout_s)
@@ -80,39 +97,44 @@ class Orchestrator:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    async def serve(self) -> None:
-        ingress = transport.pull(self.settings.bindable(self.settings.ingress), bind=True)
-        results = transport.pull(self.settings.bindable(self.settings.results), bind=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        tasks = [
-            asyncio.create_task(
-                transport.read_forever(ingress, decoder(IngressMessage), self.on_ingress)
-            ),
-            asyncio.create_task(
-                transport.read_forever(results, decoder(ResultMessage), self.on_result)
-            ),
-            asyncio.create_task(self._housekeeping()),
-        ]
-        declare_series()
-        log.info("orchestrator up", extra={"ingress": self.settings.ingress})
+    async def serve(self, stop: asyncio.Event | None = None) -> None:
+        """Bind, serve until SIGTERM/SIGINT (or `stop`), then close everything it opened."""
+        plane = self._plane = Plane(self.settings, "orchestrator")
+        try:
+            s = self.settings
+            self._control = plane.sender(plane.pub(s.control), "control", patience_s=0.05)
+            plane.read_with_peer(plane.pull(s.ingress, domain="ingress"), ingress_decoder(),
+                                 self.on_ingress, "ingress")
+            plane.read(plane.pull(s.results, domain="results"), result_decoder(),
+                       self.on_result, "results")
+            plane.read(plane.pull(s.watchdog, domain="watchdog"), watchdog_decoder(),
+                       self.on_watchdog, "watchdog")
+            plane.spawn(self._housekeeping(), "housekeeping")
+            declare_series()
+            log.info("orchestrator up", extra={"ingress": s.ingress, "curve": plane.curve})
+            await self._until_stopped(stop)
+        finally:
+            await plane.close()
+
+    @staticmethod
+    async def _until_stopped(stop: asyncio.Event | None) -> None:
+        if stop is None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        await transport.cancel_tasks(tasks)
-        transport.close_all()
 
     async def _housekeeping(self) -> None:
-        """Ping workers, publish readiness for gateways, and forget silent instances."""
+        """Ping workers, publish readiness, forget silent instances and gateways."""
         while True:
-            await transport.send(self._control, Ping(), timeout_s=0)
-            await transport.send(
-                self._control,
-                StackStatus(ready=self.registry.ready_counts(), incarnation=self.incarnation),
-                timeout_s=0,
-            )
+            await self._publish(Ping())
+            await self._publish(StackStatus(ready=self.registry.ready_counts(),
+                                            incarnation=self.incarnation))
             for dead in self.registry.reap():
                 await self._lost(dead.kind, dead.instance_id)
+            for gateway_id in self.gateways.reap():
+                await self._end_gateway_sessions(gateway_id, "gateway_lost")
             await self.recovery.expire_waits()
             await self.jobs.expire()
             await self.admin.expire()
@@ -123,42 +145,78 @@ class Orchestrator:
 
     # --- gateways -> orchestrator --------------------------------------------------------------
 
-    async def on_ingress(self, message: IngressMessage) -> None:
-        match message:
-            case SessionStart():
-                await self._start_session(message)
-            case AudioIn():
-                session = self.sessions.get(message.session_id)
-                if session is not None:
-                    session.keep_audio(message.pcm, self._max_audio_bytes)
-                    session.audio_at = time.monotonic()
-                    await self._to_worker(session, "asr", message)
-            case EndTurn():
-                session = self.sessions.get(message.session_id)
-                if session is not None:
-                    await self._to_worker(session, "asr", message)
-            case TextIn():
-                await self._on_text(message)
-            case SessionEnd():
-                await self._end_session(message)
-            case HistoryRequest():
-                await self._history(message)
-            case PlaybackMark():
-                session = self.sessions.get(message.session_id)
-                if session is not None:
-                    self.turns.on_playback(session, message)
-            case ChatJob() | SpeakJob() | TranscribeJob():
-                await self.jobs.submit(message)
-            case JobCancel():
-                await self.jobs.cancel(message.session_id)
-            case AdminRequest():
-                await self.admin.handle(message)
+    def _gateway_of(self, message: IngressMessage, peer: str) -> str | None:
+        """The gateway a frame comes from. Under CURVE its key says so (a different claim in
+        the frame is refused: None); without, the frame's claim (only the service user can
+        reach the plane), or "" when a frame names none."""
+        claimed = getattr(message, "gateway_id", "")
+        if not peer:
+            return claimed
+        if not peer.startswith(GATEWAY_PREFIX):
+            return None
+        actual = peer.removeprefix(GATEWAY_PREFIX)
+        return actual if claimed in ("", actual) else None
 
-    async def _on_text(self, message: TextIn) -> None:
+    async def on_ingress(self, message: IngressMessage, peer: str = "") -> None:
+        gateway_id = self._gateway_of(message, peer)
+        if gateway_id is None:
+            DROPPED_FRAMES.labels("not_permitted").inc()
+            log.warning("frame refused: gateway claim does not match its key",
+                        extra={"frame": type(message).__name__, "peer": peer})
+            return
+        replies_to = gateway_id or self.settings.gateway_id  # frames from an older gateway
+        match message:
+            case GatewayHeartbeat():
+                await self._on_gateway_beat(replies_to, message.incarnation)
+            case SessionStart():
+                await self._start_session(message, replies_to)
+            case HistoryRequest():
+                self._history(message, replies_to)
+            case ChatJob() | SpeakJob() | TranscribeJob():
+                self.gateways.seen(replies_to)
+                await self.jobs.submit(message, replies_to)
+            case JobCancel():
+                await self.jobs.cancel(message.session_id, gateway_id)
+            case AdminRequest():
+                await self.admin.handle(message, replies_to)
+            case _:
+                await self._on_session_frame(message, gateway_id)
+
+    async def _on_session_frame(self, message: SessionFrame, gateway_id: str) -> None:
+        """Frames of a live session, from the gateway holding it; anything else is dropped
+        (no ASR stream, no turn, no state is ever made for a session nobody started)."""
+        session = self.sessions.get(message.session_id)
+        if session is None or gateway_id not in ("", session.gateway_id):
+            DROPPED_FRAMES.labels("unknown_session").inc()
+            return
+        match message:
+            case AudioIn():
+                session.keep_audio(message.pcm, self._max_audio_bytes)
+                session.audio_at = time.monotonic()
+                await self._to_worker(session, "asr", message)
+            case EndTurn():
+                await self._to_worker(session, "asr", message)
+            case TextIn():
+                await self._on_text(session, message)
+            case SessionEnd():
+                await self._end_session(session, message.reason)
+            case PlaybackMark():
+                self.turns.on_playback(session, message)
+
+    async def _on_gateway_beat(self, gateway_id: str, incarnation: str) -> None:
+        if self.gateways.beat(gateway_id, incarnation):
+            log.warning("gateway restarted: its old sessions end", extra={"gateway_id": gateway_id})
+            await self._end_gateway_sessions(gateway_id, "gateway_restarted")
+
+    async def _end_gateway_sessions(self, gateway_id: str, reason: str) -> None:
+        for session in [s for s in self.sessions.values() if s.gateway_id == gateway_id]:
+            await self._end_session(session, reason)
+        await self.jobs.cancel_gateway(gateway_id)
+
+    async def _on_text(self, session: Session, message: TextIn) -> None:
         """A typed turn: shown to the client as the user's final words, then answered exactly
         like a spoken one (barge-in on a reply being played included)."""
-        session = self.sessions.get(message.session_id)
-        if session is None or not message.text.strip():
+        if not message.text.strip():
             return
         final = TranscriptChunk(text=message.text.strip(), is_final=True, confidence=1.0,
                                 language=session.language)
@@ -167,39 +225,55 @@ class Orchestrator:
                                              "text": content(final.text)})
         await self.turns.start(session, final.text)
 
-    async def _history(self, request: HistoryRequest) -> None:
+    def _history(self, request: HistoryRequest, gateway_id: str) -> None:
+        """Answered to the asking gateway only, and found only for the gateway holding the
+        session (or an admin's request, which the gateway vouches for)."""
         session = self.sessions.get(request.session_id)
         reply = HistoryReply(session_id=request.session_id, request_id=request.request_id)
-        if session is not None:
+        if session is not None and (request.admin or session.gateway_id == gateway_id):
             reply.found, reply.turns, reply.messages = True, session.turns, list(session.history)
             reply.language = session.language
-            reply.system_prompt = self.settings.system_prompt or languages.get(session.language).system_prompt
-        sock = self._egress_socket(request.reply_to)
-        await transport.send(sock, reply, timeout_s=2.0)
+            reply.system_prompt = (self.settings.system_prompt
+                                   or languages.get(session.language).system_prompt)
+        self.gateways.send(gateway_id, reply)
 
-    async def _start_session(self, start: SessionStart) -> None:
+    async def _start_session(self, start: SessionStart, gateway_id: str) -> None:
+        self.gateways.seen(gateway_id)
+        live = self.sessions.get(start.session_id)
+        if live is not None and (live.gateway_id, live.principal) != (gateway_id, start.principal):
+            # Someone else's live session: refused with a neutral code, the session untouched.
+            DROPPED_FRAMES.labels("not_permitted").inc()
+            log.warning("session start refused: held by another gateway or principal",
+                        extra={"session_id": start.session_id, "gateway_id": gateway_id})
+            self.gateways.send(gateway_id, ErrorEvent(
+                session_id=start.session_id, code="session_unavailable", fatal=True,
+                message="this session cannot be started; start a new one"))
+            return
+        if live is not None:
+            await self.turns.cancel(live, tell_client=False)
         session = Session(
             start.session_id,
-            start.reply_to,
+            gateway_id,
             start.language or self.settings.language,
             self.settings.history_turns,
             max_new_tokens=self.settings.llm_max_new_tokens,
+            principal=start.principal,
         )
         self.sessions[start.session_id] = session
-        log.info("session started", extra={"session_id": start.session_id})
+        log.info("session started", extra={"session_id": start.session_id, "gateway_id": gateway_id})
         await self._to_worker(session, "asr", start)
 
-    async def _end_session(self, end: SessionEnd) -> None:
-        session = self.sessions.pop(end.session_id, None)
-        if session is None:
+    async def _end_session(self, session: Session, reason: str) -> None:
+        if self.sessions.get(session.session_id) is not session:
             return
+        del self.sessions[session.session_id]
         await self.turns.cancel(session, tell_client=False)
-        await self._to_worker(session, "asr", end)
+        await self._to_worker(session, "asr", SessionEnd(reason=reason))
         for instance_id in session.pins.values():
             instance = self.registry.get(instance_id)
             if instance is not None:
-                instance.sessions -= 1
-        log.info("session ended", extra={"session_id": end.session_id, "reason": end.reason})
+                instance.sessions = max(0, instance.sessions - 1)
+        log.info("session ended", extra={"session_id": session.session_id, "reason": reason})
 
     # --- workers -> orchestrator ---------------------------------------------------------------
 
@@ -207,8 +281,6 @@ class Orchestrator:
         match message:
             case Ready() | Heartbeat():
                 await self._announce(message)
-            case WorkerExited():
-                await self._on_exited(message)
             case Leaving():
                 await self._on_leaving(message)
             case WarmupDone():
@@ -228,10 +300,10 @@ class Orchestrator:
         session = self.sessions.get(message.session_id)
         if session is None:
             return
-        from_asr = isinstance(message, TranscriptChunk | VadEvent | TurnHypothesis)
-        if from_asr and message.request_id and message.request_id != session.pins.get("asr"):
-            return  # from an ASR instance this session has left (declared dead)
-        if from_asr:
+        if isinstance(message, TranscriptChunk | VadEvent | TurnHypothesis):
+            source = message.instance_id or message.request_id  # older ASR workers: request_id
+            if source and source != session.pins.get("asr"):
+                return  # from an ASR instance this session has left (declared dead)
             session.asr_heard_at = time.monotonic()
             if isinstance(message, VadEvent) and message.event == "speech_start":
                 session.speech_open = True
@@ -249,33 +321,49 @@ class Orchestrator:
             case AudioChunk():
                 await self.turns.on_audio(session, message)
 
+    def _configured(self, kind: WorkerKind, endpoint: str) -> bool:
+        """Is `endpoint` one a worker of `kind` is configured to bind? (A worker cannot
+        announce an address of its choosing and so draw sessions to it.)"""
+        return any(endpoint == self.settings.work_endpoint(kind, index)
+                   for index in range(self.settings.replicas(kind)))
+
     async def _announce(self, message: Ready | Heartbeat) -> None:
         if isinstance(message, Heartbeat) and self.registry.get(message.instance_id):
             self.registry.seen(message.instance_id)
             return
+        kind = message.kind
+        if not kind or not self._configured(kind, message.endpoint):
+            DROPPED_FRAMES.labels("not_permitted").inc()
+            log.warning("announcement refused: not a configured work endpoint",
+                        extra={"kind": kind, "endpoint": message.endpoint})
+            return
         info = message.info if isinstance(message, Ready) else {"name": message.model}
         _, replaced = self.registry.announce(
-            message.kind, message.instance_id, message.endpoint, message.model, info
+            kind, message.instance_id, message.endpoint, message.model, info
         )
         if replaced is not None:  # restarted on the same endpoint before anyone noticed
-            await self._lost(message.kind, replaced)
-        await self.recovery.on_ready(message.kind)
-        await self.jobs.on_ready(message.kind)
+            await self._lost(kind, replaced)
+        await self.recovery.on_ready(kind)
+        await self.jobs.on_ready(kind)
 
-    async def _lost(self, kind: str, instance_id: str) -> None:
+    async def _lost(self, kind: WorkerKind, instance_id: str) -> None:
         """An instance is gone: replay the sessions' and the jobs' work it had in hand."""
         await self.recovery.lost(kind, instance_id)
         await self.jobs.lost(kind, instance_id)
 
-    async def _on_exited(self, exited: WorkerExited) -> None:
-        """The watchdog saw a worker process die: act now, not after missed heartbeats."""
+    async def on_watchdog(self, exited: WorkerExited) -> None:
+        """The watchdog saw a worker process die: act now, not after missed heartbeats. (Its
+        own socket: nothing else can send this.)"""
+        kind = exited.kind
+        if not is_worker_kind(kind) or not 0 <= exited.instance < self.settings.replicas(kind):
+            DROPPED_FRAMES.labels("not_permitted").inc()
+            return
         if exited.gave_up:
-            RESTART_BUDGET_EXHAUSTED.labels(exited.kind).inc()
+            RESTART_BUDGET_EXHAUSTED.labels(kind).inc()
             log.error("worker restart budget exhausted", extra={"program": exited.program})
         else:
-            WORKER_RESTARTS.labels(exited.kind).inc()
-        endpoint = self.settings.work_endpoint(exited.kind, exited.instance)
-        instance = self.registry.by_endpoint(endpoint)
+            WORKER_RESTARTS.labels(kind).inc()
+        instance = self.registry.by_endpoint(self.settings.work_endpoint(kind, exited.instance))
         if instance is not None:
             self.registry.drop(instance)
             await self._lost(instance.kind, instance.instance_id)
@@ -290,7 +378,6 @@ class Orchestrator:
         instance.leaving = True
         if leaving.gone:
             self.registry.drop(instance)
-        if leaving.gone:
             await self._lost(instance.kind, instance.instance_id)
         elif instance.kind == "asr":
             await self.recovery.lost(instance.kind, instance.instance_id)
@@ -309,33 +396,42 @@ class Orchestrator:
                 session, ErrorEvent(code=error.code or f"{error.kind}_error", message=error.message)
             )
 
-    # --- sending -------------------------------------------------------------------------------
+    # --- sending (never waits on a peer: each has its own queue) -----------------------------
 
-    def _egress_socket(self, endpoint: str) -> zmq.asyncio.Socket:
-        sock = self._egress.get(endpoint)
-        if sock is None:
-            sock = self._egress[endpoint] = transport.push(endpoint)
-        return sock
+    def _connect_worker(self, endpoint: str) -> Sender:
+        assert self._plane is not None
+        return self._plane.sender(self._plane.push(endpoint, server="worker"), endpoint)
 
-    async def _to_gateway(self, endpoint: str, frame: Frame) -> None:
-        if not await transport.send(self._egress_socket(endpoint), frame, timeout_s=2.0):
-            log.warning("gateway unreachable; job result dropped", extra={"session_id": frame.session_id})
+    def _connect_gateway(self, gateway_id: str, endpoint: str) -> Sender:
+        assert self._plane is not None
+        sock = self._plane.push(endpoint, server=gateway_identity(gateway_id))
+        return self._plane.sender(sock, f"gateway:{gateway_id}")
+
+    def _disconnect(self, sender: Sender) -> None:
+        if sender.task is not None:
+            sender.task.cancel()
+        if self._plane is not None:
+            self._plane.close_socket(sender.sock)
+
+    async def _to_gateway(self, gateway_id: str, frame: Frame) -> None:
+        self.gateways.send(gateway_id, frame)
 
     async def _publish(self, frame: Frame) -> None:
-        await transport.send(self._control, frame, timeout_s=0)
+        if self._control is not None:
+            self._control.put(frame)
 
-    async def _to_worker(self, session: Session, kind: str, frame: Frame) -> bool:
+    async def _to_worker(self, session: Session, kind: WorkerKind, frame: Frame) -> bool:
         instance = self._pinned(session, kind)
         if instance is None:
             self.recovery.wait_for(session, kind)
             return False
         frame.session_id = session.session_id
-        if await self.registry.send(instance, frame):
+        if self.registry.send(instance, frame):
             return True
-        self.recovery.wait_for(session, kind)  # its socket did not take the frame in time
+        self.recovery.wait_for(session, kind)  # its queue is full or its last frame stuck
         return False
 
-    def _pinned(self, session: Session, kind: str) -> Instance | None:
+    def _pinned(self, session: Session, kind: WorkerKind) -> Instance | None:
         instance = self.registry.get(session.pins.get(kind))
         if instance is not None and self.registry.is_alive(instance) and not instance.leaving:
             return instance
@@ -347,6 +443,4 @@ class Orchestrator:
 
     async def _to_client(self, session: Session, frame: Frame) -> None:
         frame.session_id = session.session_id
-        sock = self._egress_socket(session.reply_to)
-        if not await transport.send(sock, frame, timeout_s=2.0):
-            log.warning("gateway unreachable; frame dropped", extra={"session_id": session.session_id})
+        self.gateways.send(session.gateway_id, frame)

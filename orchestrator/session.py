@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from common.frames import ChatMessage, Frame, GenerateRequest
+from common.frames import ChatMessage, Frame, GenerateRequest, WorkerKind
 from orchestrator.phrases import PhraseCutter
 
 BYTES_PER_MS = 32  # PCM16 mono at 16 kHz
@@ -21,6 +22,17 @@ class Phrase:
     text: str
     skip: int = 0
     forwarded: int = 0
+
+
+class TurnState(enum.Enum):
+    """A reply turn's lifecycle. Only forward: GENERATING -> SYNTHESIZING -> FORWARDED -> DONE,
+    or CANCELLED from any state before DONE."""
+
+    GENERATING = "generating"  # the LLM is still producing tokens
+    SYNTHESIZING = "synthesizing"  # all text is in; phrases are being synthesized and forwarded
+    FORWARDED = "forwarded"  # tts.end sent: nothing more to generate or forward
+    DONE = "done"  # the gateway says the audio was sent: in the history
+    CANCELLED = "cancelled"  # interrupted (what was heard is in the history) or discarded
 
 
 @dataclass
@@ -40,23 +52,38 @@ class Turn:
     progress_at: float = field(default_factory=time.monotonic)  # start, or the last token
     started_at: float = field(default_factory=time.monotonic)
     timings: dict[str, float] = field(default_factory=dict)  # ms since start, for the logs
+    played: list[str] = field(default_factory=list)  # phrases the gateway says were heard
+    phrases: int = 0
+    state: TurnState = TurnState.GENERATING
+    audio_started: bool = False  # tts.start was sent (the client has heard something)
+    audio_seq: int = 0
+    token_seq: int = 0
 
     def mark(self, event: str) -> None:
         self.timings.setdefault(event, round((time.monotonic() - self.started_at) * 1000, 1))
-    played: list[str] = field(default_factory=list)  # phrases the gateway says were heard
-    phrases: int = 0
-    llm_done: bool = False
-    audio_started: bool = False
-    audio_seq: int = 0
-    token_seq: int = 0
-    forwarded_all: bool = False  # tts.end sent: nothing more to generate or forward
-    cancelled: bool = False
-    closed: bool = False  # in the history; nothing more to do
+
+    def to(self, state: TurnState) -> None:
+        """Move forward to `state` (a turn never goes back; a closed turn stays closed)."""
+        if not self.closed and _ORDER.index(state) > _ORDER.index(self.state):
+            self.state = state
+
+    @property
+    def llm_done(self) -> bool:
+        return self.state is not TurnState.GENERATING
+
+    @property
+    def cancelled(self) -> bool:
+        return self.state is TurnState.CANCELLED
+
+    @property
+    def closed(self) -> bool:
+        """In the history (or discarded): nothing more to do."""
+        return self.state in (TurnState.DONE, TurnState.CANCELLED)
 
     @property
     def active(self) -> bool:
         """Still generating or forwarding (frames for it are wanted)."""
-        return not (self.cancelled or self.forwarded_all)
+        return self.state in (TurnState.GENERATING, TurnState.SYNTHESIZING)
 
     def queue_phrase(self, phrase: str) -> None:
         """Bounded without loss: past the bound a phrase joins the last queued one."""
@@ -70,14 +97,18 @@ class Turn:
         return self.llm_done and not self.pending and not self.in_flight
 
 
+_ORDER = list(TurnState)
+
+
 @dataclass
 class Session:
     session_id: str
-    reply_to: str
+    gateway_id: str  # the gateway holding the client: answered there, and only it may act
     language: str
     history_turns: int
     max_new_tokens: int = 80
-    pins: dict[str, str] = field(default_factory=dict)  # kind -> instance_id
+    principal: str = ""  # who opened it: another principal cannot take it over
+    pins: dict[WorkerKind, str] = field(default_factory=dict)  # kind -> instance_id
     history: deque[ChatMessage] = field(default_factory=deque)
     turns: int = 0
     turn: Turn | None = None
@@ -88,8 +119,8 @@ class Session:
     speech_open: bool = False  # the ASR saw speech start and has not given its final yet
     asr_heard_at: float = field(default_factory=time.monotonic)  # its last frame for us
     audio_at: float = 0.0  # the client's last audio
-    needs_replay: set[str] = field(default_factory=set)  # kinds waiting for a READY instance
-    waiting_since: dict[str, float] = field(default_factory=dict)
+    needs_replay: set[WorkerKind] = field(default_factory=set)  # kinds waiting for an instance
+    waiting_since: dict[WorkerKind, float] = field(default_factory=dict)
 
     def keep_audio(self, pcm: bytes, max_bytes: int) -> None:
         self.audio.extend(pcm)

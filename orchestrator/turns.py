@@ -25,15 +25,16 @@ from common.frames import (
     TranscriptChunk,
     TurnEvent,
     TurnHypothesis,
+    WorkerKind,
 )
 from common.languages import registry as languages
 from common.metrics import LLM_TTFW_MS, TURNS
 from common.settings import Settings
-from orchestrator.session import TTS_WINDOW, Phrase, Session, Turn
+from orchestrator.session import TTS_WINDOW, Phrase, Session, Turn, TurnState
 
 log = logging.getLogger(__name__)
 
-ToWorker = Callable[[Session, str, Frame], Awaitable[bool]]
+ToWorker = Callable[[Session, WorkerKind, Frame], Awaitable[bool]]
 ToClient = Callable[[Session, Frame], Awaitable[None]]
 Publish = Callable[[Frame], Awaitable[None]]
 
@@ -90,7 +91,7 @@ class Turns:
         if mark.text:
             turn.played.append(mark.text)
         if mark.done:
-            turn.closed = True
+            turn.to(TurnState.DONE)
             session.remember(turn.user_text, turn.reply_text.strip())
 
     # --- starting, committing, cancelling --------------------------------------------------------
@@ -173,7 +174,7 @@ class Turns:
         turn = session.turn
         if turn is None or turn.closed:
             return
-        turn.cancelled = turn.closed = True
+        turn.to(TurnState.CANCELLED)
         await self.publish(Cancel(session_id=session.session_id, turn_id=turn.turn_id))
         TURNS.labels("speculation_discarded" if turn.speculative else "interrupted").inc()
         if turn.speculative:
@@ -218,7 +219,7 @@ class Turns:
         if chunk.is_final:
             for phrase in turn.cutter.flush():
                 await self._queue_checked(session, turn, phrase)
-            turn.llm_done = True
+            turn.to(TurnState.SYNTHESIZING)
             turn.request = None
         await self._pump_tts(session, turn)
 
@@ -240,7 +241,8 @@ class Turns:
         refusal = pack.fallback("cannot_help")
         turn.queue_phrase(refusal)
         turn.reply_text = " ".join([*turn.accepted, refusal])  # what is said, and remembered
-        turn.llm_done, turn.request, turn.request_id = True, None, ""
+        turn.to(TurnState.SYNTHESIZING)
+        turn.request, turn.request_id = None, ""
 
     async def _pump_tts(self, session: Session, turn: Turn) -> None:
         """Hand queued phrases to TTS, keeping at most TTS_WINDOW there at once."""
@@ -287,7 +289,7 @@ class Turns:
 
     async def _finish(self, session: Session, turn: Turn) -> None:
         """All audio is forwarded; the history is written when the gateway says it was sent."""
-        turn.forwarded_all = True
+        turn.to(TurnState.FORWARDED)
         TURNS.labels("completed").inc()
         end = TurnEvent(turn_id=turn.turn_id, event="tts.end", text=turn.reply_text.strip())
         await self._emit(session, turn, end)

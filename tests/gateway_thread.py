@@ -1,17 +1,16 @@
 """An extra real gateway in a background thread, wired to the shared stack's orchestrator.
 
 `running_gateway(stack, **overrides)` runs `create_app(Settings(...))` under `uvicorn.Server` on
-127.0.0.1 and a free port, with the stack's ZeroMQ base port (so it reaches the same
-orchestrator and hears its heartbeats) but its own egress endpoint: the orchestrator answers
-each gateway on the `reply_to` endpoint it gives, so several gateways coexist. Tests use it to
-try settings (credentials, small rate limits) without restarting the stack.
+127.0.0.1 and a free port, in the stack's run directory (so it reaches the same orchestrator
+over the same private ipc plane and hears its heartbeats) under a gateway_id of its own: the
+orchestrator answers each gateway on the egress endpoint of its gateway_id
+(run_dir/plane/egress-<gateway_id>.sock), so several gateways coexist. Tests use it to try
+settings (credentials, small rate limits) without restarting the stack.
 
 Starlette's TestClient is not used because its client host, "testclient", is not loopback.
 
-One process normally runs one gateway, so `common.transport` keeps one process-wide ZeroMQ
-context and a stopping gateway destroys it (`transport.close_all`). Here every gateway thread
-gets a context of its own instead, so stopping one gateway cannot close the sockets of another
-(or of anything else in the test process); other threads keep the shared context.
+Each gateway's bridge owns its ZeroMQ context (common.transport.Plane), so stopping one gateway
+closes nothing of another's, or of anything else in the test process.
 """
 
 from __future__ import annotations
@@ -24,25 +23,11 @@ from typing import Any
 
 import httpx
 import uvicorn
-import zmq.asyncio
 
-from common import transport
 from common.settings import Settings
 from gateway.app import create_app
 from gateway.server import server_options
 from tests.stack import Stack, free_port
-
-_local = threading.local()
-_shared_context = transport.context
-
-
-def _thread_context() -> zmq.asyncio.Context:
-    """This gateway thread's own context, or the shared one outside gateway threads."""
-    own: zmq.asyncio.Context | None = getattr(_local, "context", None)
-    return own if own is not None else _shared_context()
-
-
-transport.context = _thread_context  # see the module docstring
 
 
 class GatewayThread:
@@ -69,15 +54,10 @@ class GatewayThread:
         return f"ws://127.0.0.1:{self.port}/ws/audio"
 
     def _serve(self) -> None:
-        context = _local.context = zmq.asyncio.Context()
         try:
             self.server.run()  # its own event loop; no signal handlers outside the main thread
         except BaseException as exc:  # uvicorn exits with SystemExit when it cannot bind
             self.error = exc
-        finally:
-            _local.context = None
-            if not context.closed:
-                context.destroy(linger=0)
 
     def start(self, timeout_s: float = 60.0) -> None:
         """Serve, and wait until `/readyz` says the orchestrator and every worker kind are there."""
@@ -112,11 +92,13 @@ class GatewayThread:
 
 def gateway_settings(stack: Stack, **overrides: Any) -> Settings:
     """Settings for an extra gateway on the stack: loopback, free ports, no `.env`."""
+    port = free_port()
     fields: dict[str, Any] = {
         "host": "127.0.0.1",
-        "port": free_port(),
+        "port": port,
+        "run_dir": stack.run_dir,
+        "gateway_id": f"gw-test-{port}",  # its egress: run_dir/plane/egress-gw-test-<port>.sock
         "zmq_base_port": int(stack.env["INZWA_ZMQ_BASE_PORT"]),
-        "egress_endpoint": f"tcp://127.0.0.1:{free_port()}",
         "api_keys": [],
         "admin_api_keys": [],
         "jwt_secret": "",

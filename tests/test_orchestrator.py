@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -17,14 +19,14 @@ import zmq.asyncio
 
 from common import transport
 from common.frames import (
-    AsrWork,
+    WORKER_KINDS,
     AudioChunk,
     AudioIn,
     Cancel,
     ControlMessage,
-    EgressMessage,
+    Frame,
+    GatewayHeartbeat,
     GenerateRequest,
-    LlmWork,
     PlaybackMark,
     Ready,
     SessionStart,
@@ -32,13 +34,17 @@ from common.frames import (
     SynthesizeRequest,
     TokenChunk,
     TranscriptChunk,
-    TtsWork,
     TurnEvent,
     TurnHypothesis,
     VadEvent,
+    WorkerKind,
+    control_decoder,
     decoder,
+    egress_decoder,
+    work_decoder,
 )
 from common.settings import Settings
+from common.transport import Plane
 from orchestrator.service import Orchestrator
 from tests.stack import free_port_range
 
@@ -46,18 +52,19 @@ SID = "0b0f4a52-1d1e-4c1e-9a7e-2b7c4f0d9e11"
 
 
 class Harness:
-    """A fake gateway and one fake instance per worker kind around a real orchestrator."""
+    """A fake gateway and one fake instance per worker kind around a real orchestrator, over
+    real sockets in a private ipc directory (the default plane)."""
 
-    def __init__(self, **overrides: Any) -> None:
-        options = {"heartbeat_interval_s": 0.2, "system_prompt": "SYSTEM", **overrides}
-        self.settings = Settings(_env_file=None, zmq_base_port=free_port_range(40), **options)
-        s = self.settings
-        self.ingress = transport.push(s.ingress)
-        self.results = transport.push(s.results)
-        self.egress = transport.pull(s.egress)
-        self.control = transport.sub(s.control)
-        self.work = {kind: transport.pull(s.work_endpoint(kind, 0)) for kind in ("asr", "llm", "tts")}
-        self.decoders = {"asr": decoder(AsrWork), "llm": decoder(LlmWork), "tts": decoder(TtsWork)}
+    def __init__(self, plane: Plane, settings: Settings) -> None:
+        s = self.settings = settings
+        self.plane = plane
+        self.ingress = plane.push(s.ingress, server="orchestrator")
+        self.results = plane.push(s.results, server="orchestrator")
+        self.egress = plane.pull(s.egress, domain="egress")
+        self.control = plane.sub(s.control)
+        self.work = {kind: plane.pull(s.work_endpoint(kind, 0), domain="work")
+                     for kind in WORKER_KINDS}
+        self.decoders = {kind: work_decoder(kind) for kind in WORKER_KINDS}
 
     async def announce(self) -> None:
         for kind in self.work:
@@ -66,32 +73,35 @@ class Harness:
             await transport.send(self.results, ready)
 
     async def beat_forever(self) -> None:
+        """The fake workers and the fake gateway stay alive (heartbeats) while the test runs."""
         while True:
             await self.announce()
+            await transport.send(self.ingress, GatewayHeartbeat(gateway_id=self.settings.gateway_id,
+                                                                incarnation="test"))
             await asyncio.sleep(0.1)
 
-    async def recv(self, sock: zmq.asyncio.Socket, dec: msgspec.msgpack.Decoder) -> Any:
+    async def recv(self, sock: zmq.asyncio.Socket, dec: msgspec.msgpack.Decoder[Any]) -> Any:
         return dec.decode(await asyncio.wait_for(sock.recv(), 5))
 
-    async def worker_got(self, kind: str) -> Any:
+    async def worker_got(self, kind: WorkerKind) -> Any:
         return await self.recv(self.work[kind], self.decoders[kind])
 
     async def recv_for(self, seconds: float) -> Any:
-        return decoder(EgressMessage).decode(await asyncio.wait_for(self.egress.recv(), seconds))
+        return egress_decoder().decode(await asyncio.wait_for(self.egress.recv(), seconds))
 
     async def client_got(self) -> Any:
-        return await self.recv(self.egress, decoder(EgressMessage))
+        return await self.recv(self.egress, egress_decoder())
 
-    async def result(self, frame: msgspec.Struct) -> None:
+    async def result(self, frame: Frame) -> None:
         assert await transport.send(self.results, frame)
 
     async def start_session(self) -> None:
         """Start once the orchestrator reports every fake worker READY (as gateways wait)."""
         while True:
-            status = await self.recv(self.control, decoder(ControlMessage))
+            status = await self.recv(self.control, control_decoder())
             if isinstance(status, StackStatus) and all(status.ready.get(k) for k in self.work):
                 break
-        await transport.send(self.ingress, SessionStart(session_id=SID, reply_to=self.settings.egress))
+        await transport.send(self.ingress, SessionStart(session_id=SID))
         assert isinstance(await self.worker_got("asr"), SessionStart)
 
     async def speak_reply(self, turn: int, tokens: list[str]) -> GenerateRequest:
@@ -114,27 +124,35 @@ class Harness:
                                          request_id=request.request_id, is_final=True))
 
 
+def harness_settings(run_dir: Path, **overrides: Any) -> Settings:
+    options = {"heartbeat_interval_s": 0.2, "system_prompt": "SYSTEM", **overrides}
+    return Settings(_env_file=None, run_dir=run_dir, zmq_base_port=free_port_range(40), **options)
+
+
 def llm_tokens(text: str) -> list[str]:
     """LLM-like tokens: words with their leading space, punctuation on its own."""
     return re.findall(r" ?\w+|[^\w\s]", text)
 
 
 def run(scenario: Callable[[Harness], Awaitable[None]], **overrides: Any) -> None:
-    async def main() -> None:
-        harness = Harness(**overrides)
-        orchestrator = Orchestrator(harness.settings)
-        serving = asyncio.create_task(orchestrator.serve())
-        beating = asyncio.create_task(harness.beat_forever())
+    async def main(run_dir: Path) -> None:
+        settings = harness_settings(run_dir, **overrides)
+        orchestrator, stop = Orchestrator(settings), asyncio.Event()
+        serving = asyncio.create_task(orchestrator.serve(stop))
+        plane = Plane(settings, "test")
         try:
+            harness = Harness(plane, settings)
+            beating = plane.spawn(harness.beat_forever(), "beat")
             await harness.start_session()
             await scenario(harness)
+            assert not beating.done()
         finally:
-            serving.cancel()
-            beating.cancel()
-            await asyncio.gather(serving, beating, return_exceptions=True)
-            transport.close_all()
+            stop.set()
+            await asyncio.wait_for(serving, 10)  # the orchestrator closes its own plane
+            await plane.close()
 
-    asyncio.run(main())
+    with tempfile.TemporaryDirectory(prefix="inzwa-") as run_dir:
+        asyncio.run(main(Path(run_dir)))
 
 
 async def synthesize(h: Harness, request: SynthesizeRequest, frames: int = 2) -> None:

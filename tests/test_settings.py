@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from common.settings import Settings
@@ -10,16 +12,22 @@ from common.settings import Settings
 def test_defaults_bind_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in ("INZWA_HOST", "INZWA_PORT", "INZWA_ZMQ_BASE_PORT"):
         monkeypatch.delenv(key, raising=False)
-    settings = Settings(_env_file=None)
+    settings = Settings(_env_file=None, run_dir=Path("/srv/inzwa/run"))
     assert settings.host == "127.0.0.1" and settings.port == 8000
-    assert settings.ingress == "tcp://127.0.0.1:5550"
-    assert settings.results == "tcp://127.0.0.1:5552"
-    assert settings.work_endpoint("tts", 1) == "tcp://127.0.0.1:5581"
+    # the plane defaults to ipc sockets in the run directory (only its user can open them)
+    assert settings.ingress == "ipc:///srv/inzwa/run/plane/ingress.sock"
+    assert settings.egress == "ipc:///srv/inzwa/run/plane/egress-gw0.sock"
+    assert settings.work_endpoint("tts", 1) == "ipc:///srv/inzwa/run/plane/tts-1.sock"
+    tcp = Settings(_env_file=None, zmq_transport="tcp")
+    assert tcp.ingress == "tcp://127.0.0.1:5550"
+    assert tcp.results == "tcp://127.0.0.1:5552"
+    assert tcp.work_endpoint("tts", 1) == "tcp://127.0.0.1:5581"
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INZWA_PORT", "9001")
     monkeypatch.setenv("INZWA_ZMQ_BASE_PORT", "31000")
+    monkeypatch.setenv("INZWA_ZMQ_TRANSPORT", "tcp")
     monkeypatch.setenv("INZWA_LLM_WORK_ENDPOINT", "tcp://10.0.0.5:7000")
     monkeypatch.setenv("INZWA_CORS_ALLOWED_ORIGINS", "https://a.example, https://b.example")
     monkeypatch.setenv("INZWA_MAX_AUDIO_SECONDS", "12.5")
