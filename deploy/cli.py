@@ -55,6 +55,23 @@ def _talk(args: argparse.Namespace) -> int:
     return 0 if result.completed and not result.errors else 1
 
 
+def _keys(args: argparse.Namespace) -> int:
+    """CURVE key pairs for the plane (INZWA_CURVE_KEYS_DIR): one per identity, kept if present."""
+    from pathlib import Path
+
+    from common.plane_auth import create_keys
+
+    settings = get_settings()
+    keys_dir = Path(args.dir) if args.dir else settings.curve_keys_dir
+    if keys_dir is None:
+        print("error: give --dir or set INZWA_CURVE_KEYS_DIR", file=sys.stderr)
+        return 2
+    gateways = args.gateway or [settings.gateway_id]
+    for name in create_keys(keys_dir, gateways, args.worker or None):
+        print(f"{name}: {keys_dir / name}.key")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inzwa", description="Inzwa voice assistant")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("action", choices=["status", "restart", "start", "stop", "pid"])
     ctl.add_argument("programs", nargs="*", help=PROGRAM_HELP)
     ctl.set_defaults(func=_ctl)
+
+    keys = commands.add_parser("keys", help="write CURVE keys for the ZeroMQ plane")
+    keys.add_argument("--dir", default="", help="key directory (default: INZWA_CURVE_KEYS_DIR)")
+    keys.add_argument("--gateway", action="append", help="a gateway_id (repeatable; default: ours)")
+    keys.add_argument("--worker", action="append", help="worker identities (default: worker)")
+    keys.set_defaults(func=_keys)
 
     talk = commands.add_parser("talk", help="speak a WAV file to the assistant")
     talk.add_argument("file")
