@@ -1,8 +1,10 @@
-"""The WebSocket protocol of `/ws/audio`: client control messages in, server events out.
+"""The voice protocol: client control messages in, server events out.
 
-Client text messages are JSON objects tagged by "type" and decoded by one typed decoder, so a
-malformed or unknown message becomes a precise error instead of a crash. Binary messages are
-PCM16 LE mono audio at 16 kHz, or (a session started with codec "opus") one Opus packet each.
+Shared by the WebSocket `/ws/audio` and the WebRTC data channel "events". Client text messages
+are JSON objects tagged by "type" and decoded by one typed decoder, so a malformed or unknown
+message becomes a precise error instead of a crash. On the WebSocket, binary messages are PCM16
+LE mono audio at 16 kHz, or (a session started with codec "opus") one Opus packet each; over
+WebRTC the audio travels on the media track instead.
 """
 
 from __future__ import annotations
@@ -40,15 +42,32 @@ class EndTurnMessage(msgspec.Struct, tag="end_turn", tag_field="type"):
     pass
 
 
-ClientMessage = Start | EndTurnMessage
+class TextMessage(msgspec.Struct, tag="text", tag_field="type"):
+    """A typed user turn, answered with speech like a spoken one."""
+
+    text: str = ""
+
+
+ClientMessage = Start | EndTurnMessage | TextMessage
 _client_decoder = msgspec.json.Decoder(ClientMessage)
 
 
 class ProtocolError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s
+
+    def event(self) -> dict[str, Any]:
+        return error_event(self.code, self.message, self.retry_after_s)
+
+
+def error_event(code: str, message: str, retry_after_s: int | None = None) -> dict[str, Any]:
+    event: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if retry_after_s is not None:
+        event["retry_after_s"] = retry_after_s
+    return event
 
 
 def parse_client_message(text: str) -> ClientMessage:
@@ -87,6 +106,16 @@ def check_start(start: Start) -> str:
         raise ProtocolError("bad_session_id", "session_id must be a UUID") from None
 
 
+def check_text(text: str, max_chars: int) -> str:
+    """A typed message's text, stripped; refused when empty or longer than `max_chars`."""
+    stripped = text.strip()
+    if not stripped:
+        raise ProtocolError("empty_text", "the text message has nothing to say")
+    if len(stripped) > max_chars:
+        raise ProtocolError("text_too_long", f"text of {len(stripped)} characters > {max_chars}")
+    return stripped
+
+
 def check_audio(data: bytes, max_bytes: int) -> None:
     if not data:
         raise ProtocolError("empty_frame", "binary audio frame is empty")
@@ -112,12 +141,17 @@ def event_for(frame: Frame) -> dict[str, Any] | bytes | None:
             return {"type": "llm.partial", "turn_id": frame.turn_id, "seq": frame.seq,
                     "token": frame.token}
         case AudioChunk():
-            return frame.payload
+            return frame.payload  # a phrase's end marker (no payload) is handled by the session
         case TurnEvent():
             event: dict[str, Any] = {"type": frame.event, "turn_id": frame.turn_id}
             if frame.text:
                 event["text"] = frame.text
             return event
         case ErrorEvent():
-            return {"type": "error", "code": frame.code, "message": frame.message}
+            return error_event(frame.code, frame.message)
     return None
+
+
+def phrase_event(turn_id: int, text: str) -> dict[str, Any]:
+    """A phrase's audio has all gone to the client: what the person has heard so far."""
+    return {"type": "tts.phrase", "turn_id": turn_id, "text": text}

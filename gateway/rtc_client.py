@@ -1,0 +1,122 @@
+"""A WebRTC client for `/rtc/session` with aiortc: speak clips into a track, collect the reply.
+
+Used by the WebRTC tests and the benchmark, as `gateway.client.Talker` is for the WebSocket.
+The microphone is a `PcmTrack` playing clips in real time (silence between them), the reply
+arrives on the server's audio track (decoded by aiortc, brought to PCM16 16 kHz here) and the
+events on the "events" data channel. `v2v_ms` is measured like the WebSocket client's: from
+the end of speech in the clip (as played in real time) to the first audible reply frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from gateway.client import speech_end_s
+from gateway.rtc_media import Downsampler, PcmTrack
+
+AUDIBLE_DBFS = -50.0  # a reply frame louder than this is speech (comfort noise is ~-63 dBFS)
+
+
+def _dbfs(pcm: bytes) -> float:
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64) / 32768.0
+    return float(10 * np.log10(np.mean(samples * samples) + 1e-12)) if samples.size else -120.0
+
+
+@dataclass
+class RtcCall:
+    """One WebRTC session as a client sees it."""
+
+    pc: RTCPeerConnection
+    mic: PcmTrack
+    channel: Any
+    session_id: str = ""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    audio: bytearray = field(default_factory=bytearray)  # reply audio heard, PCM16 16 kHz
+    audible_at: list[float] = field(default_factory=list)  # when audible reply frames arrived
+    speech_end_at: float | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("type") == kind]
+
+    def play(self, pcm: bytes) -> float:
+        """Queue a clip on the microphone; returns when its speech will have ended."""
+        ahead = self.mic.audio_queued / 32000
+        self.mic.push(pcm)
+        self.speech_end_at = time.monotonic() + ahead + speech_end_s(pcm)
+        return self.speech_end_at
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.channel.send(json.dumps(message))
+
+    def v2v_ms(self) -> float | None:
+        """End of the last clip's speech to the first audible reply frame after it."""
+        if self.speech_end_at is None:
+            return None
+        later = [t for t in self.audible_at if t > self.speech_end_at]
+        return round((later[0] - self.speech_end_at) * 1000, 1) if later else None
+
+    async def wait_for(self, predicate: Any, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {timeout_s} s; events: {[e.get('type') for e in self.events]}")
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        self.mic.stop()
+        await self.pc.close()
+
+
+async def _listen(call: RtcCall, track: Any) -> None:
+    down = Downsampler()
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            pcm = down.convert(await track.recv())
+            call.audio.extend(pcm)
+            if _dbfs(pcm) > AUDIBLE_DBFS:
+                call.audible_at.append(time.monotonic())
+
+
+async def connect(http_url: str, *, language: str = "", token: str = "", session_id: str = "",
+                  timeout_s: float = 30.0) -> RtcCall:
+    """Offer, get the answer, and wait for the connection and `session.started`."""
+    pc = RTCPeerConnection()
+    call = RtcCall(pc, PcmTrack(), pc.createDataChannel("events"))
+    call.channel.on("message", lambda m: call.events.append(json.loads(m)))
+    pc.addTrack(call.mic)
+
+    @pc.on("track")
+    def on_track(track: Any) -> None:
+        call.tasks.append(asyncio.create_task(_listen(call, track)))
+
+    await pc.setLocalDescription(await pc.createOffer())
+    body = {"sdp": pc.localDescription.sdp, "type": "offer", "language": language,
+            "session_id": session_id}
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(timeout=timeout_s) as http:
+        response = await http.post(f"{http_url}/rtc/session", json=body, headers=headers)
+    if response.status_code != 200:
+        await pc.close()
+        raise RuntimeError(f"/rtc/session refused: {response.status_code} {response.text}")
+    answer = response.json()
+    call.session_id = answer["session_id"]
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+    try:
+        await call.wait_for(lambda: call.of("session.started"), timeout_s)
+    except TimeoutError:
+        await call.close()
+        raise
+    return call
