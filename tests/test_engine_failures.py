@@ -10,6 +10,7 @@ Every wait is bounded: a hang fails the test instead of stalling the suite.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
@@ -81,10 +82,8 @@ class RecordingRuntime:
             remaining = deadline - time.monotonic()
             assert remaining > 0, f"nothing came within {timeout_s} s: {self.frames}"
             self._arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), min(remaining, 0.1))
-            except TimeoutError:
-                pass
 
     def final_of(self, request_id: str) -> Callable[[], bool]:
         return lambda: any(getattr(f, "is_final", False) for f in self.frames if f.request_id == request_id)
@@ -99,7 +98,9 @@ def request(rid: str = "r1", *, max_new_tokens: int = 0, prefix: str = "", turn:
                            messages=[ChatMessage("user", "what is the capital of zimbabwe")], prefix=prefix)
 
 
-async def start_llm(engine: Any, settings: Settings | None = None) -> tuple[LlmWorker, RecordingRuntime, asyncio.Task[None]]:
+async def start_llm(
+    engine: Any, settings: Settings | None = None
+) -> tuple[LlmWorker, RecordingRuntime, asyncio.Task[None]]:
     worker = LlmWorker(engine, settings or Settings(_env_file=None))
     runtime = RecordingRuntime("llm")
     worker.runtime = runtime  # type: ignore[assignment]

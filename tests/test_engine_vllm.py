@@ -64,7 +64,9 @@ class FakeAsyncLLMEngine:
     async def get_tokenizer(self) -> Tokenizer:
         return Tokenizer()
 
-    async def generate(self, prompt: str, params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:
+    async def generate(
+        self, prompt: str, params: SamplingParams, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
         self.calls.append((prompt, params, request_id))
         written = prompt.rsplit(MARK, 1)[1]
         assert REPLY.startswith(written), "the prompt's reply so far is not this model's"
