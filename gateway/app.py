@@ -20,6 +20,7 @@ from gateway.errors import ApiError
 from gateway.guard import Guard
 from gateway.observe import RequestObserver
 from gateway.responses import OrjsonResponse
+from gateway.page import add_page_routes
 from gateway.rest import add_rest_routes
 from gateway.rtc import add_rtc_routes
 from gateway.security import EdgeGuard
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _add_operations(router, bridge, guard)
     add_rest_routes(router, bridge, settings, guard)
     app.include_router(router)
+    add_page_routes(app, settings)  # the browser page: /, /static, /client-config
     add_rtc_routes(app, bridge, settings, guard)  # POST /rtc/session (WebRTC), when enabled
 
     @app.websocket("/ws/audio")

@@ -57,7 +57,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     # are lifted (they are tested on gateways of their own in test_api_auth.py).
     running = Stack(tmp_path_factory.mktemp("stack"), INZWA_RESTART_BUDGET="40",
                     INZWA_LLM_MAX_NEW_TOKENS="48", INZWA_RATE_REQUESTS_PER_MINUTE="0",
-                    INZWA_RATE_CONCURRENT_SESSIONS="0")
+                    INZWA_RATE_CONCURRENT_SESSIONS="0",
+                    INZWA_ENABLE_WEBRTC="true")  # the browser and WebRTC tests use /rtc/session
     try:
         running.start()
         yield running
