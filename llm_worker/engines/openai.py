@@ -13,7 +13,8 @@
   message, with vLLM's `continue_final_message: true, add_generation_prompt: false` so the
   model goes on inside that message. vLLM and llama.cpp's C++ server continue it;
   llama-cpp-python's server ignores the flags and closes the message, so there the model starts
-  a new message after it (see README "Engines").
+  over in a new message: a reply that begins by restating the text already sent has that
+  restatement dropped (`Restated`), so the client never hears it twice (see README "Engines").
 """
 
 from __future__ import annotations
@@ -57,6 +58,29 @@ def _piece(data: str) -> str:
         raise RemoteError(f"server error in stream: {str(chunk['error'])[:200]}", retryable=False)
     choices = chunk.get("choices") or [{}]
     return str((choices[0].get("delta") or {}).get("content") or "")
+
+
+class Restated:
+    """Drops a restatement of the text already sent from the start of a continued reply.
+
+    A server that continues the partial message (vLLM, llama.cpp) yields new text at once, which
+    passes straight through; one that starts over repeats the sent text first, which is held
+    until it is clearly a repeat (dropped) or clearly not (passed on whole)."""
+
+    def __init__(self, sent: str) -> None:
+        self.sent = sent.strip()
+        self.held = ""
+        self.deciding = bool(self.sent)
+
+    def feed(self, piece: str) -> str:
+        if not self.deciding:
+            return piece
+        self.held += piece
+        said = self.held.lstrip()
+        if len(said) < len(self.sent) and self.sent.startswith(said):
+            return ""  # still inside a possible repeat
+        self.deciding = False
+        return said[len(self.sent):] if said.startswith(self.sent) else self.held
 
 
 class OpenAILlm:
@@ -128,10 +152,13 @@ class OpenAILlm:
         said = ""
         for attempt in range(self.retries + 1):
             budget = max_new_tokens - len(said.split())  # roughly: words already sent
+            restated = Restated(prefix + said)
             try:
                 async for piece in self._once(self._body(messages, max(1, budget), prefix + said)):
-                    said += piece
-                    yield piece
+                    new = restated.feed(piece)
+                    if new:
+                        said += new
+                        yield new
                 return
             except (httpx.TransportError, RemoteError) as exc:
                 retryable = not isinstance(exc, RemoteError) or exc.retryable
