@@ -19,8 +19,8 @@ from gateway.bridge import Bridge
 from gateway.errors import ApiError
 from gateway.guard import Guard
 from gateway.observe import RequestObserver
-from gateway.responses import OrjsonResponse
 from gateway.page import add_page_routes
+from gateway.responses import OrjsonResponse
 from gateway.rest import add_rest_routes
 from gateway.rtc import add_rtc_routes
 from gateway.security import EdgeGuard

@@ -10,8 +10,9 @@ One pure ASGI middleware (`EdgeGuard`) in front of every route:
 - authentication from the `Authorization` header before the body (an unauthenticated 200 MB
   POST costs nothing); the principal is handed to the routes in `scope["state"]`;
 - a JSON body cap: Content-Length over `max_json_bytes` is refused at once, a chunked body is
-  counted as it arrives and refused when it passes the cap. Upload routes stream their own
-  (larger, capped) bodies themselves.
+  counted as it arrives and refused when it passes the cap; JSON nested deeper than 32 levels
+  is refused too (parsers recurse per level). Upload routes stream their own (larger, capped)
+  bodies themselves.
 
 WebSocket refusals are sent before `accept`, which uvicorn answers with HTTP 403.
 """
@@ -43,6 +44,49 @@ UPLOAD_PATHS: set[str] = {"/v1/asr", "/v1/audio/transcriptions"}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PRINCIPAL_KEY = "inzwa_principal"
+
+
+MAX_JSON_DEPTH = 32  # arrays/objects inside each other; our requests need 4
+
+
+def json_too_deep(text: str | bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when JSON nests arrays/objects deeper than `limit` (brackets in strings do not count).
+
+    Parsers recurse per level: Python's json and msgspec raise RecursionError on a few thousand
+    levels, which a 4 KiB control message or a 64 KiB body can hold. Checking first turns that
+    into a clean "invalid message" instead of an unexpected exception. Linear, and skipped
+    outright when there are not even `limit` opening brackets.
+    """
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    depth, in_string, escaped = 0, False, False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
+
+
+def check_control_depth(text: str) -> None:
+    """For `gateway.protocol.parse_client_message`: a control message nested too deeply is a
+    `bad_message` (valid JSON, not a control message), not a crash in the decoder."""
+    from gateway.protocol import ProtocolError
+
+    if json_too_deep(text):
+        raise ProtocolError("bad_message", f"control message nests deeper than {MAX_JSON_DEPTH} levels")
 
 
 def register_upload_path(path: str) -> None:
@@ -149,8 +193,13 @@ class EdgeGuard:
             await self.app(scope, receive, send)
             return
         body = await self._capped_body(scope, receive, send)
-        if body is not None:
-            await self.app(scope, _replay(body, receive), send)
+        if body is None:
+            return
+        if json_too_deep(body):
+            await _respond(scope, receive, send, 422, "invalid_request",
+                           f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels", {})
+            return
+        await self.app(scope, _replay(body, receive), send)
 
     async def _capped_body(self, scope: Scope, receive: Any, send: Any) -> bytes | None:
         """The whole body when within the cap; else a 413 is sent and None returned."""

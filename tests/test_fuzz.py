@@ -10,6 +10,7 @@ import contextlib
 import json
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -94,3 +95,44 @@ def test_uploads_parse_or_fail_with_a_codec_error(data: bytes, raw_rate: int | N
         assert str(exc)
     else:
         assert len(pcm) % 2 == 0 and rate > 0
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    return 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES, st.integers(0, 6))
+def test_json_depth_check_matches_the_real_depth(value: object, limit: int) -> None:
+    from gateway.security import json_too_deep
+
+    text = json.dumps(value)
+    assert json_too_deep(text, limit) is (_depth(value) > limit)
+    assert json_too_deep(text.encode(), limit) is (_depth(value) > limit)
+
+
+def test_brackets_inside_strings_do_not_count() -> None:
+    from gateway.security import json_too_deep
+
+    assert not json_too_deep(json.dumps({"text": "[[[[{{{{" * 50 + '\\"]'}), 4)
+    assert json_too_deep("[" * 40 + "]" * 40)
+
+
+@pytest.mark.parametrize("text", [
+    '{"type": "start", "codec": ' + "[" * 2000 + "]" * 2000 + "}",
+    '{"type": "start", "extra": ' + '{"a":' * 650 + "1" + "}" * 650 + "}",
+    "[" * 2000 + "]" * 2000,
+])
+def test_a_deeply_nested_control_message_is_a_bad_message(text: str) -> None:
+    """What `parse_client_message` should run first (see gateway/security.check_control_depth):
+    msgspec recurses per level and raises RecursionError on such input."""
+    from gateway.security import check_control_depth
+
+    with pytest.raises(ProtocolError) as caught:
+        check_control_depth(text)
+        parse_client_message(text)
+    assert caught.value.code in ("bad_message", "message_too_large")

@@ -595,3 +595,23 @@ def test_safety_bypasses_are_refused_and_counted(stack: Stack) -> None:
         assert healthy.status_code == 200 and healthy.json()["message"]["content"] not in ("", REFUSAL)
     # Counted in the orchestrator process, scraped through the gateway: one per refused chat.
     assert _safety_count(stack, "weapons") == before + len(BYPASSES)
+
+
+def test_forwarding_headers_count_only_from_a_trusted_proxy(tmp_path: Path) -> None:
+    """From a configured proxy the forwarded address is the client (here: a remote one, which an
+    anonymous gateway refuses); from anybody else the header is ignored."""
+    forwarded = {"X-Forwarded-For": "203.0.113.5"}
+    with gateway_process(tmp_path) as plain:
+        ignored = httpx.get(f"{plain.http}/v1/sessions/{uuid.uuid4()}", headers=forwarded, timeout=10)
+        assert ignored.status_code == 404, ignored.text  # still the loopback caller it really is
+    with gateway_process(tmp_path, INZWA_TRUSTED_PROXIES="127.0.0.1") as proxied:
+        honoured = httpx.get(f"{proxied.http}/v1/sessions/{uuid.uuid4()}", headers=forwarded, timeout=10)
+        assert honoured.status_code == 403 and honoured.json()["error"] == "loopback_only", honoured.text
+
+
+def test_deeply_nested_json_is_an_invalid_request(keyed_gateway: GatewayProcess) -> None:
+    body = '{"messages": [{"role": "user", "content": "hi", "x": ' + "[" * 5000 + "]" * 5000 + "}]}"
+    response = httpx.post(f"{keyed_gateway.http}/v1/chat", content=body, timeout=10,
+                          headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert response.status_code == 422 and response.json()["error"] == "invalid_request", response.text
+    assert "nests deeper" in response.json()["message"]
