@@ -51,6 +51,7 @@ class TalkResult:
     asr_final_ms: float | None = None
     first_token_ms: float | None = None
     partial_lags_ms: list[float] = field(default_factory=list)  # receipt - audio time of its end
+    metrics: dict[str, Any] = field(default_factory=dict)  # the server's turn.metrics event
     completed: bool = False
 
     def summary(self) -> dict[str, Any]:
@@ -63,6 +64,7 @@ class TalkResult:
             "asr_final_ms": _round(self.asr_final_ms),
             "llm_first_token_ms": _round(self.first_token_ms),
             "partials": len(self.partials),
+            "server_metrics": self.metrics,
             "completed": self.completed,
             "errors": self.errors,
         }
@@ -151,6 +153,8 @@ class Talker:
         elif kind == "tts.end":
             self.result.reply_text = event.get("text", "")
             self.result.completed = True
+        elif kind == "turn.metrics" and self.result.completed:
+            self.result.metrics = event  # sent right after tts.end: the turn's last event
             return True
         return False
 
@@ -160,5 +164,5 @@ async def talk(path: str | Path, url: str, *, out: str | Path | None = None,
     talker = Talker(load_clip(path), realtime=realtime)
     result = await talker.run(url, language=language, timeout_s=timeout_s)
     if out is not None:
-        Path(out).write_bytes(wav_bytes(bytes(result.reply_audio)))
+        await asyncio.to_thread(Path(out).write_bytes, wav_bytes(bytes(result.reply_audio)))
     return result

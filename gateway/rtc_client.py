@@ -41,10 +41,27 @@ class RtcCall:
     channel: Any
     session_id: str = ""
     events: list[dict[str, Any]] = field(default_factory=list)
+    event_at: list[float] = field(default_factory=list)  # when each event arrived
     audio: bytearray = field(default_factory=bytearray)  # reply audio heard, PCM16 16 kHz
     audible_at: list[float] = field(default_factory=list)  # when audible reply frames arrived
+    reply_from: int | None = None  # offset in `audio` of the first audible reply frame
     speech_end_at: float | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def on_message(self, message: str | bytes) -> None:
+        self.events.append(json.loads(message))
+        self.event_at.append(time.monotonic())
+
+    def at(self, event: dict[str, Any]) -> float:
+        return self.event_at[next(i for i, e in enumerate(self.events) if e is event)]
+
+    def reply_audio(self) -> bytes:
+        """The audio received from the first audible reply frame on."""
+        return bytes(self.audio[self.reply_from or 0 :]) if self.reply_from is not None else b""
+
+    def heard_s(self) -> float:
+        """Seconds of audible reply received so far."""
+        return len(self.audible_at) * 0.02
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("type") == kind]
@@ -85,9 +102,11 @@ async def _listen(call: RtcCall, track: Any) -> None:
     with contextlib.suppress(MediaStreamError):
         while True:
             pcm = down.convert(await track.recv())
-            call.audio.extend(pcm)
             if _dbfs(pcm) > AUDIBLE_DBFS:
                 call.audible_at.append(time.monotonic())
+                if call.reply_from is None:
+                    call.reply_from = len(call.audio)
+            call.audio.extend(pcm)
 
 
 async def connect(http_url: str, *, language: str = "", token: str = "", session_id: str = "",
@@ -95,7 +114,7 @@ async def connect(http_url: str, *, language: str = "", token: str = "", session
     """Offer, get the answer, and wait for the connection and `session.started`."""
     pc = RTCPeerConnection()
     call = RtcCall(pc, PcmTrack(), pc.createDataChannel("events"))
-    call.channel.on("message", lambda m: call.events.append(json.loads(m)))
+    call.channel.on("message", call.on_message)
     pc.addTrack(call.mic)
 
     @pc.on("track")

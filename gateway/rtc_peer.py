@@ -46,6 +46,7 @@ for _reason in ("connect_timeout", "failed", "closed", "media_timeout", "refused
 EVENTS_LABEL = "events"
 INBOX = 32  # control messages waiting on one peer; a flood beyond it is dropped and counted
 PENDING_EVENTS = 256  # events held until the data channel opens
+CLOSE_GOING_AWAY = 1001  # the WebSocket code for the same; WebRTC has no close code
 
 
 def rtc_configuration(settings: Settings) -> RTCConfiguration:
@@ -134,8 +135,8 @@ class RtcPeer:
             if not any(t.kind == "audio" for t in self.pc.getTransceivers()):
                 raise ValueError("the offer has no audio")
             await self.pc.setLocalDescription(await self.pc.createAnswer())
-        except (ValueError, KeyError, TypeError) as exc:  # aiortc reports bad SDP as ValueError
-            raise ApiError(400, "bad_sdp", f"the offer could not be used: {exc}"[:300]) from None
+        except Exception as exc:  # aiortc's SDP parser raises whatever it trips on (client input)
+            raise ApiError(400, "bad_sdp", f"the offer could not be used: {exc!r}"[:300]) from None
         await self.session.open()
         audio_out = {"codec": "opus", "sample_rate": 48000, "frame_ms": 20}
         await self.transport.send_event(self.session.started_event(audio_out))
@@ -156,7 +157,9 @@ class RtcPeer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.ended.wait(), 0.5)
             if time.monotonic() - self.media_at > self.settings.rtc_media_timeout_s:
-                await self.end("media_timeout")
+                limit = self.settings.rtc_media_timeout_s
+                await self.transport.close(error_event(  # said on the channel if it still works
+                    "media_timeout", f"no audio from the client for {limit:g} s"), CLOSE_GOING_AWAY)
 
     async def _on_state(self) -> None:
         state = self.pc.connectionState
