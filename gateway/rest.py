@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from common.frames import (
+    AdminAction,
     AdminReply,
     AudioChunk,
     ChatJob,
@@ -109,7 +110,6 @@ class Jobs:
             raise ApiError(503, "not_ready", "the assistant is starting; try again", {"Retry-After": "2"})
         job_id, queue = self.bridge.open_job()
         frame.session_id = frame.request_id = job_id
-        frame.reply_to = self.settings.egress
         try:
             sent = await self.bridge.send(frame)
         except (UnicodeEncodeError, msgspec.EncodeError):  # validation should have caught these
@@ -232,7 +232,7 @@ _UPLOAD_SCHEMA: dict[str, Any] = {
 }
 
 
-async def _admin(bridge: Bridge, action: str) -> AdminReply:
+async def _admin(bridge: Bridge, action: AdminAction) -> AdminReply:
     reply = await bridge.admin(action)
     if reply is None:
         raise ApiError(503, "orchestrator_unavailable", "the orchestrator did not answer")

@@ -39,7 +39,7 @@ def make_settings(**overrides: object) -> Settings:
     # Every auth field is given so INZWA_* variables of the caller's shell cannot leak in.
     fields: dict[str, object] = {"host": "127.0.0.1", "api_keys": [], "admin_api_keys": [], "jwt_secret": ""}
     fields.update(overrides)
-    return Settings(_env_file=None, **fields)
+    return Settings(_env_file=None, **fields)  # type: ignore[arg-type, call-arg]
 
 
 def authenticator(**overrides: object) -> Authenticator:
@@ -170,7 +170,7 @@ def test_malformed_token_with_jwt_secret() -> None:
 
 def test_alg_none_token_is_refused() -> None:
     claims = {"sub": "mallory", "exp": int(time.time()) + 60, "scope": "admin"}
-    for token in (none_alg_token(claims), jwt.encode(claims, None, algorithm="none")):
+    for token in (none_alg_token(claims), jwt.encode(claims, None, algorithm="none")):  # type: ignore[arg-type]
         error = refused(authenticator(jwt_secret=SECRET), token)
         assert (error.status, error.code) == (401, "invalid_credentials")
 
