@@ -1,4 +1,4 @@
-"""The `inzwa` command: models, run, ctl and talk."""
+"""The `inzwa` command: models, run, ctl, talk and certs."""
 
 from __future__ import annotations
 
@@ -44,15 +44,48 @@ def _ctl(args: argparse.Namespace) -> int:
 
 
 def _talk(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    scheme = "wss" if settings.tls_certfile else "ws"
+    url = args.url or f"{scheme}://{settings.host}:{settings.port}/ws/audio"
+    if args.mic:
+        return _talk_mic(url, args)
+    if not args.file:
+        print("inzwa talk: give a WAV file, or --mic to talk through the microphone", file=sys.stderr)
+        return 2
     from gateway.client import talk
 
-    settings = get_settings()
-    url = args.url or f"ws://{settings.host}:{settings.port}/ws/audio"
     result = asyncio.run(
         talk(args.file, url, out=args.out, language=args.language, timeout_s=args.timeout)
     )
     print(json.dumps(result.summary(), ensure_ascii=False))
     return 0 if result.completed and not result.errors else 1
+
+
+def _talk_mic(url: str, args: argparse.Namespace) -> int:
+    from deploy.mic import MicUnavailable, talk_mic
+
+    try:
+        return asyncio.run(talk_mic(url, language=args.language, barge_in=args.barge_in))
+    except MicUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from deploy.certs import instructions, make_certificate
+
+    try:
+        files = make_certificate(Path(args.out_dir), extra_names=args.name or [], days=args.days,
+                                 force=args.force)
+    except (FileExistsError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(instructions(files, get_settings().port))
+    return 0
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -95,13 +128,24 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--worker", action="append", help="worker identities (default: worker)")
     keys.set_defaults(func=_keys)
 
-    talk = commands.add_parser("talk", help="speak a WAV file to the assistant")
-    talk.add_argument("file")
+    talk = commands.add_parser("talk", help="speak a WAV file (or the microphone: --mic) to the assistant")
+    talk.add_argument("file", nargs="?", default="")
+    talk.add_argument("--mic", action="store_true",
+                      help="talk through the default microphone and speaker (the `mic` extra, PortAudio)")
+    talk.add_argument("--barge-in", action="store_true",
+                      help="with --mic: keep the microphone open while the reply plays (headphones)")
     talk.add_argument("--url", default="")
     talk.add_argument("--out", default=None, help="write the reply audio to this WAV")
     talk.add_argument("--language", default="")
     talk.add_argument("--timeout", type=float, default=60.0)
     talk.set_defaults(func=_talk)
+
+    certs = commands.add_parser("certs", help="make a self-signed TLS pair to try the page on the LAN")
+    certs.add_argument("--out-dir", default=".tls", help="where to write inzwa-cert.pem and inzwa-key.pem")
+    certs.add_argument("--name", action="append", help="another host name or IP for the certificate")
+    certs.add_argument("--days", type=int, default=90)
+    certs.add_argument("--force", action="store_true", help="replace an existing pair")
+    certs.set_defaults(func=_certs)
     return parser
 
 
