@@ -254,6 +254,18 @@ def test_a_200_mb_json_body_is_refused_before_it_is_read(
     assert httpx.get(f"{keyed_gateway.http}/healthz", timeout=10).status_code == 200
 
 
+def test_an_upload_is_authenticated_before_its_body_and_capped(keyed_gateway: GatewayProcess) -> None:
+    with Memory(keyed_gateway.pid) as memory:
+        anonymous = raw_post(keyed_gateway.port, "/v1/asr", size=16 * 1024 * 1024, chunked=True)
+        too_big = raw_post(keyed_gateway.port, "/v1/asr", headers={"Authorization": f"Bearer {KEY}"})
+    memory.report("16 MiB upload without a key, 200 MB upload with one",
+                  statuses=(anonymous.status, too_big.status))
+    assert (anonymous.status, anonymous.body["error"]) == (401, "missing_credentials")
+    assert (too_big.status, too_big.body["error"]) == (413, "upload_too_large")
+    assert anonymous.body_bytes_sent == too_big.body_bytes_sent == 0  # answered on the headers
+    assert memory.growth < MAX_GROWTH_KIB
+
+
 def test_a_body_within_the_cap_still_reaches_the_route(keyed_gateway: GatewayProcess) -> None:
     body = {"messages": [{"role": "user", "content": "hello " * 300}]}  # 1.8 KB: under every cap
     response = httpx.post(f"{keyed_gateway.http}/v1/chat", json=body, timeout=10,
