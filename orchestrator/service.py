@@ -126,22 +126,26 @@ class Orchestrator:
         await stop.wait()
 
     async def _housekeeping(self) -> None:
-        """Ping workers, publish readiness, forget silent instances and gateways."""
         while True:
-            await self._publish(Ping())
-            await self._publish(StackStatus(ready=self.registry.ready_counts(),
-                                            incarnation=self.incarnation))
-            for dead in self.registry.reap():
-                await self._lost(dead.kind, dead.instance_id)
-            for gateway_id in self.gateways.reap():
-                await self._end_gateway_sessions(gateway_id, "gateway_lost")
-            await self.recovery.expire_waits()
-            await self.jobs.expire()
-            await self.admin.expire()
-            for session in list(self.sessions.values()):
-                await self.turns.check_timeouts(session)
-                await self.recovery.check_asr_stall(session, self.settings.asr_stall_s)
+            await self.tick()
             await asyncio.sleep(self.settings.heartbeat_interval_s / 2)
+
+    async def tick(self) -> None:
+        """One round of housekeeping: ping workers, publish readiness, forget silent instances
+        and gateways (ending their sessions), expire waits, jobs and turns."""
+        await self._publish(Ping())
+        await self._publish(StackStatus(ready=self.registry.ready_counts(),
+                                        incarnation=self.incarnation))
+        for dead in self.registry.reap():
+            await self._lost(dead.kind, dead.instance_id)
+        for gateway_id in self.gateways.reap():
+            await self._end_gateway_sessions(gateway_id, "gateway_lost")
+        await self.recovery.expire_waits()
+        await self.jobs.expire()
+        await self.admin.expire()
+        for session in list(self.sessions.values()):
+            await self.turns.check_timeouts(session)
+            await self.recovery.check_asr_stall(session, self.settings.asr_stall_s)
 
     # --- gateways -> orchestrator --------------------------------------------------------------
 
