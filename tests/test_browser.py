@@ -179,3 +179,30 @@ def test_page_config_and_static_files(stack: Any) -> None:
     script = httpx.get(f"{stack.http}/static/app.js", timeout=10)
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     assert httpx.get(f"{stack.http}/static/no-such-file.js", timeout=10).status_code == 404
+
+
+PAGE_KEY = "page-test-key-5d1f3a9c"
+
+
+def test_page_with_credentials_asks_for_a_key_and_says_when_it_is_wrong(
+        stack: Any, playwright: Playwright, tmp_path: Path) -> None:
+    """A gateway with API keys: the page shows its key field, a wrong key gets a plain message,
+    the right one a live session (the key travels in the start message, never in the URL)."""
+    from tests.gateway_thread import running_gateway
+
+    browser = launch(playwright, fake_mic_wav(None, tmp_path / "silence.wav"))
+    try:
+        with running_gateway(stack, api_keys=[PAGE_KEY]) as gateway:
+            page = open_page(browser, gateway, "websocket")
+            assert page.is_visible("#token")
+            page.fill("#token", "not-the-key")
+            page.click("#start")
+            wait_until(page, "window.inzwa.state === 'stopped'", 30)
+            assert [e["code"] for e in hooks(page)["errors"]] == ["invalid_credentials"]
+            assert "not accepted" in page.inner_text("#alert")
+            page.fill("#token", PAGE_KEY)
+            page.click("#start")
+            wait_until(page, "window.inzwa.state === 'live'", 30)
+            page.click("#stop")
+    finally:
+        browser.close()
