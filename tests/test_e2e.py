@@ -175,7 +175,9 @@ def test_a_bad_frame_gets_an_error_and_the_session_goes_on(stack: Stack, bad: st
     assert close_code is None or close_code == 1000  # the server did not end the session
 
 
-OVER_LIMIT_AUDIO = [np.zeros(1600, dtype="<i2").tobytes()] * 310  # 31 s in 100 ms frames > 30 s
+# 31 s in 100 ms frames, sent at once: far faster than real time, so the session's audio budget
+# refuses most of it (a turn over INZWA_MAX_AUDIO_SECONDS is tested in test_ws_session.py).
+OVER_LIMIT_AUDIO = [np.zeros(1600, dtype="<i2").tobytes()] * 310
 BAD_INPUTS = [  # (messages after connecting, the error code the client must get)
     (["{not json"], "bad_json"),
     ([json.dumps({"type": "shout"})], "bad_message"),
@@ -186,7 +188,9 @@ BAD_INPUTS = [  # (messages after connecting, the error code the client must get
     ([START, b"\x00\x00" * 16000], "frame_too_large"),
     ([START, b"\x00\x00\x00"], "odd_frame"),
     ([START, json.dumps({"type": "end_turn", "pad": "x" * 5000})], "message_too_large"),
-    ([START, *OVER_LIMIT_AUDIO], "audio_too_long"),
+    ([START, *OVER_LIMIT_AUDIO], "audio_too_fast"),
+    ([START, json.dumps({"type": "text", "text": " "})], "empty_text"),
+    ([START, json.dumps({"type": "text", "text": "x" * 2001})], "text_too_long"),
     ([START, START], "already_started"),
 ]
 
