@@ -30,8 +30,8 @@ models: $(STAMP)
 run: setup
 	exec $(BIN)/inzwa run
 
-test: setup
-	$(BIN)/python -m pytest -ra
+test: setup lint
+	$(BIN)/python -m pytest -ra --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not e2e and not models"
