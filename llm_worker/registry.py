@@ -6,6 +6,9 @@ when selected: the CPU path never imports vLLM or torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from common.models import engine_module
 from common.settings import Settings
 from llm_worker.interface import LLM
@@ -16,6 +19,12 @@ ENGINES = {
     "openai": "llm_worker.engines.openai",
     "fake": "llm_worker.engines.fake",
 }
+
+
+if TYPE_CHECKING:  # mypy checks every engine against the seam; nothing is imported at run time
+    from llm_worker.engines import fake, llama_cpp, openai, vllm
+
+    _CHECKED: list[Callable[[Settings], LLM]] = [fake.create, llama_cpp.create, openai.create, vllm.create]
 
 
 def load_engine(settings: Settings) -> LLM:

@@ -5,6 +5,9 @@ A new engine is one file in `tts_worker/engines/` plus one line here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from common.models import engine_module
 from common.settings import Settings
 from tts_worker.interface import TTS
@@ -14,6 +17,12 @@ ENGINES = {
     "openai": "tts_worker.engines.openai",
     "fake": "tts_worker.engines.fake",
 }
+
+
+if TYPE_CHECKING:  # mypy checks every engine against the seam; nothing is imported at run time
+    from tts_worker.engines import fake, openai, piper
+
+    _CHECKED: list[Callable[[Settings], TTS]] = [fake.create, openai.create, piper.create]
 
 
 def load_engine(settings: Settings) -> TTS:
