@@ -159,7 +159,7 @@ class Settings(BaseSettings):
     llm_remote_model: str = ""  # the server's model name ("" for servers that serve one model)
     llm_remote_api_key: str = ""
     llm_remote_timeout_s: float = 30.0  # connect/read timeout; a stalled stream errors out
-    llm_remote_retries: int = 2  # retries of a request that failed before its first token
+    llm_remote_retries: int = 2  # retries of a failed request (after text went out: continued)
     llm_concurrency: int = Field(default=4, ge=1, le=256)  # requests at once (remote engines)
     asr_remote_url: str = ""
     asr_remote_model: str = "whisper-1"
