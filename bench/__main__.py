@@ -1,7 +1,8 @@
 """`make bench`: latency of the real stack, and the ASR / streaming comparisons, as JSON.
 
 1. Starts the five-process stack on free loopback ports and streams the synthetic questions in
-   real time over the WebSocket: one session at a time, then 4 concurrent sessions.
+   real time: one session at a time alternately over the WebSocket and WebRTC (aiortc client;
+   `--only-transports` runs just this), then over the WebSocket one at a time and 4 at once.
 2. Stops the stack, then in this process on the same clips and models: stock faster-whisper
    `transcribe()` against Inzwa's ASR path (latency and word error rate), and a sequential
    non-streaming cascade (transcribe all, generate all, synthesize all) for time to first audio.
@@ -18,6 +19,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +38,12 @@ FIXTURES = ROOT.parent / "shared" / "fixtures" / "speech"
 RESULTS = ROOT / "bench" / "results"
 
 
-def pct(values: list[float], q: float) -> float | None:
+def pct(values: Sequence[float | None], q: float) -> float | None:
     clean = [v for v in values if v is not None]
     return None if not clean else round(float(np.percentile(clean, q)), 1)
 
 
-def summarize(values: list[float]) -> dict[str, Any]:
+def summarize(values: Sequence[float | None]) -> dict[str, Any]:
     return {"p50": pct(values, 50), "p95": pct(values, 95), "n": len([v for v in values if v is not None])}
 
 
@@ -86,20 +88,55 @@ async def sessions(url: str, rounds: int, concurrency: int) -> list[TalkResult]:
     return results
 
 
-def stack_figures(rounds: int) -> dict[str, Any]:
+async def rtc_turn(http: str, clip: Path) -> float | None:
+    """One turn over WebRTC: end of speech to the first audible reply frame off the track."""
+    from gateway.rtc_client import connect
+
+    call = await connect(http, language="en")
+    try:
+        call.play(load_clip(clip))
+        await call.wait_for(lambda: call.v2v_ms() is not None or call.of("error"), 90)
+        return call.v2v_ms()
+    finally:
+        await call.close()
+
+
+async def transports(stack: Any, rounds: int) -> dict[str, Any]:
+    """One session at a time, the same clips alternately over the WebSocket and WebRTC, both
+    measured to the first audible reply frame (the WebSocket also to its first byte)."""
+    ws: list[TalkResult] = []
+    rtc: list[float | None] = []
+    for clip in questions() * rounds:
+        ws.append(await one_turn(stack.url, clip))
+        rtc.append(await rtc_turn(stack.http, clip))
+    ws_audible = summarize([r.audible_ms for r in ws])
+    webrtc = summarize(rtc)
+    extra = None if webrtc["p50"] is None or ws_audible["p50"] is None else \
+        round(webrtc["p50"] - ws_audible["p50"], 1)
+    return {"websocket_v2v_ms": summarize([r.v2v_ms for r in ws]), "websocket_audible_ms": ws_audible,
+            "webrtc_audible_ms": webrtc, "webrtc_extra_p50_ms": extra,
+            "failed": sum(1 for r in ws if not r.completed) + sum(1 for v in rtc if v is None)}
+
+
+def stack_figures(rounds: int, only_transports: bool = False) -> dict[str, Any]:
     from tests.stack import Stack
 
     with tempfile.TemporaryDirectory(prefix="inzwa-bench-") as run_dir:
-        stack = Stack(Path(run_dir))
+        stack = Stack(Path(run_dir), INZWA_ENABLE_WEBRTC="true")
         try:
             stack.start()
             asyncio.run(one_turn(stack.url, questions()[0]))  # warm every path once
+            asyncio.run(rtc_turn(stack.http, questions()[0]))
+            figures = {"transports": asyncio.run(transports(stack, rounds))}
+            if only_transports:
+                return figures
             single = asyncio.run(sessions(stack.url, rounds * len(questions()), 1))
             concurrent = asyncio.run(sessions(stack.url, rounds * 2, 4))
             rest = rest_figures(stack.http, FIXTURES / "q_en_capital.wav")
         finally:
             stack.stop()
-    return {"one_session": turn_figures(single), "four_sessions": turn_figures(concurrent), "rest": rest}
+    return {"one_session": turn_figures(single), "four_sessions": turn_figures(concurrent), "rest": rest,
+            **figures}
 
 
 def timed(fn: Any, *args: Any) -> tuple[Any, float]:
@@ -168,8 +205,16 @@ def sequential_baseline(settings: Settings) -> dict[str, Any]:
             "with_end_of_turn_ms": summarize([t + settings.vad_silence_ms for t in totals])}
 
 
+def print_transports(figures: dict[str, Any]) -> None:
+    for name, value in figures.items():
+        if isinstance(value, dict):
+            print(f"{'transports.' + name:<40}{value['p50']!s:>10}{value['p95']!s:>10}")
+    print(f"{'transports.webrtc_extra_p50_ms':<40}{figures['webrtc_extra_p50_ms']!s:>10}")
+
+
 def print_table(report: dict[str, Any]) -> None:
     print(f"{'figure':<40}{'p50':>10}{'p95':>10}")
+    print_transports(report["stack"]["transports"])
     for scope in ("one_session", "four_sessions"):
         for name, value in report["stack"][scope].items():
             if isinstance(value, dict):
@@ -185,7 +230,15 @@ def print_table(report: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=2, help="passes over the question clips")
+    parser.add_argument("--only-transports", action="store_true",
+                        help="only the WebSocket / WebRTC comparison (bench/results/transports.json)")
     args = parser.parse_args()
+    if args.only_transports:
+        figures = stack_figures(args.rounds, only_transports=True)["transports"]
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "transports.json").write_text(json.dumps(figures, indent=2))
+        print_transports(figures)
+        return
     settings = Settings()
     report: dict[str, Any] = {"machine": {"cpus": __import__("os").cpu_count(),
                                           "python": platform.python_version()},

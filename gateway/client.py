@@ -33,6 +33,14 @@ def speech_end_s(pcm: bytes, frame_ms: int = 20) -> float:
     return 0.0 if loud.size == 0 else float((loud[-1] + 1) * frame_ms / 1000)
 
 
+AUDIBLE_DBFS = -50.0  # a reply frame louder than this is speech (comfort noise is ~-63 dBFS)
+
+
+def dbfs(pcm: bytes) -> float:
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64) / 32768.0
+    return float(10 * np.log10(np.mean(samples * samples) + 1e-12)) if samples.size else -120.0
+
+
 def load_clip(path: str | Path) -> bytes:
     pcm, rate = read_wav(path)
     return resample_pcm16(pcm, rate)
@@ -48,6 +56,7 @@ class TalkResult:
     events: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     v2v_ms: float | None = None
+    audible_ms: float | None = None  # end of speech to the first audible reply frame
     asr_final_ms: float | None = None
     first_token_ms: float | None = None
     partial_lags_ms: list[float] = field(default_factory=list)  # receipt - audio time of its end
@@ -126,7 +135,9 @@ class Talker:
             if isinstance(message, bytes):
                 if self.result.v2v_ms is None:
                     self.result.v2v_ms = self._since_speech_end_ms()
-                    if self.until_first_audio:
+                if self.result.audible_ms is None and dbfs(message) > AUDIBLE_DBFS:
+                    self.result.audible_ms = self._since_speech_end_ms()
+                    if self.until_first_audio:  # PCM16 sessions: Opus packets are not samples
                         self.result.completed = True
                         return
                 self.result.reply_audio.extend(message)

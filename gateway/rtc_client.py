@@ -17,19 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from gateway.client import speech_end_s
+from gateway.client import AUDIBLE_DBFS, dbfs, speech_end_s
 from gateway.rtc_media import Downsampler, PcmTrack
-
-AUDIBLE_DBFS = -50.0  # a reply frame louder than this is speech (comfort noise is ~-63 dBFS)
-
-
-def _dbfs(pcm: bytes) -> float:
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64) / 32768.0
-    return float(10 * np.log10(np.mean(samples * samples) + 1e-12)) if samples.size else -120.0
 
 
 @dataclass
@@ -102,7 +94,7 @@ async def _listen(call: RtcCall, track: Any) -> None:
     with contextlib.suppress(MediaStreamError):
         while True:
             pcm = down.convert(await track.recv())
-            if _dbfs(pcm) > AUDIBLE_DBFS:
+            if dbfs(pcm) > AUDIBLE_DBFS:
                 call.audible_at.append(time.monotonic())
                 if call.reply_from is None:
                     call.reply_from = len(call.audio)
