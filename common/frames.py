@@ -429,19 +429,19 @@ def decoder(union: object) -> msgspec.msgpack.Decoder[Any]:
 # Typed decoders, one per socket kind: `decode_x(data)` returns the socket's union, so a handler's
 # `match` is checked against exactly what can arrive.
 def ingress_decoder() -> msgspec.msgpack.Decoder[IngressMessage]:
-    return msgspec.msgpack.Decoder(IngressMessage)  # type: ignore[arg-type]
+    return msgspec.msgpack.Decoder(IngressMessage)
 
 
 def egress_decoder() -> msgspec.msgpack.Decoder[EgressMessage]:
-    return msgspec.msgpack.Decoder(EgressMessage)  # type: ignore[arg-type]
+    return msgspec.msgpack.Decoder(EgressMessage)
 
 
 def control_decoder() -> msgspec.msgpack.Decoder[ControlMessage]:
-    return msgspec.msgpack.Decoder(ControlMessage)  # type: ignore[arg-type]
+    return msgspec.msgpack.Decoder(ControlMessage)
 
 
 def result_decoder() -> msgspec.msgpack.Decoder[ResultMessage]:
-    return msgspec.msgpack.Decoder(ResultMessage)  # type: ignore[arg-type]
+    return msgspec.msgpack.Decoder(ResultMessage)
 
 
 def watchdog_decoder() -> msgspec.msgpack.Decoder[WatchdogMessage]:

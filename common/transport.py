@@ -26,7 +26,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import zmq
@@ -216,7 +216,7 @@ class Sender:
     async def _send(self, data: bytes) -> bool:
         # Polling first keeps the send itself non-blocking: a timeout never cancels a send
         # half-way (which could lose or duplicate a message).
-        if await self.sock.poll(timeout=int(self.patience_s * 1000), flags=zmq.POLLOUT) & zmq.POLLOUT:
+        if await writable(self.sock, self.patience_s):
             try:
                 await self.sock.send(data, flags=zmq.NOBLOCK)
                 return True
@@ -262,11 +262,19 @@ async def _read_with_peer(sock: zmq.asyncio.Socket, decoder: msgspec.msgpack.Dec
         message = _decode(decoder, frame.bytes)
         if message is None:
             continue
-        peer = frame.get("User-Id") if curve else ""
+        peer = str(frame.get("User-Id")) if curve else ""
         try:
             await handler(message, peer)
         except Exception:
             log.exception("handler failed", extra={"frame": type(message).__name__})
+
+
+async def writable(sock: zmq.asyncio.Socket, timeout_s: float) -> bool:
+    """Wait at most `timeout_s` until the socket can take a message (a PUSH with IMMEDIATE: a
+    connected, admitted peer with room)."""
+    # pyzmq's stubs give the asyncio socket the Poller's `poll` signature; this is the socket's.
+    poll = cast(Callable[[int, int], Awaitable[int]], sock.poll)
+    return bool(await poll(int(timeout_s * 1000), zmq.POLLOUT) & zmq.POLLOUT)
 
 
 def _decode(decoder: msgspec.msgpack.Decoder[Any], data: bytes) -> Any:
@@ -314,7 +322,7 @@ def umask_private() -> None:
 async def send(sock: zmq.asyncio.Socket, frame: Frame, *, timeout_s: float = 1.0) -> bool:
     """Send one frame straight on a socket, waiting at most `timeout_s` for the peer; False if
     it did not go. For tests and one-off tools: the processes send through Senders."""
-    if await sock.poll(timeout=int(timeout_s * 1000), flags=zmq.POLLOUT) & zmq.POLLOUT:
+    if await writable(sock, timeout_s):
         try:
             await sock.send(encode(frame), flags=zmq.NOBLOCK)
             return True

@@ -12,6 +12,9 @@ from common.settings import Settings
 from common.transport import private_dir
 
 CONFIG = Path(__file__).with_name("supervisord.conf")
+# Everything the stack creates (logs naming session ids, ipc sockets, metric files) is the
+# service user's alone; set on supervisord itself, so every program and log inherits it.
+STACK_UMASK = 0o077
 PROGRAMS = ("orchestrator", "asr_worker", "llm_worker", "tts_worker", "gateway")
 
 
@@ -51,6 +54,7 @@ def run_foreground(settings: Settings) -> None:
         flush=True,
     )
     command = supervisord_command()
+    os.umask(STACK_UMASK)  # supervisord applies its own umask only when it daemonizes
     os.execve(command[0], command, env)
 
 

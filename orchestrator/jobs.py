@@ -20,6 +20,7 @@ from common.frames import (
     Cancel,
     ChatJob,
     ChatMessage,
+    Envelope,
     ErrorEvent,
     Frame,
     GenerateRequest,
@@ -60,7 +61,7 @@ class Job:
 def work_for(frame: JobFrame, settings: Settings) -> tuple[WorkerKind, GenerateRequest | SynthesizeRequest |
                                                          TranscribeRequest]:
     """The worker request that serves a job, with the job id as its session and request id."""
-    ids = {"session_id": frame.session_id, "request_id": frame.session_id}
+    ids: Envelope = {"session_id": frame.session_id, "turn_id": 0, "request_id": frame.session_id}
     match frame:
         case ChatJob():
             prompt = settings.system_prompt or languages.get(frame.language).system_prompt

@@ -17,7 +17,14 @@ from pathlib import Path
 import httpx
 
 from common.settings import Settings
-from deploy.stack import PROGRAMS, ctl_args, fresh_metrics_dir, stack_env, supervisord_command
+from deploy.stack import (
+    PROGRAMS,
+    STACK_UMASK,
+    ctl_args,
+    fresh_metrics_dir,
+    stack_env,
+    supervisord_command,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ZMQ_PORTS = 40  # ports above the base that the stack may bind
@@ -75,7 +82,7 @@ class Stack:
         log = (self.run_dir / "stack.out").open("wb")
         self.process = subprocess.Popen(
             supervisord_command(), env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, umask=STACK_UMASK,  # as `inzwa run`: its files are private
         )
         if wait:
             self.wait_ready(timeout_s)

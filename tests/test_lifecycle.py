@@ -122,3 +122,61 @@ def test_a_gateway_restart_tells_clients_to_try_again(stack: Stack, fixtures_dir
     stack.wait_ready(60)
     result = asyncio.run(talk(fixtures_dir / "q_en_capital.wav", stack.url, timeout_s=90))
     assert result.completed and not result.errors, result.summary()
+
+
+def test_a_killed_gateway_has_its_sessions_ended(stack: Stack, tmp_path: Path) -> None:
+    """kill -9 of a real `python -m gateway`: it can say nothing, so the orchestrator must notice
+    its heartbeats stop and end its sessions (seen from another gateway: an admin history
+    request finds the session before the kill, and not after)."""
+    from common.settings import Settings
+    from gateway.bridge import Bridge
+    from tests.stack import free_port
+
+    port = free_port()
+    env = {**stack.env, "INZWA_PORT": str(port), "INZWA_GATEWAY_ID": "gw-doomed"}
+    log = (tmp_path / "doomed.log").open("wb")
+    process = subprocess.Popen([stack.env["INZWA_PYTHON"], "-m", "gateway"], env=env, cwd=ROOT,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    observer_settings = Settings(_env_file=None, run_dir=stack.run_dir, gateway_id="gw-observer")
+
+    async def scenario() -> tuple[bool, bool, float]:
+        observer = Bridge(observer_settings)
+        await observer.start()
+        try:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws/audio") as ws:
+                await ws.send(START)
+                session_id = json.loads(await ws.recv())["session_id"]
+                before = await observer.history(session_id, admin=True)
+                os.kill(process.pid, signal.SIGKILL)
+                killed_at = time.monotonic()
+                while time.monotonic() - killed_at < 30:
+                    after = await observer.history(session_id, admin=True)
+                    if after is not None and not after.found:
+                        break
+                    await asyncio.sleep(0.5)
+                return (before is not None and before.found, after is not None and after.found,
+                        time.monotonic() - killed_at)
+        finally:
+            await observer.stop()
+
+    try:
+        deadline = time.monotonic() + 60
+        while not _ready(port):
+            assert process.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "doomed.log").read_text()[-2000:]
+            time.sleep(0.3)
+        found_before, found_after, elapsed_s = asyncio.run(scenario())
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    assert found_before  # the control: the orchestrator held the session while its gateway lived
+    assert not found_after, f"still live {elapsed_s:.1f} s after the kill"
+    print(f"session ended {elapsed_s:.1f} s after kill -9 of its gateway")
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
