@@ -146,7 +146,11 @@ def test_a_killed_gateway_has_its_sessions_ended(stack: Stack, tmp_path: Path) -
             async with websockets.connect(f"ws://127.0.0.1:{port}/ws/audio") as ws:
                 await ws.send(START)
                 session_id = json.loads(await ws.recv())["session_id"]
-                before = await observer.history(session_id, admin=True)
+                for _ in range(20):  # its SessionStart and our request travel on different sockets
+                    before = await observer.history(session_id, admin=True)
+                    if before is not None and before.found:
+                        break
+                    await asyncio.sleep(0.5)
                 os.kill(process.pid, signal.SIGKILL)
                 killed_at = time.monotonic()
                 while time.monotonic() - killed_at < 30:
