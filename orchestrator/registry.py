@@ -18,7 +18,6 @@ from common.transport import Sender
 
 log = logging.getLogger(__name__)
 
-KINDS = WORKER_KINDS  # (kept for importers)
 
 
 @dataclass

@@ -6,10 +6,12 @@ import msgspec
 import pytest
 
 from common.frames import (
+    WORKER_KINDS,
     AudioChunk,
     AudioIn,
     ChatMessage,
     EgressMessage,
+    GatewayHeartbeat,
     GenerateRequest,
     Heartbeat,
     IngressMessage,
@@ -20,8 +22,16 @@ from common.frames import (
     TokenChunk,
     TranscriptChunk,
     VadEvent,
+    WarmupDone,
+    WarmupRequest,
+    WorkerExited,
     decoder,
     encode,
+    ingress_decoder,
+    is_worker_kind,
+    reply_envelope,
+    result_decoder,
+    watchdog_decoder,
 )
 
 SID = "5f0c8a52-3f0e-4c1e-9a7e-2b7c4f0d9e11"
@@ -87,3 +97,43 @@ def test_appended_field_keeps_old_frames_decodable() -> None:
     decoded = decoder(EgressMessage).decode(old)
     assert isinstance(decoded, AudioChunk)
     assert decoded.payload == b"\x00\x00" and decoded.is_final is False
+
+
+def test_a_value_outside_its_literal_does_not_decode() -> None:
+    """The vocabulary is checked at the socket: no handler sees an unknown kind or event."""
+
+    class Loose(msgspec.Struct, tag="VadEvent", array_like=True):
+        session_id: str = ""
+        turn_id: int = 0
+        seq: int = 0
+        ts_ns: int = 0
+        request_id: str = ""
+        event: str = ""
+
+    with pytest.raises(msgspec.ValidationError):
+        result_decoder().decode(msgspec.msgpack.encode(Loose(event="speech_stop")))
+    with pytest.raises(msgspec.ValidationError):
+        result_decoder().decode(encode(Ready(kind="gpu")))  # type: ignore[arg-type]
+    assert all(is_worker_kind(k) for k in WORKER_KINDS) and not is_worker_kind("gateway")
+
+
+def test_worker_deaths_are_not_accepted_on_the_results_socket() -> None:
+    """Only the watchdog's own socket decodes WorkerExited (a worker cannot forge one)."""
+    data = encode(WorkerExited(kind="llm", program="llm_worker"))
+    with pytest.raises(msgspec.ValidationError):
+        result_decoder().decode(data)
+    assert watchdog_decoder().decode(data) == WorkerExited(kind="llm", program="llm_worker")
+
+
+def test_reply_envelope_answers_the_request() -> None:
+    request = WarmupRequest(session_id=SID, turn_id=3, request_id="w9", seq=7)
+    answer = WarmupDone(**reply_envelope(request), kind="tts", elapsed_ms=1.5)
+    assert (answer.session_id, answer.turn_id, answer.request_id, answer.seq) == (SID, 3, "w9", 0)
+
+
+def test_gateway_heartbeats_and_claims_ride_ingress() -> None:
+    beat = GatewayHeartbeat(gateway_id="gw1", incarnation="abc")
+    assert ingress_decoder().decode(encode(beat)) == beat
+    old = encode(SessionStart(session_id=SID, reply_to="tcp://x:1"))  # an older gateway's start
+    decoded = ingress_decoder().decode(old)
+    assert isinstance(decoded, SessionStart) and decoded.gateway_id == ""

@@ -11,6 +11,7 @@ from typing import Any
 
 from common import transport
 from common.frames import (
+    WORKER_KINDS,
     AdminReply,
     AdminRequest,
     AudioChunk,
@@ -203,7 +204,7 @@ def test_warmup_asks_every_instance_and_reports_their_times() -> None:
     async def scenario(h: Harness) -> None:
         await transport.send(h.ingress, AdminRequest(request_id="w1", action="warmup",
                                                      reply_to=h.settings.egress))
-        for kind in ("asr", "llm", "tts"):
+        for kind in WORKER_KINDS:
             asked = await h.worker_got(kind)
             assert isinstance(asked, WarmupRequest) and asked.request_id == "w1"
             await h.result(WarmupDone(request_id="w1", kind=kind, instance_id=f"{kind}-fake",
