@@ -105,7 +105,7 @@ class AudioBudget:
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
-        if self.tokens < seconds:
+        if self.tokens + 1e-9 < seconds:  # float sums of 20 ms frames fall a hair short
             return False
         self.tokens -= seconds
         return True

@@ -123,3 +123,86 @@ def test_a_failed_session_raises_with_its_close_code() -> None:
         assert caught.value.close_code == 1012
 
     asyncio.run(main())
+
+
+# --- the WebRTC reply track, the audio budget, the turn figures -----------------------------------
+
+
+def test_the_track_plays_queued_audio_in_real_time_and_marks_when_it_is_out() -> None:
+    from gateway.rtc_media import PcmTrack
+
+    async def main() -> None:
+        track = PcmTrack()
+        fired: list[str] = []
+
+        async def heard() -> None:
+            fired.append("phrase")
+
+        track.push(FRAME * 3)  # 60 ms
+        track.mark(heard)
+        started = time.monotonic()
+        frames = [await track.recv() for _ in range(5)]
+        elapsed = time.monotonic() - started
+        assert [f.samples for f in frames] == [320] * 5 and frames[0].sample_rate == 16000
+        assert [bool(f.to_ndarray().any()) for f in frames] == [True, True, True, False, False]
+        assert 0.06 <= elapsed < 1.0  # frames 2..5 wait for their time
+        action = await asyncio.wait_for(track.next_due(), 1)
+        await action()
+        assert fired == ["phrase"]
+        track.stop()
+
+    asyncio.run(main())
+
+
+def test_clearing_the_track_drops_its_audio_and_the_marks_waiting_for_it() -> None:
+    from gateway.rtc_media import PcmTrack
+
+    async def main() -> None:
+        track = PcmTrack()
+
+        async def never() -> None:
+            raise AssertionError("a mark for dropped audio fired")
+
+        track.push(FRAME * 50)
+        track.mark(never)
+        await track.recv()
+        track.clear()
+        assert not (await track.recv()).to_ndarray().any()  # silence at once
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(track.next_due(), 0.2)
+        track.stop()
+
+    asyncio.run(main())
+
+
+def test_the_audio_budget_allows_a_burst_then_real_time_times_the_rate() -> None:
+    from gateway.session import AudioBudget
+
+    budget = AudioBudget(rate=1.2, burst_s=1.0)
+    taken = sum(budget.take(0.1) for _ in range(30))  # 3 s offered at once
+    assert taken == 10  # the burst, no more
+    budget.at -= 1.0  # a second later: 1.2 s more
+    assert sum(budget.take(0.1) for _ in range(30)) == 10  # refilled only up to the burst
+    assert AudioBudget(rate=0, burst_s=1.0).take(100.0)  # 0: unlimited
+
+
+def test_turn_metrics_are_measured_from_the_end_of_speech() -> None:
+    from gateway.latency import AudioClock, TurnMetrics
+
+    clock = AudioClock()
+    metrics = TurnMetrics(clock)
+    for _ in range(50):  # one second of audio, all received now
+        clock.received(640)
+    metrics.observe(TranscriptChunk(turn_id=1, text="hi", is_final=True, end_ms=1000))
+    metrics.observe(TokenChunk(turn_id=3, token="Hello"))
+    metrics.observe(AudioChunk(turn_id=3, payload=FRAME))
+    event = metrics.finish(3, interrupted=False)
+    figures = [event[k] for k in ("asr_final_ms", "first_token_ms", "first_audio_ms")]
+    assert all(isinstance(v, float) and 0 <= v < 1000 for v in figures), event
+    assert event["turn_id"] == 3 and event["interrupted"] is False
+    # a typed turn is measured from when its text went out; no audio clock involved
+    metrics.typed()
+    metrics.observe(TranscriptChunk(turn_id=4, text="typed", is_final=True, confidence=1.0))
+    event = metrics.finish(4, interrupted=True)
+    assert isinstance(event["asr_final_ms"], float) and event["first_token_ms"] is None
+    assert event["interrupted"] is True
