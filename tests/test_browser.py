@@ -10,6 +10,7 @@ page's own audio graph played, and the latency it felt. Chromium comes from the 
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import time
 import wave
@@ -40,16 +41,24 @@ if not Path(CHROMIUM).exists():
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright  # noqa: E402
 
 
-def fake_mic_wav(source: Path | None, out: Path) -> Path:
-    """A fixture question (or nothing) padded with silence, as 48 kHz mono PCM16."""
-    if source is None:
-        speech = np.zeros(0, dtype=np.int16)
-    else:
-        pcm, rate = read_wav(source)
-        speech = np.frombuffer(pcm, dtype=np.int16)
-        speech = soxr.resample(speech, rate, FAKE_MIC_RATE).astype(np.int16)
-    silence = lambda seconds: np.zeros(int(seconds * FAKE_MIC_RATE), dtype=np.int16)  # noqa: E731
-    samples = np.concatenate([silence(LEAD_S), speech, silence(TAIL_S)])
+def _silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * FAKE_MIC_RATE), dtype=np.int16)
+
+
+def _speech(source: Path) -> np.ndarray:
+    pcm, rate = read_wav(source)
+    return soxr.resample(np.frombuffer(pcm, dtype=np.int16), rate, FAKE_MIC_RATE).astype(np.int16)
+
+
+def fake_mic_wav(source: Path | None, out: Path, *, then: tuple[float, Path] | None = None) -> Path:
+    """A fixture question (or nothing) padded with silence, as 48 kHz mono PCM16; `then`: after
+    that many seconds of silence, a second clip."""
+    parts = [_silence(LEAD_S)]
+    if source is not None:
+        parts.append(_speech(source))
+    if then is not None:
+        parts += [_silence(then[0]), _speech(then[1])]
+    samples = np.concatenate([*parts, _silence(TAIL_S)])
     with wave.open(str(out), "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(2)
@@ -136,8 +145,9 @@ def test_spoken_question_in_the_browser(stack: Any, playwright: Playwright, fixt
         page = open_page(browser, stack, transport)
         page.click("#start")
         state = wait_for_reply(page)
-        heard = state["transcript"].lower()
-        assert "capital" in heard and "zimbabwe" in heard, state["transcript"]
+        # Whisper base hears the name as "Zimbabwe" or "the bomb we" after Opus: the plain words decide
+        heard = set(re.findall(r"[a-z]+", state["transcript"].lower()))
+        assert {"what", "capital", "city"} <= heard, state["transcript"]
         assert_reply_heard(state, transport)
         if transport == "websocket":  # the page's own player: it cannot play more than it got
             assert state["reply_seconds_played"] <= state["reply_seconds_received"] + 0.1, state
@@ -204,5 +214,57 @@ def test_page_with_credentials_asks_for_a_key_and_says_when_it_is_wrong(
             page.click("#start")
             wait_until(page, "window.inzwa.state === 'live'", 30)
             page.click("#stop")
+    finally:
+        browser.close()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "webrtc"])
+def test_speaking_over_the_reply_interrupts_it(stack: Any, playwright: Playwright, fixtures_dir: Path,
+                                              tmp_path: Path, transport: str) -> None:
+    """A long answer, interrupted by a second question ~3 s into it (headphones: interrupting on):
+    the page flushes what it had buffered, shows the cut, and answers the second question."""
+    mic = fake_mic_wav(fixtures_dir / "q_en_long.wav", tmp_path / "mic.wav",
+                       then=(4.0, fixtures_dir / "q_en_weather.wav"))
+    browser = launch(playwright, mic)
+    try:
+        page = open_page(browser, stack, transport)
+        page.check("#barge-in")
+        page.click("#start")
+        wait_until(page, "window.inzwa.replies_cut >= 1 && window.inzwa.replies_ended >= 1", TURN_TIMEOUT_S)
+        time.sleep(1.0)
+        state = hooks(page)
+        assert state["errors"] == [], state["errors"]
+        assert page.locator(".cut-mark").count() == 1  # the interrupted reply is marked as cut
+        assert any(row.get("interrupted") for row in state["turns"]), state["turns"]
+        assert "tomorrow" in state["transcript"].lower(), state["transcript"]  # the second question
+        if transport == "websocket":  # the page's own jitter buffer: emptied at once, nothing after
+            assert len(state["cuts"]) == 1 and state["cuts"][0]["played_after_s"] == 0, state["cuts"]
+        save_screenshot(page, tmp_path, f"browser-barge-in-{transport}")
+    finally:
+        browser.close()
+
+
+def test_push_to_talk_hears_only_while_held(stack: Any, playwright: Playwright, fixtures_dir: Path,
+                                            tmp_path: Path) -> None:
+    """Push-to-talk: the microphone sends silence until the button is held; letting go in the middle
+    of the question sends end_turn, and the rest of the question is never heard."""
+    browser = launch(playwright, fake_mic_wav(fixtures_dir / "q_en_capital.wav", tmp_path / "mic.wav"))
+    try:
+        page = open_page(browser, stack, "websocket")
+        page.check("#ptt")
+        page.click("#start")
+        wait_until(page, "window.inzwa.state === 'live'", 30)
+        assert hooks(page)["mic_muted"] is True
+        page.hover("#hold")
+        page.mouse.down()  # before the question starts (LEAD_S after Start)
+        # Let go ~0.8 s into the speech the page sent ("What is the…"); "Zimbabwe" comes ~2 s in.
+        wait_until(page, "window.inzwa.speech_sent_s >= 0.8", 30)
+        page.mouse.up()
+        state = wait_for_reply(page)
+        assert state["sent"].get("end_turn") == 1, state["sent"]
+        heard = state["transcript"].lower()
+        print(f"push-to-talk: heard {state['transcript']!r}, felt latency {state['last_latency_ms']} ms")
+        assert heard and "zimbabwe" not in heard, state["transcript"]
+        assert_reply_heard(state, "websocket")
     finally:
         browser.close()

@@ -22,7 +22,7 @@ function freshHooks(app) {
     transcript: '', partial: '', reply: '',
     reply_bytes_received: 0, reply_seconds_received: 0, reply_seconds_played: 0,
     last_latency_ms: null, turns: [], errors: [], notices: [], events: 0,
-    replies_ended: 0, replies_cut: 0,
+    replies_ended: 0, replies_cut: 0, cuts: [], sent: {}, speech_sent_s: 0,
     mic_muted: false, echo_cancels_all: false,
     start: () => app.start(), stop: () => app.stop(), say: (text) => app.sendText(text),
   };
@@ -49,6 +49,7 @@ class App {
     this.pttHeld = false;
     this.pttReleaseT = null;
     this.typedEndT = null;
+    this.audioCancelled = false;
     this.stopping = false;
     this.turnCount = 0;
     this.rows = new Map();
@@ -142,7 +143,7 @@ class App {
     this.applyMute();
     if (!down && this.transport) {
       this.pttReleaseT = this.engine.now();
-      this.transport.send({ type: 'end_turn' });
+      this.send({ type: 'end_turn' });
     }
   }
 
@@ -249,12 +250,14 @@ class App {
     ui.showLevel(frame.level);
     const muted = this.muted();
     if (!muted) this.speech.frame(frame.level, frame.t);
+    if (!muted && this.speech.speaking && this.hooks.state === 'live') this.hooks.speech_sent_s += 0.02;
     if (!this.transport || this.hooks.state !== 'live' || this.transport.kind !== 'websocket') return;
     // Muted frames still go out, as silence: the server's audio clock keeps running true.
     this.transport.sendAudio(muted ? new Int16Array(frame.pcm.byteLength / 2).buffer : frame.pcm);
   }
 
   onAudio(data) {
+    if (this.audioCancelled) return; // a cancelled reply's audio still in flight is never played
     this.hooks.reply_bytes_received += data.byteLength;
     this.hooks.reply_seconds_received = this.hooks.reply_bytes_received / 2 / (this.outRate || 16000);
     if (this.output instanceof PcmPlayer) this.output.push(data);
@@ -266,9 +269,21 @@ class App {
     } else if (report.type === 'first') {
       const felt = this.latency.firstSound(String(report.id), report.t, this.engine.outputLatency());
       if (felt !== null) this.recordTurn(String(report.id), { felt_ms: felt });
+    } else if (report.type === 'flushed') {
+      this.recordCut(report);
     } else if (report.type === 'drained' && this.replyEnded) {
       this.replyFinished(REPLY_TAIL_S);
     }
+  }
+
+  // What a flush dropped, and (checked half a second later) that nothing more of it played.
+  recordCut(report) {
+    const cut = { dropped_ms: Math.round(report.dropped_ms), played_after_s: null };
+    this.hooks.cuts.push(cut);
+    setTimeout(() => {
+      const stats = this.output ? this.output.stats : {};
+      if (Number.isFinite(stats.voiced_s)) cut.played_after_s = stats.voiced_s - report.voiced_s;
+    }, 500);
   }
 
   replyFinished(afterS) {
@@ -302,6 +317,7 @@ class App {
   }
 
   onReplyStart(key) {
+    this.audioCancelled = false;
     this.replyActive = true;
     this.replyEnded = false;
     clearTimeout(this.unmuteTimer);
@@ -311,6 +327,7 @@ class App {
   }
 
   onReplyEnd(cancelled) {
+    this.audioCancelled = cancelled;
     if (cancelled && this.output instanceof PcmPlayer) this.output.flush();
     this.replyEnded = true;
     if (cancelled) this.replyFinished(0);
@@ -345,9 +362,14 @@ class App {
     if (!text || !this.transport || this.hooks.state !== 'live') return false;
     this.transcript.typed(text);
     this.typedEndT = this.engine.now();
-    this.transport.send({ type: 'text', text });
+    this.send({ type: 'text', text });
     $('message').value = '';
     return true;
+  }
+
+  send(message) {
+    this.transport.send(message);
+    this.hooks.sent[message.type] = (this.hooks.sent[message.type] || 0) + 1;
   }
 
   async refreshFigures() {

@@ -155,10 +155,11 @@ class PlayerProcessor extends AudioWorkletProcessor {
   }
 
   flush() {
+    const droppedMs = 1000 * this.buffered() / this.inRate;
     this.read = this.write;
     this.playing = false;
     this.waitedS = 0;
-    this.port.postMessage({ type: 'flushed', t: currentTime });
+    this.port.postMessage({ type: 'flushed', t: currentTime, dropped_ms: droppedMs, voiced_s: this.meter.voicedS });
   }
 
   buffered() { return this.write - Math.floor(this.read); }
