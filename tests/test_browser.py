@@ -9,18 +9,25 @@ page's own audio graph played, and the latency it felt. Chromium comes from the 
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import math
 import re
 import shutil
+import ssl
+import threading
 import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import soxr
+import uvicorn
 
 from common.audio import read_wav
 
@@ -73,14 +80,17 @@ def playwright() -> Iterator[Playwright]:
         yield driver
 
 
-def launch(playwright: Playwright, mic_wav: Path) -> Browser:
+def launch(playwright: Playwright, mic_wav: Path, *, allow_mic: bool = True,
+           extra_args: tuple[str, ...] = ()) -> Browser:
+    """Chromium with a fake microphone playing `mic_wav`; the fake permission UI says yes to it
+    unless `allow_mic` is False (then headless Chromium denies, as a person clicking Block would)."""
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
         "--no-sandbox", "--disable-gpu", "--headless",
-        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={mic_wav}",
+        *(["--use-fake-ui-for-media-stream"] if allow_mic else []),
+        "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={mic_wav}",
         "--disable-features=WebRtcHideLocalIpsWithMdns",  # plain loopback ICE candidates
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--no-first-run",
+        "--no-first-run", *extra_args,
     ])
 
 
@@ -177,8 +187,6 @@ def test_typed_message_gets_a_spoken_reply(stack: Any, playwright: Playwright, t
 
 
 def test_page_config_and_static_files(stack: Any) -> None:
-    import httpx
-
     config = httpx.get(f"{stack.http}/client-config", timeout=10).json()
     assert config["auth_required"] is False
     assert config["webrtc"] is True  # the shared stack runs with INZWA_ENABLE_WEBRTC=true
@@ -266,5 +274,100 @@ def test_push_to_talk_hears_only_while_held(stack: Any, playwright: Playwright, 
         print(f"push-to-talk: heard {state['transcript']!r}, felt latency {state['last_latency_ms']} ms")
         assert heard and "zimbabwe" not in heard, state["transcript"]
         assert_reply_heard(state, "websocket")
+    finally:
+        browser.close()
+
+
+def test_microphone_denied_says_how_to_allow_it(stack: Any, playwright: Playwright, tmp_path: Path) -> None:
+    browser = launch(playwright, fake_mic_wav(None, tmp_path / "silence.wav"), allow_mic=False)
+    try:
+        page = open_page(browser, stack, "websocket")
+        page.click("#start")
+        wait_until(page, "window.inzwa.state === 'stopped'", 30)
+        assert [e["code"] for e in hooks(page)["errors"]] == ["mic"]
+        assert "Microphone access was denied" in page.inner_text("#alert")
+        assert page.is_enabled("#start")  # the person can allow it and press Start again
+    finally:
+        browser.close()
+
+
+def test_page_off_https_says_the_microphone_needs_a_secure_origin(
+        stack: Any, playwright: Playwright, tmp_path: Path) -> None:
+    """Opened as http://<a LAN name>/ (here a name mapped to loopback, which the gateway is told to
+    trust): not a secure context, so the page explains instead of offering Start."""
+    from tests.gateway_thread import running_gateway
+
+    rules = "--host-resolver-rules=MAP inzwa-lan.test 127.0.0.1"
+    browser = launch(playwright, fake_mic_wav(None, tmp_path / "silence.wav"), extra_args=(rules,))
+    try:
+        with running_gateway(stack, trusted_hosts=["inzwa-lan.test"]) as gateway:
+            page = browser.new_page()
+            page.goto(f"http://inzwa-lan.test:{gateway.port}/")
+            wait_until(page, "window.inzwa && window.inzwa.errors.length > 0", 15)
+            assert page.evaluate("window.isSecureContext") is False
+            assert "only on https://" in page.inner_text("#alert")
+            assert page.is_disabled("#start")
+    finally:
+        browser.close()
+
+
+@contextlib.contextmanager
+def tls_gateway(stack: Any, cert: Any, lan_name: str) -> Iterator[str]:
+    """A gateway on the shared stack serving HTTPS/WSS itself with an `inzwa certs` pair; its URL."""
+    from gateway.app import create_app
+    from gateway.server import server_options
+    from tests.gateway_thread import gateway_settings
+
+    settings = gateway_settings(stack, tls_certfile=str(cert.cert), tls_keyfile=str(cert.key),
+                                trusted_hosts=[lan_name])
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port,
+                                           log_config=None, access_log=False, **server_options(settings)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    trusting = ssl.create_default_context(cafile=str(cert.cert))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"https://127.0.0.1:{settings.port}/readyz", verify=trusting).status_code == 200:
+                    break
+            assert time.monotonic() < deadline and thread.is_alive(), "the TLS gateway did not get ready"
+            time.sleep(0.2)
+        yield f"https://{lan_name}:{settings.port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def test_lan_trial_over_https_with_inzwa_certs(stack: Any, playwright: Playwright, fixtures_dir: Path,
+                                               tmp_path: Path) -> None:
+    """The README's LAN trial: `inzwa certs --name <LAN name>`, the gateway on HTTPS/WSS, the page
+    opened by that name from a browser that accepts exactly that certificate (as a person does when
+    they check its fingerprint): a secure context, so the microphone works and a turn completes."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from deploy.certs import make_certificate
+
+    lan_name = "inzwa-lan.test"
+    cert = make_certificate(tmp_path / "tls", extra_names=[lan_name])
+    spki = x509.load_pem_x509_certificate(cert.cert.read_bytes()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    accept = f"--ignore-certificate-errors-spki-list={pin}"
+    rules = f"--host-resolver-rules=MAP {lan_name} 127.0.0.1"
+    browser = launch(playwright, fake_mic_wav(fixtures_dir / "q_en_capital.wav", tmp_path / "mic.wav"),
+                     extra_args=(rules, accept))
+    try:
+        with tls_gateway(stack, cert, lan_name) as url:
+            page = browser.new_page()
+            page.goto(f"{url}/")
+            wait_until(page, "Boolean(window.inzwa && window.inzwa.config)", 15)
+            assert page.evaluate("window.isSecureContext && location.protocol") == "https:"
+            page.select_option("#transport", "websocket")  # wss:// to the same origin
+            page.click("#start")
+            state = wait_for_reply(page)
+            assert "capital" in state["transcript"].lower(), state["transcript"]
+            assert_reply_heard(state, "websocket")
     finally:
         browser.close()

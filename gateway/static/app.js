@@ -92,6 +92,7 @@ class App {
     $('options').addEventListener('submit', (event) => event.preventDefault());
     $('ptt').addEventListener('change', () => this.pushToTalkChanged());
     $('barge-in').addEventListener('change', () => this.applyMute());
+    $('mic').addEventListener('change', () => this.switchMicrophone());
     $('transport').addEventListener('change', () => this.updateEchoHint());
     const hold = $('hold');
     hold.addEventListener('pointerdown', () => this.holdTalk(true));
@@ -389,18 +390,28 @@ class App {
       if (!info.error) this.hooks.errors.push({ code: `close_${info.code}`, message: reason });
       ui.showAlert(reason);
     }
-    this.teardown(expected ? 'Stopped.' : 'Disconnected.');
+    this.closing = this.teardown(expected ? 'Stopped.' : 'Disconnected.');
   }
 
   abort(message) {
     ui.showAlert(message);
-    this.teardown('Stopped.');
+    this.closing = this.teardown('Stopped.');
   }
 
+  // Resolves once everything is released (the transport's close report runs the teardown).
   stop() {
     this.stopping = true;
     if (this.transport) this.transport.stop();
-    else this.teardown('Stopped.');
+    else this.closing = this.teardown('Stopped.');
+    return this.closing;
+  }
+
+  // Another microphone picked mid-session: a fresh session with it (the server's turn state is
+  // per session, and a half-heard utterance from the old microphone is better dropped).
+  async switchMicrophone() {
+    if (!this.transport) return;
+    await this.stop();
+    await this.start();
   }
 
   // Release everything the session held; the figures stay readable in window.inzwa.
