@@ -66,6 +66,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         running.stop()
 
 
+FAKE_ENGINES = {"INZWA_ASR_ENGINE": "fake", "INZWA_LLM_ENGINE": "fake", "INZWA_TTS_ENGINE": "fake"}
+FAKE_TTS_MS_PER_CHAR = 25  # short replies: playback is paced at real time
+
+
+@pytest.fixture(scope="session")
+def fake_stack(tmp_path_factory: pytest.TempPathFactory):
+    """The real five processes, supervisor and watchdog, with the scripted fake engines: for
+    supervision and chaos tests, where what is under test is recovery, not the models. Fakes load
+    at once, so a killed worker is back in about a second instead of a model reload."""
+    from tests.stack import Stack
+
+    running = Stack(tmp_path_factory.mktemp("fake-stack"), **FAKE_ENGINES, INZWA_RESTART_BUDGET="60",
+                    INZWA_FAKE_TTS_MS_PER_CHAR=str(FAKE_TTS_MS_PER_CHAR),
+                    INZWA_RATE_REQUESTS_PER_MINUTE="0", INZWA_RATE_CONCURRENT_SESSIONS="0")
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
 @pytest.fixture(scope="session")
 def llm_engine(settings: Settings):
     """The real GGUF model through llama-cpp-python, loaded once."""

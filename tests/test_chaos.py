@@ -1,6 +1,15 @@
-"""Fault tolerance on the real stack: workers killed mid-turn, a chaos loop, the restart budget.
+"""Fault tolerance of the real processes: workers killed mid-turn, a chaos loop, the restart budget.
 
-Every loop here is bounded in count and time, and every test leaves the shared stack READY.
+These run on the real five processes, supervisord and watchdog with the scripted fake engines
+(`fake_stack`): what is under test is supervision, replay and deduplication, which do not depend
+on the models, and a fake worker is back a second after a kill instead of after a model reload.
+What the old real-model assertions proved is kept with checks that fit scripted engines:
+- "the whole utterance was heard" (the final said "story" and "lion"): the final transcript spans
+  the clip's speech to its end, and it is the script the fake ASR speaks;
+- "the audio says the reply" (Whisper recognised half of its words): the reply audio carries the
+  full length of every phrase the fake voice spoke (its length is proportional to the text), so
+  no phrase audio was lost across the kill, and it is not silent.
+Every loop here is bounded in count and time, and every test leaves the stack READY.
 """
 
 from __future__ import annotations
@@ -13,14 +22,14 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import websockets
 
-from asr_worker.wer import normalize
-from common.audio import pcm16_to_float
-from gateway.client import load_clip
+from common.audio import rms_dbfs
+from common.settings import Settings
+from gateway.client import load_clip, speech_end_s
+from tests.conftest import FAKE_ENGINES, FAKE_TTS_MS_PER_CHAR
 from tests.stack import Stack
 from tests.test_turn_taking import Conversation, silence
 
@@ -54,10 +63,25 @@ def check_turn(talk: Conversation) -> str:
     return reply
 
 
-def intelligible(audio: bytes, reply: str, whisper_engine: Any) -> float:
-    heard = set(normalize(whisper_engine.transcribe(pcm16_to_float(audio), "en").text).split())
-    said = normalize(reply).split()
-    return sum(word in heard for word in said) / max(1, len(said))
+FAKE = Settings(_env_file=None)  # the fake engines' defaults (the script the fake ASR speaks)
+
+
+def phrase_audio_is_all_there(talk: Conversation, turn_id: int) -> None:
+    """Each phrase the fake voice spoke lasts len(text) * ms_per_char: the reply audio must carry
+    at least all of it (comfort noise may add a little), and be sound, not silence."""
+    phrases = [e["text"] for e in talk.events("tts.phrase") if e["turn_id"] == turn_id]
+    assert phrases, talk.events()
+    expected_s = sum(len(text.strip()) for text in phrases) * FAKE_TTS_MS_PER_CHAR / 1000
+    received_s = talk.audio_bytes() / 2 / 16000
+    assert received_s >= expected_s - 0.04 * len(phrases), (received_s, expected_s, phrases)
+    assert rms_dbfs(bytes(talk.audio)) > -40.0
+
+
+def heard_whole_utterance(talk: Conversation, clip: Path) -> None:
+    final = talk.events("asr.final")[0]
+    assert final["text"] == FAKE.fake_asr_text
+    speech_end_ms = speech_end_s(load_clip(clip)) * 1000
+    assert final["start_ms"] < 1500 and final["end_ms"] >= speech_end_ms - 300, (final, speech_end_ms)
 
 
 async def turn_with_kill(stack: Stack, clip: Path, program: str,
@@ -82,44 +106,43 @@ async def turn_with_kill(stack: Stack, clip: Path, program: str,
     ],
 )
 def test_a_worker_killed_mid_turn_costs_only_a_delay(
-    stack: Stack, fixtures_dir: Path, whisper_engine: Any, program: str, moment: str
+    fake_stack: Stack, fixtures_dir: Path, program: str, moment: str
 ) -> None:
     moments: dict[str, Callable[[Conversation], bool]] = {
         "mid-utterance": lambda t: bool(t.events("asr.partial")),
         "mid-generation": lambda t: len(t.events("llm.partial")) >= 3,
         "mid-phrase": lambda t: t.audio_bytes() > 16000,  # half a second of reply audio
     }
-    talk, pid = asyncio.run(
-        turn_with_kill(stack, fixtures_dir / "q_en_long.wav", program, moments[moment])
-    )
+    clip = fixtures_dir / "q_en_long.wav"
+    talk, pid = asyncio.run(turn_with_kill(fake_stack, clip, program, moments[moment]))
     reply = check_turn(talk)
-    final = normalize(talk.events("asr.final")[0]["text"])
-    assert "story" in final and "lion" in final  # the whole utterance was heard
+    assert reply.startswith("You said")
+    heard_whole_utterance(talk, clip)
     assert talk.audio_bytes() > 32000 and not talk.events("error")
-    assert intelligible(bytes(talk.audio), reply, whisper_engine) >= 0.5
-    wait_back(stack, program, pid)
-    state = json.loads((stack.run_dir / "watchdog.json").read_text())
+    phrase_audio_is_all_there(talk, talk.events("tts.end")[0]["turn_id"])
+    wait_back(fake_stack, program, pid)
+    state = json.loads((fake_stack.run_dir / "watchdog.json").read_text())
     assert any(name.startswith(program) for name in state["restarts_total"])  # the restart shows
 
 
-def test_ctl_restart_of_tts_during_a_reply(stack: Stack, fixtures_dir: Path, whisper_engine: Any) -> None:
+def test_ctl_restart_of_tts_during_a_reply(fake_stack: Stack, fixtures_dir: Path) -> None:
     async def run() -> Conversation:
-        async with websockets.connect(stack.url, max_size=None) as ws:
+        async with websockets.connect(fake_stack.url, max_size=None) as ws:
             talk = Conversation(ws)
             await talk.start()
             await talk.stream(load_clip(fixtures_dir / "q_en_long.wav") + silence(500))
             await talk.wait_for(lambda: talk.audio_bytes() > 16000, timeout_s=60)
-            await asyncio.to_thread(stack.ctl, "restart", "tts_worker")
+            await asyncio.to_thread(fake_stack.ctl, "restart", "tts_worker")
             await talk.wait_for(lambda: talk.events("tts.end"), timeout_s=120)
             return talk
 
     talk = asyncio.run(run())
-    reply = check_turn(talk)
-    assert intelligible(bytes(talk.audio), reply, whisper_engine) >= 0.5
-    stack.wait_ready()
+    check_turn(talk)
+    phrase_audio_is_all_there(talk, talk.events("tts.end")[0]["turn_id"])
+    fake_stack.wait_ready()
 
 
-def test_chaos_loop_loses_no_turn(stack: Stack, fixtures_dir: Path, whisper_engine: Any) -> None:
+def test_chaos_loop_loses_no_turn(fake_stack: Stack, fixtures_dir: Path) -> None:
     """A conversation of 10 turns on one session while a random worker is killed every few
     seconds: every turn completes, no token is duplicated or lost."""
     clips = [fixtures_dir / f"q_en_{name}.wav" for name in ("capital", "weather")]
@@ -131,13 +154,13 @@ def test_chaos_loop_loses_no_turn(stack: Stack, fixtures_dir: Path, whisper_engi
         while not stop.is_set():
             await asyncio.sleep(rng.uniform(3.0, 6.0))
             program = rng.choice(["asr_worker", "llm_worker", "tts_worker"])
-            pids = await asyncio.to_thread(stack.pids)
+            pids = await asyncio.to_thread(fake_stack.pids)
             if program in pids and not stop.is_set():
                 os.kill(pids[program], signal.SIGKILL)
                 kills.append(program)
 
     async def conversation() -> Conversation:
-        async with websockets.connect(stack.url, max_size=None) as ws:
+        async with websockets.connect(fake_stack.url, max_size=None) as ws:
             talk = Conversation(ws)
             await talk.start()
             stop = asyncio.Event()
@@ -165,15 +188,18 @@ def test_chaos_loop_loses_no_turn(stack: Stack, fixtures_dir: Path, whisper_engi
     report = {"turns": 10, "completed": len(ends), "kills": len(kills), "killed": kills,
               "reply_after_stream_end_s": {"median": round(sorted(delays)[5], 2),
                                            "max": round(max(delays), 2)}}
-    (stack.run_dir / "chaos.json").write_text(json.dumps(report))
+    (fake_stack.run_dir / "chaos.json").write_text(json.dumps(report))
     print("chaos:", json.dumps(report))
-    stack.wait_ready()
+    fake_stack.wait_ready()
 
 
 def test_a_worker_that_keeps_dying_at_start_ends_in_a_reported_state(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    broken = Stack(tmp_path_factory.mktemp("broken"), INZWA_TTS_MODEL="/nonexistent/voice.onnx",
+    # ASR and LLM on fakes (they only need to come up); the voice is the real engine with a
+    # model file that does not exist, so the TTS worker dies at every start.
+    broken = Stack(tmp_path_factory.mktemp("broken"), **{**FAKE_ENGINES, "INZWA_TTS_ENGINE": "piper-onnx"},
+                   INZWA_TTS_MODEL="/nonexistent/voice.onnx",
                    INZWA_RESTART_BUDGET="2", INZWA_RESTART_BACKOFF_S="0.2")
     try:
         broken.start(wait=False)
