@@ -229,10 +229,10 @@ def test_page_with_credentials_asks_for_a_key_and_says_when_it_is_wrong(
 @pytest.mark.parametrize("transport", ["websocket", "webrtc"])
 def test_speaking_over_the_reply_interrupts_it(stack: Any, playwright: Playwright, fixtures_dir: Path,
                                               tmp_path: Path, transport: str) -> None:
-    """A long answer, interrupted by a second question ~3 s into it (headphones: interrupting on):
+    """A long answer, interrupted by a second question ~4 s into it (headphones: interrupting on):
     the page flushes what it had buffered, shows the cut, and answers the second question."""
     mic = fake_mic_wav(fixtures_dir / "q_en_long.wav", tmp_path / "mic.wav",
-                       then=(4.0, fixtures_dir / "q_en_weather.wav"))
+                       then=(5.5, fixtures_dir / "q_en_weather.wav"))
     browser = launch(playwright, mic)
     try:
         page = open_page(browser, stack, transport)
@@ -265,8 +265,8 @@ def test_push_to_talk_hears_only_while_held(stack: Any, playwright: Playwright, 
         assert hooks(page)["mic_muted"] is True
         page.hover("#hold")
         page.mouse.down()  # before the question starts (LEAD_S after Start)
-        # Let go ~0.8 s into the speech the page sent ("What is the…"); "Zimbabwe" comes ~2 s in.
-        wait_until(page, "window.inzwa.speech_sent_s >= 0.8", 30)
+        # Let go ~0.6 s into the speech the page sent ("What is the…"); "Zimbabwe" comes ~2 s in.
+        wait_until(page, "window.inzwa.speech_sent_s >= 0.6", 30)
         page.mouse.up()
         state = wait_for_reply(page)
         assert state["sent"].get("end_turn") == 1, state["sent"]
