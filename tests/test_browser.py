@@ -371,3 +371,44 @@ def test_lan_trial_over_https_with_inzwa_certs(stack: Any, playwright: Playwrigh
             assert_reply_heard(state, "websocket")
     finally:
         browser.close()
+
+
+def test_refusals_get_plain_messages(stack: Any, playwright: Playwright, tmp_path: Path) -> None:
+    """Close code 1013 both ways: a gateway with no assistant behind it (not ready), and a second
+    session over a one-session limit (rate limited, with the server's retry time)."""
+    from tests.gateway_thread import GatewayThread, gateway_settings, running_gateway
+    from tests.stack import free_port_range
+
+    browser = launch(playwright, fake_mic_wav(None, tmp_path / "silence.wav"))
+    lonely = GatewayThread(gateway_settings(stack, run_dir=tmp_path / "nobody",
+                                            zmq_base_port=free_port_range(40)))
+    lonely.thread.start()  # no orchestrator behind it: /readyz stays 503, the page may still load
+    try:
+        wait_until_http(f"{lonely.http}/healthz")
+        page = open_page(browser, lonely, "websocket")
+        page.click("#start")
+        wait_until(page, "window.inzwa.state === 'stopped'", 30)
+        assert [e["code"] for e in hooks(page)["errors"]] == ["not_ready"]
+        assert "still starting" in page.inner_text("#alert")
+        with running_gateway(stack, rate_concurrent_sessions=1) as gateway:
+            first, second = open_page(browser, gateway, "websocket"), open_page(browser, gateway, "websocket")
+            first.click("#start")
+            wait_until(first, "window.inzwa.state === 'live'", 30)
+            second.click("#start")
+            wait_until(second, "window.inzwa.state === 'stopped'", 30)
+            assert [e["code"] for e in hooks(second)["errors"]] == ["rate_limited"]
+            assert "Too many requests" in second.inner_text("#alert")
+            first.click("#stop")
+    finally:
+        lonely.stop()
+        browser.close()
+
+
+def wait_until_http(url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        assert time.monotonic() < deadline, f"{url} did not answer"
+        time.sleep(0.2)
