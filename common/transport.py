@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, cast
@@ -35,6 +34,7 @@ import zmq.asyncio
 from common.frames import Frame, encode
 from common.metrics import DROPPED_FRAMES
 from common.plane_auth import KeyRing, ZapHandler
+from common.private import private_dir
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -289,13 +289,6 @@ def _ipc_path(endpoint: str) -> Path | None:
     return Path(endpoint.removeprefix("ipc://")) if endpoint.startswith("ipc://") else None
 
 
-def private_dir(path: Path) -> None:
-    """The ipc directory: created 0700, and made 0700 if it exists (only we may connect)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if (path.stat().st_mode & 0o777) != 0o700:
-        path.chmod(0o700)
-
-
 def sync_push(settings: Settings, identity: str, endpoint: str, server: str,
               send_timeout_ms: int = 200) -> tuple[zmq.Context[zmq.Socket[bytes]], zmq.Socket[bytes]]:
     """A blocking PUSH with its own context, for the watchdog (a supervisord listener, not
@@ -312,11 +305,6 @@ def sync_push(settings: Settings, identity: str, endpoint: str, server: str,
         sock.curve_publickey, sock.curve_secretkey = keys.public, keys.secret
     sock.connect(endpoint)
     return context, sock
-
-
-def umask_private() -> None:
-    """Files this process creates (logs, sockets, metrics) are the service user's alone."""
-    os.umask(0o077)
 
 
 async def send(sock: zmq.asyncio.Socket, frame: Frame, *, timeout_s: float = 1.0) -> bool:

@@ -8,13 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common.private import UMASK, private_dir
 from common.settings import Settings
-from common.transport import private_dir
 
 CONFIG = Path(__file__).with_name("supervisord.conf")
 # Everything the stack creates (logs naming session ids, ipc sockets, metric files) is the
 # service user's alone; set on supervisord itself, so every program and log inherits it.
-STACK_UMASK = 0o077
+STACK_UMASK = UMASK
 PROGRAMS = ("orchestrator", "asr_worker", "llm_worker", "tts_worker", "gateway")
 
 

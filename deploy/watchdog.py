@@ -29,8 +29,9 @@ from typing import Any
 from common import logs
 from common.frames import WorkerExited, WorkerKind, encode
 from common.metrics import process_exited
+from common.private import umask_private
 from common.settings import Settings, get_settings
-from common.transport import sync_push, umask_private
+from common.transport import sync_push
 
 log = logging.getLogger("watchdog")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from common import logs
+from common.private import umask_private
 from common.settings import get_settings
-from common.transport import umask_private
 from orchestrator.service import Orchestrator
 
 
