@@ -169,6 +169,9 @@ class Orchestrator:
                         extra={"frame": type(message).__name__, "peer": peer})
             return
         replies_to = gateway_id or self.settings.gateway_id  # frames from an older gateway
+        if self.gateways.link(replies_to) is None:  # no configured endpoint: cannot be answered
+            DROPPED_FRAMES.labels("not_permitted").inc()
+            return
         match message:
             case GatewayHeartbeat():
                 await self._on_gateway_beat(replies_to, message.incarnation)
@@ -222,8 +225,9 @@ class Orchestrator:
         like a spoken one (barge-in on a reply being played included)."""
         if not message.text.strip():
             return
+        # The id `turns.start` is about to give the reply, so the client pairs them as for speech.
         final = TranscriptChunk(text=message.text.strip(), is_final=True, confidence=1.0,
-                                language=session.language)
+                                language=session.language, turn_id=session.turns + 1)
         await self._to_client(session, final)
         log.info("user turn (typed)", extra={"session_id": session.session_id,
                                              "text": content(final.text)})
@@ -253,7 +257,7 @@ class Orchestrator:
                 session_id=start.session_id, code="session_unavailable", fatal=True,
                 message="this session cannot be started; start a new one"))
             return
-        if live is not None:
+        if live is not None:  # the same owner starts it again: a fresh session, same instances
             await self.turns.cancel(live, tell_client=False)
         session = Session(
             start.session_id,
@@ -263,6 +267,8 @@ class Orchestrator:
             max_new_tokens=self.settings.llm_max_new_tokens,
             principal=start.principal,
         )
+        if live is not None:
+            session.pins = live.pins  # (their session counts stay right)
         self.sessions[start.session_id] = session
         log.info("session started", extra={"session_id": start.session_id, "gateway_id": gateway_id})
         await self._to_worker(session, "asr", start)

@@ -304,3 +304,20 @@ def test_a_restarted_gateway_ends_its_old_sessions_at_once(h: InProcess) -> None
 
     run(h, scenario)
 
+
+
+def test_a_gateway_without_a_configured_endpoint_gets_nothing(tmp_path: Path) -> None:
+    """Over tcp the orchestrator answers only gateways it is configured for: an unknown
+    gateway_id opens no session and gets no answer (a frame cannot name its own address)."""
+    h = InProcess(tmp_path, zmq_transport="tcp",
+                  gateway_egress_endpoints={"gw1": "tcp://127.0.0.1:7001"})
+
+    async def scenario(h: InProcess) -> None:
+        await h.ingress(SessionStart(session_id="s9", gateway_id="gw9", reply_to="tcp://evil:1"))
+        await h.ingress(HistoryRequest(session_id=SID, gateway_id="gw9", request_id="r"))
+        assert "s9" not in h.orchestrator.sessions and h.to_gateway("gw9") == []
+        assert "gw9" not in h.orchestrator.gateway_out
+        await h.ingress(HistoryRequest(session_id=SID, gateway_id="gw1", request_id="r"))
+        assert [type(f) for f in h.to_gateway("gw1")] == [HistoryReply]  # a configured one is
+
+    run(h, scenario)
