@@ -154,8 +154,8 @@ class Orchestrator:
         the frame is refused: None); without, the frame's claim (only the service user can
         reach the plane), or "" when a frame names none."""
         claimed = getattr(message, "gateway_id", "")
-        if not peer:
-            return claimed
+        if not peer:  # under CURVE every admitted peer has an identity: none is no gateway
+            return None if self._plane is not None and self._plane.curve else claimed
         if not peer.startswith(GATEWAY_PREFIX):
             return None
         actual = peer.removeprefix(GATEWAY_PREFIX)
