@@ -59,6 +59,11 @@ REPLAYS = Counter(
 TTS_PHRASES = Counter(
     "inzwa_tts_phrases_total", "Phrases synthesized, by language and G2P", ["language", "g2p"]
 )
+# Text normalization (languages area): characters no reading rule covers, said as "symbol".
+TTS_UNKNOWN_SYMBOLS = Counter(
+    "inzwa_tts_unknown_symbols_total", "Characters with no reading rule, said as a symbol word",
+    ["language"],
+)
 TURNS = Counter("inzwa_turns_total", "Reply turns, by outcome", ["outcome"])
 TTS_FIRST_AUDIO_MS = Histogram(
     "inzwa_tts_first_audio_ms", "Synthesis request to its first audio frame (time to first audio), ms",

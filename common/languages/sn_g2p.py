@@ -43,7 +43,8 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Literal, NamedTuple
 
-from common.languages.sn_numbers import expand_numbers
+from common.languages.sn_normalize import normalize as normalize_text
+from common.languages.sn_normalize import split_prefix
 
 BREATHY = "\u0324"  # combining diaeresis below
 WHISTLED = "\u034e"  # combining upwards arrow below (extIPA whistled articulation)
@@ -83,11 +84,16 @@ Lang = Literal["sn", "en", "punct"]
 
 
 class Segment(NamedTuple):
-    """A word or punctuation mark of the input; `phonemes` is empty for "en" (espeak reads it)."""
+    """A word or punctuation mark of the input; `phonemes` is empty for "en" (espeak reads it).
+
+    `joined`: this segment continues the previous one's word (the English half of a
+    code-switched word such as "paWhatsApp": "pa" in Shona, then "WhatsApp" in English).
+    """
 
     lang: Lang
     text: str
     phonemes: list[str]
+    joined: bool = False
 
 
 class G2PResult(NamedTuple):
@@ -204,17 +210,22 @@ ENGLISH_LOOKALIKES = frozenset({
     "game", "same", "make", "take", "fine", "mine", "nine", "five", "done", "more", "note", "site",
     "data", "menu", "video", "radio", "sure", "zone", "hope", "move", "mode", "code", "type",
 })
-# Spellings standard Shona never uses: l, q, x, a c outside "ch", a doubled consonant letter,
-# and "ee"/"oo" (Shona writes two identical vowels mostly across a prefix, as ku-uya, and
-# rarely with e or o).
-_NOT_SHONA_SPELLING = re.compile(r"[lqx]|c(?!h)|([bcdfghjkmnprstvwyz])\1|ee|oo")
+# Spellings standard Shona never uses: l, q, x, a c outside "ch", a doubled consonant letter.
+# Double vowels are Shona (a long vowel: "roora", "nhoroondo", "teerera"; or two vowels across
+# a prefix: "kuuya"), so "ee"/"oo" alone say nothing. What does: English words with them that
+# pass the syllable rules end in the double vowel ("see", "zoo", "bamboo", "refugee"), or in
+# ee/oo + s/z + e ("cheese", "choose", "goose"); Shona words do neither, except the
+# interjections and ideophones listed here.
+_NOT_SHONA_SPELLING = re.compile(r"[lqx]|c(?!h)|([bcdfghjkmnprstvwyz])\1|(ee|oo)([sz]e)?$")
+SHONA_DOUBLE_VOWEL_ENDINGS = frozenset({"hee", "ehee", "nhee", "pfee", "hoo", "zvee", "mhoo"})
 
 
 def is_probably_english(word: str) -> bool:
     """Guess whether a word in Shona text is English (or another non-Shona word).
 
     True when the word (a) is on ENGLISH_LOOKALIKES, or is "I"; (b) has a spelling Shona does not
-    use (l, q, x, c outside ch, ll/ss/tt..., ee, oo); (c) has a character with no Shona rule
+    use (l, q, x, c outside ch, ll/ss/tt..., a final ee/oo or ee/oo + s/z + e; double vowels
+    elsewhere are Shona long vowels); (c) has a character with no Shona rule
     (accented letters, inner apostrophes as in "it's"); or (d) breaks Shona syllable structure:
     every Shona syllable ends in a vowel, so a consonant grapheme must be followed by a vowel,
     except a syllabic nasal before a consonant. (d) catches consonant-final words ("network",
@@ -229,6 +240,8 @@ def is_probably_english(word: str) -> bool:
         return True
     text = normalise_word(word)
     if not text.replace("'", ""):
+        return False
+    if text in SHONA_DOUBLE_VOWEL_ENDINGS:
         return False
     if text in ENGLISH_LOOKALIKES or _NOT_SHONA_SPELLING.search(text):
         return True
@@ -257,27 +270,39 @@ _TOKEN = re.compile(r"(?P<word>[^\W\d_]+(?:'[^\W\d_]*)*)|(?P<marks>[.!?]+|[,;:])
 def segment(text: str, *, stress: bool = True) -> list[Segment]:
     """Split text into Shona words (with phonemes), English words and punctuation.
 
-    Numbers are first expanded to Shona words (`expand_numbers`). Shona words get their phonemes
+    The text is first normalized (`sn_normalize`: numbers, money, times, dates, phone numbers,
+    abbreviations, URLs and symbols become Shona words). Shona words get their phonemes
     from `shona_ipa`, with penultimate stress unless `stress=False`. English-looking words
     (`is_probably_english`) come back as "en" with no phonemes: the caller reads them with
-    espeak-ng's English voice. A clause mark (, . ! ? ; :) is a "punct" segment whose phonemes
-    are that mark (a run such as "?!" or "..." gives its first mark); any other symbol (quotes,
-    brackets, hyphens, %...) is a "punct" segment with no phonemes: kept, but not spoken.
-    Segments carry no spaces: every word segment is a word of its own.
+    espeak-ng's English voice. A Shona prefix joined to an English word ("paWhatsApp",
+    "nemaGreen", "kuSchool") is two segments, the Shona prefix and the English word marked
+    `joined`, so that they are said as one word. A clause mark (, . ! ? ; :) is a "punct"
+    segment whose phonemes are that mark (a run such as "?!" or "..." gives its first mark);
+    silent punctuation (quotes, brackets, dashes) is a "punct" segment with no phonemes:
+    kept, but not spoken. Segments carry no spaces: every word segment is a word of its own.
     """
     text = unicodedata.normalize("NFC", text).translate(_APOSTROPHES).replace("\u2026", "...")
     segments: list[Segment] = []
-    for match in _TOKEN.finditer(expand_numbers(text)):
+    for match in _TOKEN.finditer(normalize_text(text)):
         token = match.group()
         if match.lastgroup == "marks":
             segments.append(Segment("punct", token, [token[0]]))
         elif match.lastgroup == "other":
             segments.append(Segment("punct", token, []))
         elif is_probably_english(token):
-            segments.append(Segment("en", token, []))
+            segments.extend(_english_word(token))
         else:
             segments.append(Segment("sn", token, shona_ipa(token, stress=stress)))
     return segments
+
+
+def _english_word(token: str) -> list[Segment]:
+    """An English word, or a Shona prefix (unstressed) joined to one: "pa" + "WhatsApp"."""
+    prefixed = split_prefix(token)
+    if prefixed is not None and is_probably_english(prefixed[1]):
+        prefix, word = prefixed
+        return [Segment("sn", prefix, shona_ipa(prefix)), Segment("en", word, [], joined=True)]
+    return [Segment("en", token, [])]
 
 
 # --- Phonemes to the symbols a voice has ---------------------------------------------------------

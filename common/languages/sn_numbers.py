@@ -141,3 +141,67 @@ def expand_numbers(text: str) -> str:
         last = end
     out.append(text[last:])
     return "".join(out)
+
+
+# --- Agreement with the counted noun, and numbers past a million ---------------------------------
+#
+# After a noun, a Shona numeral takes the noun's class concord: "vanhu vatatu", "mazuva
+# matatu", "zvinhu zvitatu", "miti mitatu", "mombe nhatu". Only the units (1-9) agree; tens,
+# hundreds and thousands are nouns of their own and keep the counting forms, and a trailing unit
+# takes ne- + the agreeing form: "madhora makumi maviri nemashanu". Which class a noun is in is
+# guessed from its prefix by the normalizer (sn_normalize.noun_class); this module only knows
+# the concords.
+
+# Plural classes whose numerals are prefix + stem; the value is (prefix, the trailing "one").
+_CONCORD_PREFIX: dict[int, tuple[str, str]] = {
+    2: ("va", "mumwe"), 4: ("mi", "mumwe"), 6: ("ma", "rimwe"), 8: ("zvi", "chimwe"),
+    13: ("tu", "kamwe"),
+}
+_STEMS = ("", "", "viri", "tatu", "na", "shanu", "tanhatu", "nomwe", "sere", "pfumbamwe")
+# Class 10 (and the default when the class is unknown): the counting list's own forms.
+CLASS10 = 10
+
+
+def unit_agreeing(units: int, noun_class: int) -> str:
+    """1..9 agreeing with a plural class (2, 4, 6, 8, 10, 13); 1 is the form used after "ne"."""
+    if noun_class in _CONCORD_PREFIX:
+        prefix, one = _CONCORD_PREFIX[noun_class]
+        return one if units == 1 else prefix + _STEMS[units]
+    return _TRAILING_UNIT[units]
+
+
+def number_agreeing(n: int, noun_class: int | None) -> str:
+    """`n` counted after a plural noun of `noun_class`; None: plain counting (number_to_shona)."""
+    if noun_class is None or n < 2:
+        return big_number_to_shona(n)
+    base, units = divmod(n, 10)
+    if not units:
+        return big_number_to_shona(n)
+    if n < 10:
+        return unit_agreeing(units, noun_class)
+    return f"{big_number_to_shona(base * 10)} ne{unit_agreeing(units, noun_class)}"
+
+
+_MILLION = 1_000_000
+_BIG_UNITS = ((1_000_000_000, "bhiriyoni", "mabhiriyoni"), (_MILLION, "miriyoni", "mamiriyoni"))
+MAX_BIG_NUMBER = 999_999_999_999
+
+
+def big_number_to_shona(n: int) -> str:
+    """Like number_to_shona, up to 999 999 999 999: miriyoni (10^6) and bhiriyoni (10^9) are
+    class-5/6 loan nouns ("miriyoni", "mamiriyoni maviri"), joined with "ne" like the rest."""
+    if not 0 <= n <= MAX_BIG_NUMBER:
+        raise ValueError(f"big_number_to_shona reads 0..{MAX_BIG_NUMBER}, got {n}")
+    if n <= MAX_NUMBER:
+        return number_to_shona(n)
+    parts: list[str] = []
+    for size, singular, plural in _BIG_UNITS:
+        count, n = divmod(n, size)
+        if count == 1:
+            parts.append(singular)
+        elif count:
+            words = _CLASS6[count] if count < 10 else big_number_to_shona(count)
+            parts.append(f"{plural} {words}")
+    if n:
+        parts.append(_TRAILING_UNIT[n] if n < 10 else number_to_shona(n))
+    return _join(parts)

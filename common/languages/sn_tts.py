@@ -15,7 +15,8 @@ class ShonaPhonemizer:
     """One phoneme string per sentence, in symbols the voice has (nearest where it lacks one).
 
     Words that look English (names, code-switching) are phonemized by the voice's own English
-    phonemizer; digits are read as Shona number words first.
+    phonemizer; the text is normalized first (numbers, money, dates... as Shona words), and a
+    Shona prefix on an English word is joined to that word's English phonemes.
     """
 
     def __init__(self, english: Phonemizer, symbols: set[str]) -> None:
@@ -28,8 +29,10 @@ class ShonaPhonemizer:
 
         sentences: list[str] = []
         words: list[str] = []
-        for lang, chunk, phonemes in segment(text):
-            if lang == "punct":
+        for lang, chunk, phonemes, joined in segment(text):
+            if joined and words and lang == "en":  # "pa" + "WhatsApp": one word, one prosody
+                words[-1] += "".join(self.english.phonemize(chunk)).strip(" .!?")
+            elif lang == "punct":
                 if words:  # its phonemes: , . ! ? ; : (quotes and brackets have none)
                     words[-1] += "".join(phonemes)
                 if any(mark in chunk for mark in SENTENCE_END) and words:
