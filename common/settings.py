@@ -190,6 +190,11 @@ class Settings(BaseSettings):
     llm_replicas: int = 1
     tts_replicas: int = 1
 
+    @field_validator("curve_keys_dir", mode="before")
+    @classmethod
+    def _no_keys_dir(cls, value: object) -> object:
+        return None if value == "" else value  # INZWA_CURVE_KEYS_DIR= means off, not "."
+
     @field_validator("gateway_id")
     @classmethod
     def _gateway_id(cls, value: str) -> str:
