@@ -334,8 +334,14 @@ class Orchestrator:
     def _configured(self, kind: WorkerKind, endpoint: str) -> bool:
         """Is `endpoint` one a worker of `kind` is configured to bind? (A worker cannot
         announce an address of its choosing and so draw sessions to it.)"""
-        return any(endpoint == self.settings.work_endpoint(kind, index)
-                   for index in range(self.settings.replicas(kind)))
+        expected = [self.settings.work_endpoint(kind, i) for i in range(self.settings.replicas(kind))]
+        if endpoint in expected:
+            return True
+        # Containers may announce their own address (advertise_host: replicas of one service
+        # differ only there): then the host is theirs to say, the port must still be configured.
+        if getattr(self.settings, "advertise_host", "") and endpoint.startswith("tcp://"):
+            return endpoint.rpartition(":")[2] in {e.rpartition(":")[2] for e in expected}
+        return False
 
     async def _announce(self, message: Ready | Heartbeat) -> None:
         if isinstance(message, Heartbeat) and self.registry.get(message.instance_id):
