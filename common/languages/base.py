@@ -37,6 +37,11 @@ class LanguagePack:
     blocked_input: tuple[safety.Rule, ...] = ()  # requests the assistant will not take up
     blocked_output: tuple[safety.Rule, ...] = ()  # words the assistant must not say
     normalize: Callable[[str], str] = field(default=lambda text: text)
+    # Text normalization before G2P (languages area): numbers, money, times, dates, phone
+    # numbers, abbreviations, URLs and symbols written out as words (common/languages/
+    # normalize.py). A pack's own phonemizer calls it itself; a voice's own espeak-ng reads
+    # the text after it (tts_worker/engines/piper.py).
+    speech_text: Callable[[str], str] = field(default=lambda text: text)
     safety_stem: Callable[[str], str] = safety.identity
 
     def __post_init__(self) -> None:

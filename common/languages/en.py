@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from common.languages.base import LanguagePack
+from common.languages.en_normalize import normalize as speech_text
 from common.languages.safety import english_stem
 
 ENGLISH = LanguagePack(
@@ -10,6 +11,7 @@ ENGLISH = LanguagePack(
     name="English",
     asr_language="en",
     espeak_voice="en-us",
+    speech_text=speech_text,  # "$5.50" -> "five dollars and fifty cents" before espeak-ng
     system_prompt=(
         "You are Inzwa, a friendly voice assistant. Your answers are spoken aloud, so reply in "
         "one or two short, plain sentences without lists, markdown or emojis."

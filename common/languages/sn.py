@@ -27,6 +27,12 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
+def _speech_text(text: str) -> str:
+    from common.languages.sn_normalize import normalize as speech_text
+
+    return speech_text(text)
+
+
 def _phonemizer(english: Phonemizer, symbols: set[str]) -> Phonemizer:
     from common.languages.sn_tts import ShonaPhonemizer
 
@@ -50,6 +56,7 @@ SHONA = LanguagePack(
         "unavailable": "Ndine urombo, handikwanisi kupindura izvozvi. Edzai zvakare gare gare.",
     },
     phonemizer=_phonemizer,
+    speech_text=_speech_text,  # ShonaPhonemizer runs it itself (sn_g2p.segment)
     normalize=normalize,
     # Shona inflects with prefixes and joined words (ndinoda kuzviuraya, achazviuraya,
     # mabhomba): the patterns allow them instead of a stemmer.

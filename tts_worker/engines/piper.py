@@ -218,7 +218,12 @@ class PiperVoice:
     ) -> Iterator[bytes]:
         """PCM16 frames of `frame_ms`, sentence by sentence: the first frames come out as
         soon as the first sentence is synthesized. `phonemizer` (a language's G2P) replaces
-        the voice's own for this text; `language` alone changes nothing (espeak's voice)."""
+        the voice's own for this text; without one, the language pack's text normalization
+        (amounts, dates, times... as words) runs before the voice's own espeak-ng."""
+        if phonemizer is None:
+            from common.languages import registry
+
+            text = registry.get(language or "en").speech_text(text)
         framer = Framer(self.sample_rate, sample_rate, frame_ms)
         for audio in self._sentences(text, phonemizer):
             yield from framer.push(audio)
