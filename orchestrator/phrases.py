@@ -4,15 +4,59 @@ The first phrase is cut early (at the first clause break once it has a couple of
 first audio comes soon; later phrases end at sentence breaks, which gives the voice whole
 sentences to shape. A break only counts when whitespace follows the mark, so "3.5" or "e.g."
 inside a word never splits.
+
+A phrase is never cut inside a number, a time, a date or an amount written with spaces
+("$ 5", "10 am", "12 March 2025", "March 12, 2025", "5 - 10", "5 000", "50 %"): each pack's
+normalizer reads such a group as one piece, and it only can when the group arrives in one
+phrase. Where the words after a cut have not arrived yet, and the words before it could go on
+("12", "March", "$"), the cutter waits for the next token.
 """
 
 from __future__ import annotations
 
 import re
 
+from common.languages.normalize import MONTHS, UNITS
+
 CLAUSE_MARKS = ",;:.!?"
 SENTENCE_MARKS = ".!?;:"
 _BREAK = re.compile(r"[,;:.!?…]+[\"')\]]*\s")
+_SPACE = re.compile(r"\s+")
+# A word that is, or ends, a number, time, date or amount: "5", "12,500", "$5", "10:30", "3rd".
+_NUMERIC = re.compile(r"^[(\"']?[-−]?(?:US\$|Z\$|[$£€])?[0-9][0-9,./:h-]*(?:st|nd|rd|th)?$")
+_CURRENCY = frozenset({"$", "US$", "Z$", "£", "€", "R", "ZWL", "ZWG", "ZiG", "USD", "ZAR", "GBP",
+                       "EUR"})
+_RANGE = frozenset({"-", "–", "—", "to", "kusvika"})
+# What may follow a number inside one spoken group.
+_AFTER_NUMBER = frozenset({"am", "pm", "a.m.", "p.m.", "a.m", "p.m", "%", "h", "million",
+                           "billion", "bn", "miriyoni", "bhiriyoni", *UNITS, *MONTHS,
+                           *(c.lower() for c in _CURRENCY), *_RANGE})
+_MAX_HOLD = 4  # a group never holds back more than this many times max_chars of text
+
+
+def joins(left: str, right: str | None) -> bool:
+    """Whether the words `left` and `right` belong to one number/time/date/amount group, so
+    that a phrase must not be cut between them. `right` None: not arrived (or not whole) yet."""
+    bare = left.rstrip(")\"'")
+    if bare.endswith(","):  # "March 12," + "2025"
+        core = bare[:-1]
+        return (bool(_NUMERIC.match(core)) and (right is None or bool(re.match(r"[0-9]{4}\b", right))))
+    if bare[-1:] in ".!?;:" and not _NUMERIC.match(bare):
+        return False
+    starts_number = right is None or bool(re.match(r"[-−]?(?:US\$|Z\$|[$£€0-9])", right))
+    if bare in _CURRENCY or bare.lower() in _RANGE or bare.lower() in MONTHS:
+        return starts_number
+    if _NUMERIC.match(bare):
+        return starts_number or (right or "").lower().rstrip(".,;:!?") in _AFTER_NUMBER
+    return False
+
+
+def _first_word(tail: str) -> str | None:
+    """The first whole word of `tail`; None while it may still grow (no space after it yet)."""
+    words = tail.split()
+    if not words or (len(words) == 1 and not tail[-1:].isspace()):
+        return None
+    return words[0]
 
 
 class PhraseCutter:
@@ -53,11 +97,25 @@ class PhraseCutter:
             head = self._buffer[: match.end()]
             if head.rstrip()[-1] not in marks and not self._too_long(head):
                 continue
-            if len(head.split()) >= min_words:
+            if len(head.split()) >= min_words and self._safe(match.end()):
                 return self._take(match.end())
         if first and len(self._buffer.split()) > self.first_max_words:
-            # No break yet in a long opening: cut at the last word boundary.
-            return self._take(self._buffer.rstrip().rfind(" ") + 1)
+            # No break yet in a long opening: cut at the last word boundary outside a group.
+            return self._cut_at_word()
+        if len(self._buffer) > _MAX_HOLD * self.max_chars:
+            return self._take(self._buffer.rstrip().rfind(" ") + 1)  # bounded: never hold more
+        return None
+
+    def _safe(self, end: int) -> bool:
+        """A cut at `end` does not split a number, time, date or amount."""
+        head = self._buffer[:end].split()
+        return not head or not joins(head[-1], _first_word(self._buffer[end:]))
+
+    def _cut_at_word(self) -> str | None:
+        spaces = [m.end() for m in _SPACE.finditer(self._buffer.rstrip())]
+        for end in reversed(spaces):
+            if self._safe(end):
+                return self._take(end)
         return None
 
     def _too_long(self, head: str) -> bool:

@@ -7,7 +7,7 @@ out in English words before espeak-ng sees the text, so both packs go through th
 
 from __future__ import annotations
 
-from common.languages.normalize import Context, Normalizer, Number, Reader
+from common.languages.normalize import Context, Normalizer, Number, Reader, ungroup
 
 _ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
          "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
@@ -93,8 +93,8 @@ class EnglishReader(Reader):
     symbol_word = "symbol"
 
     def number(self, text: str, negative: bool, ctx: Context) -> str:
-        whole, _, fraction = text.replace(",", "").partition(".")
-        grouped = "," in text
+        whole, _, fraction = ungroup(text).partition(".")
+        grouped = whole != text.partition(".")[0]
         if (len(whole) > 1 and whole.startswith("0") and not grouped) or len(whole) > 12 or (
                 len(whole) > 6 and not grouped):
             words = self.digits(whole)  # a code or account number

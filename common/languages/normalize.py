@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 Kind = Literal["say", "word", "mark", "silent", "space", "unknown"]
 
 # ASCII digits only: `\d` would take other scripts' digits, which the readers were not written for.
-NUM = r"[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+)?"
+# Thousands grouped with commas, or with the no-break spaces typesetting uses ("5\u00a0000").
+NUM = r"[0-9]{1,3}(?:[,\u00a0\u202f][0-9]{3})+(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+)?"
 MONTHS: dict[str, int] = {
     **{m: i for i, m in enumerate(
         ("january", "february", "march", "april", "may", "june", "july", "august", "september",
@@ -115,8 +116,13 @@ class Number(NamedTuple):
 
 
 def parse_number(text: str) -> Number:
-    whole, _, fraction = text.replace(",", "").partition(".")
+    whole, _, fraction = ungroup(text).partition(".")
     return Number(int(whole), fraction or None, whole)
+
+
+def ungroup(text: str) -> str:
+    """"12,500" / "12\u00a0500" -> "12500"."""
+    return text.replace(",", "").replace("\u00a0", "").replace("\u202f", "")
 
 
 class Reader:

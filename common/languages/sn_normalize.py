@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 
-from common.languages.normalize import Context, Normalizer, Number, Reader
+from common.languages.normalize import Context, Normalizer, Number, Reader, ungroup
 from common.languages.sn_numbers import (
     big_number_to_shona,
     digits_to_shona,
@@ -170,8 +170,8 @@ class ShonaReader(Reader):
     range_word = "kusvika"
 
     def number(self, text: str, negative: bool, ctx: Context) -> str:
-        whole, _, fraction = text.replace(",", "").partition(".")
-        grouped = "," in text
+        whole, _, fraction = ungroup(text).partition(".")
+        grouped = whole != text.partition(".")[0]
         if (len(whole) > 1 and whole.startswith("0") and not grouped) or len(whole) > 12 or (
                 len(whole) > 6 and not grouped):
             # A leading zero, or a long ungrouped string: a code or account number, digit by digit.
