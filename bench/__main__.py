@@ -88,34 +88,52 @@ async def sessions(url: str, rounds: int, concurrency: int) -> list[TalkResult]:
     return results
 
 
-async def rtc_turn(http: str, clip: Path) -> float | None:
+Turn = tuple[float | None, float | None]  # (client v2v to audible, the server's first_audio_ms)
+
+
+async def ws_turn(url: str, clip: Path) -> Turn:
+    result = await Talker(load_clip(clip)).run(url, timeout_s=90)  # through turn.metrics
+    return result.audible_ms, result.metrics.get("first_audio_ms")
+
+
+async def rtc_turn(http: str, clip: Path) -> Turn:
     """One turn over WebRTC: end of speech to the first audible reply frame off the track."""
     from gateway.rtc_client import connect
 
     call = await connect(http, language="en")
     try:
         call.play(load_clip(clip))
-        await call.wait_for(lambda: call.v2v_ms() is not None or call.of("error"), 90)
-        return call.v2v_ms()
+        await call.wait_for(lambda: call.of("turn.metrics") or call.of("error"), 90)
+        metrics = call.of("turn.metrics")
+        return call.v2v_ms(), metrics[0].get("first_audio_ms") if metrics else None
     finally:
         await call.close()
 
 
+def transport_figures(turns: list[Turn]) -> dict[str, Any]:
+    """v2v as the client felt it, and the part of it spent outside the server: the client's
+    v2v less the server's own end-of-speech-to-first-audio (`turn.metrics`), which takes out
+    ASR/LLM/TTS time (and so most of the noise of a busy machine)."""
+    outside = [None if v is None or s is None else v - s for v, s in turns]
+    return {"v2v_ms": summarize([v for v, _ in turns]), "outside_server_ms": summarize(outside)}
+
+
 async def transports(stack: Any, rounds: int) -> dict[str, Any]:
     """One session at a time, the same clips alternately over the WebSocket and WebRTC, both
-    measured to the first audible reply frame (the WebSocket also to its first byte)."""
-    ws: list[TalkResult] = []
-    rtc: list[float | None] = []
+    measured to the first audible reply frame."""
+    ws: list[Turn] = []
+    rtc: list[Turn] = []
     for clip in questions() * rounds:
-        ws.append(await one_turn(stack.url, clip))
+        ws.append(await ws_turn(stack.url, clip))
         rtc.append(await rtc_turn(stack.http, clip))
-    ws_audible = summarize([r.audible_ms for r in ws])
-    webrtc = summarize(rtc)
-    extra = None if webrtc["p50"] is None or ws_audible["p50"] is None else \
-        round(webrtc["p50"] - ws_audible["p50"], 1)
-    return {"websocket_v2v_ms": summarize([r.v2v_ms for r in ws]), "websocket_audible_ms": ws_audible,
-            "webrtc_audible_ms": webrtc, "webrtc_extra_p50_ms": extra,
-            "failed": sum(1 for r in ws if not r.completed) + sum(1 for v in rtc if v is None)}
+    figures = {"websocket": transport_figures(ws), "webrtc": transport_figures(rtc)}
+
+    def extra(name: str) -> float | None:
+        a, b = figures["webrtc"][name]["p50"], figures["websocket"][name]["p50"]
+        return None if a is None or b is None else round(a - b, 1)
+    return {**figures, "webrtc_extra_p50_ms": extra("v2v_ms"),
+            "webrtc_extra_outside_server_p50_ms": extra("outside_server_ms"),
+            "failed": sum(1 for v, s in ws + rtc if v is None or s is None)}
 
 
 def stack_figures(rounds: int, only_transports: bool = False) -> dict[str, Any]:
@@ -206,10 +224,11 @@ def sequential_baseline(settings: Settings) -> dict[str, Any]:
 
 
 def print_transports(figures: dict[str, Any]) -> None:
-    for name, value in figures.items():
-        if isinstance(value, dict):
-            print(f"{'transports.' + name:<40}{value['p50']!s:>10}{value['p95']!s:>10}")
-    print(f"{'transports.webrtc_extra_p50_ms':<40}{figures['webrtc_extra_p50_ms']!s:>10}")
+    for transport in ("websocket", "webrtc"):
+        for name, value in figures[transport].items():
+            print(f"{transport + '.' + name:<40}{value['p50']!s:>10}{value['p95']!s:>10}")
+    for name in ("webrtc_extra_p50_ms", "webrtc_extra_outside_server_p50_ms"):
+        print(f"{name:<40}{figures[name]!s:>10}")
 
 
 def print_table(report: dict[str, Any]) -> None:

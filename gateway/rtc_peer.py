@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 from prometheus_client import Counter
 
@@ -132,9 +133,12 @@ class RtcPeer:
         self.pc.addTrack(self.transport.track)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
-            if not any(t.kind == "audio" for t in self.pc.getTransceivers()):
-                raise ValueError("the offer has no audio")
+            if not any(t.kind == "audio" and t.mid is not None for t in self.pc.getTransceivers()):
+                raise ValueError("the offer has no audio track")
+            if self.pc.sctp is None:
+                raise ValueError(f"the offer has no data channel (create one labelled {EVENTS_LABEL!r})")
             await self.pc.setLocalDescription(await self.pc.createAnswer())
+            self._shorten_jitter_buffers()
         except Exception as exc:  # aiortc's SDP parser raises whatever it trips on (client input)
             raise ApiError(400, "bad_sdp", f"the offer could not be used: {exc!r}"[:300]) from None
         await self.session.open()
@@ -193,6 +197,20 @@ class RtcPeer:
     def _on_track(self, track: Any) -> None:
         if track.kind == "audio" and not any(t.get_name() == "rtc-audio-in" for t in self.tasks):
             self.tasks.append(asyncio.create_task(self._read_audio(track), name="rtc-audio-in"))
+
+    def _shorten_jitter_buffers(self) -> None:
+        """aiortc holds 4 received audio frames (80 ms) before decoding one, to smooth playout.
+        The uplink here feeds an ASR, not a speaker: nothing plays it, so 80 ms of hold is pure
+        latency and a rare reordered packet is an acceptable loss. Keep `rtc_uplink_prefetch`
+        frames instead (private aiortc state: skipped, with a log line, if it ever moves)."""
+        for receiver in self.pc.getReceivers():
+            if receiver.track is None or receiver.track.kind != "audio":
+                continue
+            if not hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
+                log.warning("aiortc's jitter buffer not found; keeping its default hold")
+                return
+            receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(
+                capacity=16, prefetch=self.settings.rtc_uplink_prefetch)
 
     async def _read_audio(self, track: Any) -> None:
         down = Downsampler()

@@ -280,8 +280,9 @@ class VoiceSession:
             with contextlib.suppress(TransportClosed):
                 await self.transport.close(ProtocolError(closed.code, closed.message).event(),
                                            closed.close_code)
-        except TransportClosed:
-            return
+        except TransportClosed:  # make sure the transport ends too (a no-op if it has)
+            await self.transport.close(ProtocolError("transport_closed", "the client is gone").event(),
+                                       CLOSE_POLICY)
 
     async def _deliver(self, frame: Frame) -> None:
         """Send one frame to the client; tell the orchestrator what has been heard."""

@@ -188,6 +188,18 @@ def test_a_peer_whose_audio_stops_is_ended_and_told(stack: Stack) -> None:
     assert _closed("media_timeout") == before + 1
 
 
+async def _offer(data_channel: bool, audio: bool) -> str:
+    pc = RTCPeerConnection()
+    if data_channel:
+        pc.createDataChannel("events")
+    if audio:
+        pc.addTrack(PcmTrack())
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return str(sdp)
+
+
 def test_webrtc_off_and_bad_offers_are_refused_with_reasons(stack: Stack) -> None:
     with running_gateway(stack, enable_webrtc=False) as gateway:
         response = httpx.post(f"{gateway.http}/rtc/session", json={"sdp": "v=0", "type": "offer"})
@@ -195,7 +207,9 @@ def test_webrtc_off_and_bad_offers_are_refused_with_reasons(stack: Stack) -> Non
     for body, code in [({"sdp": "v=0", "type": "answer"}, "bad_offer"), ({"type": "offer"}, "bad_offer"),
                        ({"sdp": "v=0\r\nnonsense", "type": "offer"}, "bad_sdp"),
                        ({"sdp": "v=0", "type": "offer", "language": "tlh"}, "unsupported_language"),
-                       ({"sdp": "v=0", "type": "offer", "session_id": "abc"}, "bad_session_id")]:
+                       ({"sdp": "v=0", "type": "offer", "session_id": "abc"}, "bad_session_id"),
+                       ({"sdp": asyncio.run(_offer(False, True)), "type": "offer"}, "bad_sdp"),
+                       ({"sdp": asyncio.run(_offer(True, False)), "type": "offer"}, "bad_sdp")]:
         response = httpx.post(f"{stack.http}/rtc/session", json=body, timeout=30)
         assert response.status_code == 400 and response.json()["error"] == code, (body, response.text)
 
