@@ -51,7 +51,7 @@ LETTERS = {
     "a": "ei", "b": "bhii", "c": "sii", "d": "dhii", "e": "ii", "f": "efu", "g": "jii",
     "h": "eichi", "i": "ai", "j": "jei", "k": "kei", "l": "eru", "m": "emu", "n": "eni", "o": "ou",
     "p": "pii", "q": "kiyu", "r": "aa", "s": "esi", "t": "tii", "u": "yuu", "v": "vhii",
-    "w": "dhabhuryu", "x": "ekisi", "y": "wai", "z": "zedhi",
+    "w": "dhabhuriyu", "x": "ekisi", "y": "wai", "z": "zedhi",
 }
 # Abbreviations and acronyms as Zimbabweans say them (case-sensitive: "ZESA", not "zesa").
 LEXICON = {
@@ -66,7 +66,7 @@ LEXICON = {
     "i.e": "kureva kuti", "etc": "nezvimwewo", "vs": "vachirwisana na",
     # Domain name parts (URLs and e-mail addresses).
     "com": "komu", "co": "ko", "org": "ogi", "net": "neti", "gov": "govhi", "ac": "ei sii",
-    "zw": "zedhi dhabhuryu", "za": "zedhi ei", "www": "dhabhuryu dhabhuryu dhabhuryu",
+    "zw": "zedhi dhabhuriyu", "za": "zedhi ei", "www": "dhabhuriyu dhabhuriyu dhabhuriyu",
 }
 # Symbols with a Shona reading ("/" between words is "or").
 SYMBOLS = {
