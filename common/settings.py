@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     rtc_ice_servers: list[dict[str, str | list[str]]] = Field(default_factory=list)
     rtc_connect_timeout_s: float = 15.0  # a peer not connected by then is dropped (and counted)
     rtc_media_timeout_s: float = 10.0  # a connected peer whose audio stops this long: dropped
+    rtc_uplink_prefetch: int = Field(default=1, ge=1, le=8)  # client audio frames held (aiortc: 4)
 
     # --- auth and limits (gateway) ---
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
