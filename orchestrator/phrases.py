@@ -23,7 +23,7 @@ SENTENCE_MARKS = ".!?;:"
 _BREAK = re.compile(r"[,;:.!?…]+[\"')\]]*\s")
 _SPACE = re.compile(r"\s+")
 # A word that is, or ends, a number, time, date or amount: "5", "12,500", "$5", "10:30", "3rd".
-_NUMERIC = re.compile(r"^[(\"']?[-−]?(?:US\$|Z\$|[$£€])?[0-9][0-9,./:h-]*(?:st|nd|rd|th)?$")
+_NUMERIC = re.compile(r"^[(\"']?[-−+]?(?:US\$|Z\$|[$£€])?[0-9][0-9,./:h-]*(?:st|nd|rd|th)?$")
 _CURRENCY = frozenset({"$", "US$", "Z$", "£", "€", "R", "ZWL", "ZWG", "ZiG", "USD", "ZAR", "GBP",
                        "EUR"})
 _RANGE = frozenset({"-", "–", "—", "to", "kusvika"})
@@ -38,9 +38,10 @@ def joins(left: str, right: str | None) -> bool:
     """Whether the words `left` and `right` belong to one number/time/date/amount group, so
     that a phrase must not be cut between them. `right` None: not arrived (or not whole) yet."""
     bare = left.rstrip(")\"'")
-    if bare.endswith(","):  # "March 12," + "2025"
+    if bare.endswith(","):  # "March 12," / "12 March," + "2025"
         core = bare[:-1]
-        return (bool(_NUMERIC.match(core)) and (right is None or bool(re.match(r"[0-9]{4}\b", right))))
+        dated = bool(_NUMERIC.match(core)) or core.lower() in MONTHS
+        return dated and (right is None or bool(re.match(r"[0-9]{4}\b", right)))
     if bare[-1:] in ".!?;:" and not _NUMERIC.match(bare):
         return False
     starts_number = right is None or bool(re.match(r"[-−]?(?:US\$|Z\$|[$£€0-9])", right))
@@ -101,7 +102,9 @@ class PhraseCutter:
                 return self._take(match.end())
         if first and len(self._buffer.split()) > self.first_max_words:
             # No break yet in a long opening: cut at the last word boundary outside a group.
-            return self._cut_at_word()
+            phrase = self._cut_at_word()
+            if phrase is not None:
+                return phrase
         if len(self._buffer) > _MAX_HOLD * self.max_chars:
             return self._take(self._buffer.rstrip().rfind(" ") + 1)  # bounded: never hold more
         return None

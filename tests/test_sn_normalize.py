@@ -3,6 +3,7 @@ reported, the English-word classifier measured, code-switched words said as one 
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import pytest
@@ -145,7 +146,9 @@ TABLE = [
     ('Vakabhadhara roora yakakura', 'Vakabhadhara roora yakakura'),
     ('Ndinoda kuteerera nhoroondo', 'Ndinoda kuteerera nhoroondo'),
     ('Makadii, ndinoda $5.', 'Makadii, ndinoda madhora mashanu.'),
-    ('Ndinouya na 10:30 pa 12/03/2025.', 'Ndinouya na awa gumi nemaminitsi makumi matatu pa gumi nembiri Kurume zvuru zviviri nemakumi maviri neshanu.'),
+    ('Ndinouya na 10:30 pa 12/03/2025.',
+     'Ndinouya na awa gumi nemaminitsi makumi matatu pa gumi nembiri Kurume zvuru zviviri '
+     'nemakumi maviri neshanu.'),
 ]
 
 
@@ -184,7 +187,7 @@ MIXED = (
 
 def _check_tiles(text: str, pieces: list[Piece]) -> None:
     assert pieces[0].start == 0 and pieces[-1].end == len(text)
-    for before, after in zip(pieces, pieces[1:], strict=False):
+    for before, after in itertools.pairwise(pieces):
         assert before.end == after.start  # no gap, no overlap: every character in one piece
     for piece in pieces:
         if piece.kind != "space":
