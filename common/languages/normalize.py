@@ -58,7 +58,11 @@ _NEG = r"(?:(?<![\w.])[-−](?=[$£€0-9A-Z]))?"
 
 _PIECES = re.compile(
     rf"""
-    (?P<url>(?:https?://|www\.)[^\s<>"']*[^\s<>"'.,;:!?)\]])
+    (?P<space>\s+)
+    # Most of a phrase: a lower-case word that nothing below could start (no e-mail, URL,
+    # abbreviation or glued number follows it); tried first, it keeps the scan cheap.
+  | (?P<plain>[a-z]+(?:'[a-z]+)*(?![\w@.:/'’-]))
+  | (?P<url>(?:https?://|www\.)[^\s<>"']*[^\s<>"'.,;:!?)\]])
   | (?P<email>[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)
   | (?P<phone>(?<![0-9])(?:\+[0-9]{{1,3}}(?:[ -]?[0-9]{{2,4}}){{2,4}}
         |0[0-9]{{2,3}}(?:[ -][0-9]{{3,4}}){{1,2}}|0[0-9]{{9}})(?![0-9]))
@@ -79,7 +83,6 @@ _PIECES = re.compile(
   | (?P<abbr>\b(?:Dr|Mr|Mrs|Ms|Prof|Hon|Eng|No|e\.g|i\.e|vs)\.(?=\s*\w))
   | (?P<word>[^\W\d_]+(?:['’][^\W\d_]*)*)
   | (?P<mark>[.!?…]+|[,;:])
-  | (?P<space>\s+)
   | (?P<other>.)
     """,
     re.VERBOSE | re.DOTALL,
@@ -291,6 +294,9 @@ class Normalizer:
 
     def _abbr(self, text: str, ctx: Context, m: re.Match[str]) -> tuple[str, Kind]:
         return self.reader.word(text.rstrip(".")), "say"
+
+    def _plain(self, text: str, ctx: Context, m: re.Match[str]) -> tuple[str, Kind]:
+        return self._word(text, ctx, m)
 
     def _word(self, text: str, ctx: Context, m: re.Match[str]) -> tuple[str, Kind]:
         said = self.reader.word(text)
