@@ -191,6 +191,22 @@ class Settings(BaseSettings):
     llm_replicas: int = 1
     tts_replicas: int = 1
 
+    # --- containers (deployment area): docker-compose, Kubernetes; `inzwa serve` / `inzwa health` ---
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # >0: this process serves /metrics on it
+    metrics_host: str = "127.0.0.1"  # "0.0.0.0" in a container, so Prometheus reaches it
+    # The address a worker announces for its work socket, when peers cannot use the configured
+    # one: "auto" is this container's own address (replicas of one compose service differ only
+    # there), anything else is taken as is (a pod IP from the downward API).
+    advertise_host: str = ""
+    tts_device: Literal["cpu", "cuda"] = "cpu"  # cuda: onnxruntime's CUDA provider, then the CPU
+
+    @property
+    def tts_onnx_providers(self) -> list[str]:
+        """onnxruntime execution providers for the TTS engine, in order of preference."""
+        if self.tts_device == "cuda":
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
     @field_validator("curve_keys_dir", mode="before")
     @classmethod
     def _no_keys_dir(cls, value: object) -> object:

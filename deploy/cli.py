@@ -1,4 +1,4 @@
-"""The `inzwa` command: models, run, ctl, talk and certs."""
+"""The `inzwa` command: models, run, ctl, keys, serve, health, talk and certs."""
 
 from __future__ import annotations
 
@@ -105,6 +105,19 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from deploy.compose.process import serve
+
+    serve(args.program)
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    from deploy.compose.process import health
+
+    return health(args.program)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inzwa", description="Inzwa voice assistant")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--gateway", action="append", help="a gateway_id (repeatable; default: ours)")
     keys.add_argument("--worker", action="append", help="worker identities (default: worker)")
     keys.set_defaults(func=_keys)
+
+    serve = commands.add_parser("serve", help="run one program in this process (a container's command)")
+    serve.add_argument("program", choices=PROGRAM_HELP.removeprefix("one of: ").split(", ")[:-1])
+    serve.set_defaults(func=_serve)
+
+    health = commands.add_parser("health", help="probe the program `inzwa serve` runs here (exit 0: serving)")
+    health.add_argument("program", nargs="?", default="", help="default: the one started here")
+    health.set_defaults(func=_health)
 
     talk = commands.add_parser("talk", help="speak a WAV file (or the microphone: --mic) to the assistant")
     talk.add_argument("file", nargs="?", default="")

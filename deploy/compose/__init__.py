@@ -1,0 +1,1 @@
+"""Running the processes one per container (docker-compose, Kubernetes): `inzwa serve`/`health`."""

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Build the Inzwa image offline (no registry): a Debian base from debootstrap + `docker import`,
+# Python wheels from a wheelhouse built here with pip, then deploy/Dockerfile on that base.
+#
+#   scripts/build-image.sh            base (cached) + wheelhouse (cached) + inzwa:latest
+#   INZWA_IMAGE=inzwa:dev scripts/build-image.sh
+#
+# Caches live in INZWA_BUILD_CACHE (default /var/cache/inzwa-build, else ~/.cache/inzwa-build):
+# the base rootfs and the wheelhouse are keyed by what they contain, so a second run only
+# rebuilds the image layers that changed. Prints the build times and the image size.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+IMAGE="${INZWA_IMAGE:-inzwa:latest}"
+SUITE="${INZWA_BASE_SUITE:-bookworm}"
+MIRROR="${INZWA_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# What the runtime needs from Debian: Python 3.11 (+venv for the builder stage), espeak-ng
+# (TTS phonemes, a separate GPL program, never linked), libgomp1 (llama.cpp, CTranslate2),
+# redis-server (so the compose Redis service runs from this base when no registry is there).
+PACKAGES="python3,python3-venv,espeak-ng,libgomp1,ca-certificates,passwd,redis-server"
+# Portable llama.cpp build (design notes §5): a native build SIGILLs on CPUs that advertise AMX.
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
+PIP="${INZWA_PIP:-.venv/bin/pip}"
+[ -x "$PIP" ] || PIP="pip3"
+
+if [ -z "${INZWA_BUILD_CACHE:-}" ]; then
+    if [ -w /var/cache ]; then INZWA_BUILD_CACHE=/var/cache/inzwa-build
+    else INZWA_BUILD_CACHE="$HOME/.cache/inzwa-build"; fi
+fi
+mkdir -p "$INZWA_BUILD_CACHE"
+base_key="$(printf '%s %s %s' "$SUITE" "$PACKAGES" "$(uname -m)" | sha256sum | cut -c1-12)"
+BASE_IMAGE="${INZWA_BASE_IMAGE:-inzwa-base:$SUITE-$base_key}"
+
+now() { echo "$SECONDS"; }
+elapsed() { echo "$((SECONDS - $1))"; }
+
+build_base() {
+    if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+        echo "base: $BASE_IMAGE (cached)"; return
+    fi
+    command -v debootstrap >/dev/null || { echo "debootstrap is needed (apt-get install debootstrap)" >&2; exit 1; }
+    local t0 rootfs
+    t0="$(now)"
+    rootfs="$INZWA_BUILD_CACHE/rootfs-$base_key"
+    if [ ! -f "$rootfs/.inzwa-complete" ]; then
+        rm -rf "$rootfs"
+        debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$rootfs" "$MIRROR" >"$rootfs.log" 2>&1 \
+            || { tail -20 "$rootfs.log" >&2; exit 1; }
+        # No package lists or caches in the image; apt works again after `apt-get update`.
+        rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb
+        touch "$rootfs/.inzwa-complete"
+    fi
+    tar -C "$rootfs" --exclude=./.inzwa-complete -c . | docker import \
+        -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8' \
+        -c 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
+    echo "base: $BASE_IMAGE built in $(elapsed "$t0") s"
+}
+
+build_wheelhouse() {
+    # Keyed by the dependency list: a code change reuses it, a pyproject change rebuilds it.
+    local key wheels t0
+    key="$(sha256sum pyproject.toml | cut -c1-12)"
+    wheels="$INZWA_BUILD_CACHE/wheelhouse-$key"
+    t0="$(now)"
+    if [ ! -f "$wheels/.complete" ]; then
+        rm -rf "$wheels" && mkdir -p "$wheels"
+        echo "wheelhouse: building (pip wheel, cached wheels reused)"
+        # pip reuses its cached llama-cpp-python wheel (built with the flags above).
+        "$PIP" wheel --disable-pip-version-check -q -w "$wheels" '.[redis]' >"$wheels.log" 2>&1 \
+            || { tail -20 "$wheels.log" >&2; exit 1; }
+        rm -f "$wheels"/inzwa-*.whl  # the project itself is installed from the build context
+        # Build backend for installing the project offline inside the image.
+        "$PIP" download --disable-pip-version-check -q -d "$wheels" --only-binary=:all: \
+            'setuptools>=68' wheel 'async-timeout>=4.0.3' >>"$wheels.log" 2>&1
+        # (async-timeout: redis needs it on Debian's Python 3.11.2, not on this host's newer one.)
+        touch "$wheels/.complete"
+        echo "wheelhouse: $(ls "$wheels" | wc -l) wheels built in $(elapsed "$t0") s"
+    else
+        echo "wheelhouse: $wheels (cached)"
+    fi
+    # The build context must hold the wheels: hard links (same file system) or copies.
+    find deploy/docker/wheelhouse -name '*.whl' -delete
+    cp -l "$wheels"/*.whl deploy/docker/wheelhouse/ 2>/dev/null || cp "$wheels"/*.whl deploy/docker/wheelhouse/
+}
+
+build_image() {
+    local t0
+    t0="$(now)"
+    docker build -q -f deploy/Dockerfile --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$IMAGE" . >/dev/null
+    echo "image: $IMAGE built in $(elapsed "$t0") s, $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
+}
+
+build_base
+build_wheelhouse
+build_image
+docker tag "$BASE_IMAGE" inzwa-base:latest  # the compose Redis service's offline image
