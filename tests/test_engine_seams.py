@@ -129,3 +129,26 @@ def test_the_fake_voice_is_real_audio_proportional_to_the_text() -> None:
     assert len(short) == pytest.approx(len("Hello there.") * 0.06 * 32000, rel=0.05)
     assert len(long) == pytest.approx(len(("Hello there. " * 4).strip()) * 0.06 * 32000, rel=0.05)
     assert b"".join(voice.synthesize_stream("Hello there.", sample_rate=16000)) == short
+
+
+def test_a_remote_engine_without_its_url_names_the_setting() -> None:
+    for load, kind in ((asr_registry.load_engine, "ASR"), (load_llm, "LLM"), (load_tts, "TTS")):
+        settings = Settings(_env_file=None, **{f"{kind.lower()}_engine": "openai"})
+        with pytest.raises(ValueError, match=f"INZWA_{kind}_REMOTE_URL"):
+            load(settings)  # type: ignore[operator]
+
+
+def test_a_continued_reply_passes_through_and_a_restated_one_is_trimmed() -> None:
+    from llm_worker.engines.openai import Restated
+
+    def run(sent: str, pieces: list[str]) -> str:
+        restated = Restated(sent)
+        return "".join(restated.feed(piece) for piece in pieces)
+
+    # vLLM / llama.cpp continue inside the partial message: nothing is held back
+    assert run("The capital city", [" of", " France", " is", " Paris."]) == " of France is Paris."
+    # a server that starts over repeats the sent text first: only what is new goes out
+    assert run("The capital city", ["The", " capital", " city", " of", " France."]) == " of France."
+    # a new message that only begins like the sent text is passed on whole
+    assert run("The capital city", ["The", " cat", " sat."]) == "The cat sat."
+    assert run("", ["Hello", " there."]) == "Hello there."
