@@ -65,6 +65,7 @@ TABLE = [
     ("1 km", "one kilometre"),
     ("30°C", "thirty degrees Celsius"),
     ("It costs $5.50, not $6.", "It costs five dollars and fifty cents , not six dollars ."),
+    ("No, thanks. Room No. 5", "No , thanks . Room number five"),  # "No." only before a number
 ]
 
 

@@ -128,6 +128,7 @@ TABLE = [
     ('A & B', 'A uye [B]'),
     ('5 + 3 = 8', 'shanu purasi tatu zvakaenzana na sere'),
     ('#1', 'nhamba poshi'),
+    ('Imba No. 5', 'Imba nhamba shanu'),
     ('12,500', 'zvuru gumi nembiri nemazana mashanu'),
     ('1,500,000', 'miriyoni nezvuru mazana mashanu'),
     ('0772', 'ziro nomwe nomwe piri'),

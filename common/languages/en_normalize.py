@@ -7,6 +7,8 @@ out in English words before espeak-ng sees the text, so both packs go through th
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from common.languages.normalize import Context, Normalizer, Number, Reader, ungroup
 
 _ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
@@ -36,10 +38,11 @@ UNITS = {"km": "kilometres", "km/h": "kilometres per hour", "kg": "kilograms", "
 LEXICON = {
     "ZESA": "Zesa", "ZIMRA": "Zimra", "NSSA": "N S S A", "ZIMSEC": "Zimsec", "SADC": "Sadc",
     "ZiG": "zig", "Dr": "Doctor", "Mr": "Mister", "Mrs": "Missus", "Ms": "Miz",
-    "Prof": "Professor", "Hon": "Honourable", "Eng": "Engineer", "No": "number",
+    "Prof": "Professor", "Hon": "Honourable", "Eng": "Engineer",
     "e.g": "for example", "i.e": "that is", "etc": "et cetera", "vs": "versus",
-    "com": "com", "co": "co", "org": "org", "zw": "Z W", "za": "Z A",
 }
+DOMAINS = {"com": "com", "co": "co", "org": "org", "net": "net", "gov": "gov", "zw": "Z W",
+           "za": "Z A"}
 SYMBOLS = {"&": "and", "+": "plus", "=": "equals", "@": "at", "/": "or", "%": "percent",
            "#": "number", "$": "dollar", "£": "pound", "€": "euro", "°": "degrees",
            "×": "times", "÷": "divided by", "<": "less than", ">": "more than"}
@@ -91,6 +94,8 @@ def _counted(singular: str, plural: str, n: int) -> str:
 class EnglishReader(Reader):
     language = "en"
     symbol_word = "symbol"
+    domains = DOMAINS
+    dotted: ClassVar[dict[str, str]] = {"No": "number"}  # "No. 5"; a bare "No" is the word no
 
     def number(self, text: str, negative: bool, ctx: Context) -> str:
         whole, _, fraction = ungroup(text).partition(".")

@@ -21,7 +21,7 @@ import logging
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ _PIECES = re.compile(
   | (?P<ordinal>(?<![0-9])[0-9]+{_ORD}(?![A-Za-z]))
   | (?P<measure>(?<![0-9])(?:{NUM})\s?{_UNIT})
   | (?P<number>{_NEG}(?<![0-9])(?:{NUM}))
-  | (?P<abbr>\b(?:Dr|Mr|Mrs|Ms|Prof|Hon|Eng|No|e\.g|i\.e|vs)\.(?=\s*\w))
+  | (?P<abbr>\b(?:Dr|Mr|Mrs|Ms|Prof|Hon|Eng|e\.g|i\.e|vs)\.(?=\s*\w)|\bNo\.(?=\s?[0-9]))
   | (?P<word>[^\W\d_]+(?:['’][^\W\d_]*)*)
   | (?P<mark>[.!?…]+|[,;:])
   | (?P<other>.)
@@ -133,6 +133,8 @@ class Reader:
 
     language = ""
     symbol_word = "symbol"  # said for a character no rule covers
+    domains: ClassVar[dict[str, str]] = {}  # parts of host names: "com", "zw"
+    dotted: ClassVar[dict[str, str]] = {}  # abbreviations said only with their dot: "No. 5"
 
     def number(self, text: str, negative: bool, ctx: Context) -> str:
         raise NotImplementedError
@@ -211,7 +213,7 @@ class Normalizer:
         return f" {self.reader.dot} ".join(self._host_part(part) for part in host.split(".") if part)
 
     def _host_part(self, part: str) -> str:
-        lexicon = self.reader.word(part)
+        lexicon = self.reader.domains.get(part.lower()) or self.reader.word(part)
         if lexicon != part:
             return lexicon
         if len(part) <= 2 or not re.search(r"[aeiou]", part, re.I) or not part.isalpha():
@@ -293,7 +295,8 @@ class Normalizer:
         return self.reader.number(text.lstrip("-−"), negative, ctx), "say"
 
     def _abbr(self, text: str, ctx: Context, m: re.Match[str]) -> tuple[str, Kind]:
-        return self.reader.word(text.rstrip(".")), "say"
+        bare = text.rstrip(".")
+        return self.reader.dotted.get(bare) or self.reader.word(bare), "say"
 
     def _plain(self, text: str, ctx: Context, m: re.Match[str]) -> tuple[str, Kind]:
         return self._word(text, ctx, m)

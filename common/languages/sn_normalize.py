@@ -30,6 +30,7 @@ native speaker, dialects differ):
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 from common.languages.normalize import Context, Normalizer, Number, Reader, ungroup
 from common.languages.sn_numbers import (
@@ -62,11 +63,13 @@ LEXICON = {
     "ID": "ai dhii", "TV": "tii vhii", "ATM": "ei tii emu", "SMS": "esi emu esi",
     "COVID": "Kovhidhi", "HIV": "eichi ai vhii", "AIDS": "Eidzi", "OK": "okei", "ok": "okei",
     "Dr": "Chiremba", "Mr": "Va", "Mrs": "Mai", "Ms": "Mai", "Prof": "Purofesa",
-    "Hon": "Honorebhu", "Eng": "Injinya", "No": "nhamba", "e.g": "semuenzaniso",
+    "Hon": "Honorebhu", "Eng": "Injinya", "e.g": "semuenzaniso",
     "i.e": "kureva kuti", "etc": "nezvimwewo", "vs": "vachirwisana na",
-    # Domain name parts (URLs and e-mail addresses).
+}
+# Parts of host names (URLs and e-mail addresses).
+DOMAINS = {
     "com": "komu", "co": "ko", "org": "ogi", "net": "neti", "gov": "govhi", "ac": "ei sii",
-    "zw": "zedhi dhabhuriyu", "za": "zedhi ei", "www": "dhabhuriyu dhabhuriyu dhabhuriyu",
+    "zw": "zedhi dhabhuriyu", "za": "zedhi ei",
 }
 # Symbols with a Shona reading ("/" between words is "or").
 SYMBOLS = {
@@ -164,6 +167,8 @@ def _counted(singular: str, plural: str, n: int) -> str:
 class ShonaReader(Reader):
     language = "sn"
     symbol_word = "chiratidzo"
+    domains = DOMAINS
+    dotted: ClassVar[dict[str, str]] = {"No": "nhamba"}  # "No. 5"; a bare "No" is the word no
     plus = "purasi"
     dot = "dhoti"
     at = "pa"
