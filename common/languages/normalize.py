@@ -314,8 +314,8 @@ class Normalizer:
     def _other(self, text: str, ctx: Context, m: re.Match[str]) -> tuple[str, Kind]:
         if text in "-–—" and _between_numbers(ctx, m):
             return self.reader.range_word, "say"
-        if text in SILENT:
-            return text, "silent"
+        if text in SILENT or (text == "#" and not m.string[m.end():m.end() + 1].isdigit()):
+            return text, "silent"  # "#" is "number" before a digit, markdown otherwise
         named = self.reader.symbol(text)
         if named is not None:
             return named, "say"
