@@ -14,6 +14,7 @@ import logging
 import time
 
 from common.frames import GenerateRequest, LlmWork, TokenChunk, WarmupDone, WarmupRequest, WorkerError
+from common.logs import content
 from common.settings import Settings
 from common.worker import WorkerRuntime
 from llm_worker.interface import LLM, Messages, aclose
@@ -115,7 +116,8 @@ class LlmWorker:
             relay.cancel()  # a no-op once done; if this task is cancelled, the relay goes too
         if not relay.cancelled() and relay.exception() is not None:
             exc = relay.exception()
-            log.error("generation failed: %s: %s", type(exc).__name__, exc,
+            # a server's error text may quote the prompt: logged only where content may be
+            log.error("generation failed: %s: %s", type(exc).__name__, content(str(exc)),
                       extra={"session_id": request.session_id, "request_id": request.request_id})
             await self._error(request, "llm_failed", f"generation failed: {type(exc).__name__}")
         await self._emit(request, seq=sent[0], token="", final=True)

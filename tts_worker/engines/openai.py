@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from common.audio import pcm16_to_float
+from common.logs import content
 from common.settings import Settings
 from tts_worker.pcm import Framer
 
@@ -82,7 +83,8 @@ class OpenAITts:
         with self._client.stream("POST", "audio/speech", json=body) as response:
             if response.status_code >= 400:
                 detail = response.read().decode(errors="replace")[:200]
-                raise RuntimeError(f"speech server: HTTP {response.status_code}: {detail}")
+                # the server's error text may quote the input: kept out of logs unless allowed
+                raise RuntimeError(f"speech server: HTTP {response.status_code}: {content(detail)}")
             yield from self._frames(response.iter_bytes(), sample_rate, frame_ms)
 
     def _frames(self, chunks: Iterator[bytes], sample_rate: int, frame_ms: int) -> Iterator[bytes]:
