@@ -78,3 +78,30 @@ def test_other_events_are_ignored(watchdog: Watchdog) -> None:
     watchdog.handle("PROCESS_STATE_RUNNING", "processname:asr_worker_0 groupname:asr_worker")
     time.sleep(0.1)
     assert watchdog.rpc.supervisor.started == []
+
+
+def test_deaths_are_reported_on_the_watchdog_socket_for_workers_only(tmp_path: Path) -> None:
+    """The notice goes to the orchestrator's watchdog socket (not the results socket, which
+    no longer accepts it); a gateway or orchestrator exit is supervisord's own business."""
+    import zmq
+
+    from common.frames import watchdog_decoder
+    from deploy.watchdog import Notifier
+
+    settings = Settings(_env_file=None, run_dir=tmp_path)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    (tmp_path / "plane").mkdir(mode=0o700)
+    pull.bind(settings.watchdog)
+    notifier = Notifier(settings)
+    try:
+        notifier.exited("gateway", 0)
+        notifier.exited("llm_worker", 1, gave_up=True)
+        assert pull.poll(5000)
+        got = watchdog_decoder().decode(pull.recv())
+        assert (got.kind, got.program, got.instance, got.gave_up) == ("llm", "llm_worker", 1, True)
+        assert not pull.poll(300)  # nothing for the gateway
+    finally:
+        notifier.close()
+        pull.close(linger=0)
+        context.term()
