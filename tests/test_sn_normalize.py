@@ -326,3 +326,21 @@ def test_shona_phonemizer_reads_amounts_and_long_vowels_without_english(english:
     for text in ("Vakabhadhara roora ye $1,500.", "Musangano uri na 10:30 musi wa 12/03/2025.",
                  "Mitengo yakakwira ne 15%.", "Fonera 0772123456."):
         assert shona.phonemize(text), text
+
+
+def test_any_mix_of_digits_and_symbols_is_read_without_error() -> None:
+    """Seeded random strings of digits, currency, separators and letters: both readers answer,
+    the pieces tile the text, and the G2P gets no digit (huge numbers fall back to digits)."""
+    import random
+
+    from common.languages.en_normalize import normalize as english
+
+    rng = random.Random(2)
+    alphabet = "0123456789" * 3 + "$£€%:/.,-+@#&() abcRZWLUSthndMarch"
+    texts = ["$99999999999999", "9999999999999th", "$1,000,000,000,000.55", "31/02/2025",
+             "25:00", "0/0/0"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 20))) for _ in range(1500)]
+    for text in texts:
+        _check_tiles(text, NORMALIZER.pieces(text))
+        english(text)
+        assert not any(ch.isdigit() for s in segment(text) for ch in s.text), text

@@ -165,7 +165,8 @@ class EnglishReader(Reader):
         return LEXICON.get(word, word)
 
     def letters(self, text: str) -> str:
-        return " ".join(ch.upper() for ch in text if ch.isalnum())
+        return " ".join(_ONES[int(ch)] if ch.isdigit() else ch.upper() for ch in text
+                        if ch.isascii() and ch.isalnum())
 
     def symbol(self, char: str) -> str | None:
         return SYMBOLS.get(char)

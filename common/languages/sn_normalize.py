@@ -216,7 +216,7 @@ class ShonaReader(Reader):
 
     def ordinal(self, n: int, ctx: Context) -> str:
         concord = _POSSESSIVE.get(noun_class(ctx.previous) or 1, "we")
-        stem = _ORDINALS[n] if 0 < n < 10 else big_number_to_shona(n)
+        stem = _ORDINALS[n] if 0 < n < 10 else number_agreeing(n, None)
         return f"{concord}{stem}"
 
     def time(self, hour: int, minute: int, period: str) -> str:
@@ -270,7 +270,8 @@ class ShonaReader(Reader):
         return word.capitalize() if not is_probably_english(word) and len(word) > 3 else self.letters(word)
 
     def letters(self, text: str) -> str:
-        return " ".join(LETTERS.get(ch.lower(), ch) for ch in text if ch.isalnum())
+        return " ".join(LETTERS.get(ch.lower()) or digits_to_shona(ch) for ch in text
+                        if ch.isascii() and ch.isalnum())
 
     def symbol(self, char: str) -> str | None:
         return SYMBOLS.get(char)

@@ -171,7 +171,10 @@ def unit_agreeing(units: int, noun_class: int) -> str:
 
 
 def number_agreeing(n: int, noun_class: int | None) -> str:
-    """`n` counted after a plural noun of `noun_class`; None: plain counting (number_to_shona)."""
+    """`n` counted after a plural noun of `noun_class`; None: plain counting (number_to_shona).
+    Past MAX_BIG_NUMBER the digits are read one by one (no reading is refused)."""
+    if n > MAX_BIG_NUMBER:
+        return digits_to_shona(str(n))
     if noun_class is None or n < 2:
         return big_number_to_shona(n)
     base, units = divmod(n, 10)
