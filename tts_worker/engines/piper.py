@@ -12,7 +12,7 @@ import json
 import logging
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -105,7 +105,7 @@ def limit_peak(audio: np.ndarray, limit: float = _PEAK_LIMIT) -> np.ndarray:
 def create(settings: Settings) -> PiperVoice:
     return PiperVoice.load(resolve(settings.tts_model, settings.models_dir),
                            threads=settings.tts_threads, espeak_voice=settings.tts_espeak_voice,
-                           model_name=settings.tts_model)
+                           model_name=settings.tts_model, providers=settings.tts_onnx_providers)
 
 
 class PiperVoice:
@@ -141,8 +141,10 @@ class PiperVoice:
         threads: int = 1,
         espeak_voice: str = "",
         model_name: str = "",
+        providers: Sequence[str] = ("CPUExecutionProvider",),
     ) -> PiperVoice:
-        """Load a voice; `espeak_voice` overrides the config's espeak-ng voice."""
+        """Load a voice; `espeak_voice` overrides the config's espeak-ng voice. `providers` in
+        order of preference; those this onnxruntime build lacks are left out (CPU remains)."""
         import onnxruntime as ort  # heavy: only the TTS worker pays for it
 
         from tts_worker.phonemizer import EspeakPhonemizer
@@ -154,17 +156,24 @@ class PiperVoice:
         options.inter_op_num_threads = 1  # one sequential graph: more threads only contend
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(
-            str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        available = set(ort.get_available_providers())
+        usable = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+        session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=usable)
         phonemizer = EspeakPhonemizer(espeak_voice or config.espeak_voice)
         return cls(config, session, phonemizer, path=onnx_path, model_name=model_name)
 
+    @property
+    def device(self) -> str:
+        """Where the voice really runs: the provider onnxruntime chose, not the one asked for."""
+        providers: list[str] = getattr(self.session, "get_providers", list)()
+        return "cuda" if "CUDAExecutionProvider" in providers else "cpu"
+
     def info(self) -> dict[str, str]:
         if self._path is None:
-            return {"name": self._model_name, "version": "", "sha256": "", "device": "cpu",
+            return {"name": self._model_name, "version": "", "sha256": "", "device": self.device,
                     "engine": "piper-onnx"}
-        return loaded_model_info(self._model_name, self._path, engine="piper-onnx", device="cpu")
+        return loaded_model_info(self._model_name, self._path, engine="piper-onnx",
+                                 device=self.device)
 
     @property
     def sample_rate(self) -> int:
