@@ -152,3 +152,14 @@ def test_a_continued_reply_passes_through_and_a_restated_one_is_trimmed() -> Non
     # a new message that only begins like the sent text is passed on whole
     assert run("The capital city", ["The", " cat", " sat."]) == "The cat sat."
     assert run("", ["Hello", " there."]) == "Hello there."
+
+
+@pytest.mark.models
+def test_the_voice_reports_the_device_it_really_runs_on(settings: Settings) -> None:
+    """Asking for CUDA on an onnxruntime without it falls back to the CPU, and says so."""
+    import onnxruntime
+
+    voice = load_tts(Settings(_env_file=None, tts_device="cuda"))
+    expected = "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
+    assert voice.info()["device"] == expected
+    assert any(b"".join(voice.synthesize_stream("Hello.", sample_rate=16000)))
