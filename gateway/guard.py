@@ -41,7 +41,12 @@ class Guard:
     def __init__(self, settings: Settings, *, local_admin: bool = True) -> None:
         # The local admin token (a 0600 file in the run directory) is how a loopback operator
         # reaches admin routes: anonymous callers are not admins.
-        token = ensure_local_admin_token(settings) if local_admin else ""
+        token = ""
+        if local_admin:
+            try:
+                token = ensure_local_admin_token(settings)
+            except OSError as exc:  # a read-only run directory: admin only by credential then
+                log.warning("no local admin token", extra={"error": type(exc).__name__})
         self.authenticator = Authenticator(settings, token)
         self.limits: Limits = make_limits(settings)
 

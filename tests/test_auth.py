@@ -369,3 +369,13 @@ def test_the_local_admin_token_is_an_admin(configured: dict[str, object]) -> Non
     require_admin(principal)
     wrong = auth.authenticate("local-token-" + "8" * 32, "127.0.0.1") if not configured else None
     assert wrong is None or not wrong.admin  # anonymous mode: a wrong token is just anonymous
+
+
+def test_a_gateway_without_a_writable_run_dir_starts_without_a_local_token(tmp_path: Path) -> None:
+    from gateway.guard import Guard
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    guard = Guard(make_settings(run_dir=blocker / "run"))  # cannot create the token file
+    assert guard.authenticator.authenticate(None, "127.0.0.1").id == ANONYMOUS_ID
+    assert not guard.authenticator.authenticate("x" * 43, "127.0.0.1").admin
