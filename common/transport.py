@@ -187,6 +187,13 @@ class Sender:
             return False
         return self.reachable
 
+    def offer(self, frame: Frame) -> bool:
+        """Queue a frame only if nothing is waiting (a heartbeat: while the peer is away, one
+        beat waits for it and the newer ones are not piled up behind it)."""
+        if not self._queue.empty():
+            return False
+        return self.put(frame)
+
     async def put_wait(self, frame: Frame, timeout_s: float) -> bool:
         """Queue a frame, waiting at most `timeout_s` for room (for producers that should slow
         down with the peer, e.g. a worker's engine stream); dropped past that."""

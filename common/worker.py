@@ -148,7 +148,7 @@ class WorkerRuntime:
                 model=self._model_info.get("name", ""),
             )
             if self._results is not None:
-                self._results.put(beat)  # never waits: a stale beat is worth nothing
+                self._results.offer(beat)  # never waits, never piles up: stale beats are worthless
             self._forget_old_cancels()
 
     async def _on_control(self, message: ControlMessage) -> None:
