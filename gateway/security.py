@@ -167,13 +167,13 @@ class EdgeGuard:
     def _cross_site(self, scope: Scope) -> bool:
         if scope["type"] == "http" and scope.get("method", "GET") in SAFE_METHODS:
             return False
+        origin = _header(scope, b"origin")
+        if origin is not None and origin.rstrip("/").lower() in self.origins:
+            return False  # a page the operator allowed (INZWA_CORS_ALLOWED_ORIGINS)
         if (_header(scope, b"sec-fetch-site") or "").lower() == "cross-site":
             return True
-        origin = _header(scope, b"origin")
         if origin is None:
             return False  # not a browser (browsers always send Origin on WebSockets and POSTs)
-        if origin.rstrip("/").lower() in self.origins:
-            return False
         return origin_host(origin) not in self.hosts
 
     async def _http(self, scope: Scope, receive: Any, send: Any) -> None:

@@ -627,3 +627,15 @@ def test_deeply_nested_json_is_an_invalid_request(keyed_gateway: GatewayProcess)
                           headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     assert response.status_code == 422 and response.json()["error"] == "invalid_request", response.text
     assert "nests deeper" in response.json()["message"]
+
+
+def test_an_allowed_cors_origin_may_post_in_anonymous_mode(tmp_path: Path) -> None:
+    page = "https://app.example"
+    with gateway_process(tmp_path, INZWA_CORS_ALLOWED_ORIGINS=page) as gateway:
+        allowed = httpx.post(f"{gateway.http}/v1/chat", timeout=10, json={"messages": []},
+                             headers={"Origin": page, "Sec-Fetch-Site": "cross-site"})
+        assert allowed.status_code == 422, allowed.text  # past the edge, to validation
+        assert allowed.headers.get("access-control-allow-origin") == page
+        refused = httpx.post(f"{gateway.http}/v1/chat", timeout=10, json={"messages": []},
+                             headers={"Origin": "https://other.example"})
+        assert refused.status_code == 403 and refused.json()["error"] == "cross_origin"
