@@ -639,3 +639,21 @@ def test_an_allowed_cors_origin_may_post_in_anonymous_mode(tmp_path: Path) -> No
         refused = httpx.post(f"{gateway.http}/v1/chat", timeout=10, json={"messages": []},
                              headers={"Origin": "https://other.example"})
         assert refused.status_code == 403 and refused.json()["error"] == "cross_origin"
+
+
+def test_connections_beyond_the_concurrency_limit_get_503(tmp_path: Path) -> None:
+    with gateway_process(tmp_path, INZWA_LIMIT_CONCURRENCY="4") as gateway:
+        idle = [socket.create_connection(("127.0.0.1", gateway.port), timeout=10) for _ in range(4)]
+        try:
+            for sock in idle:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # held open, headers unfinished
+            time.sleep(0.5)  # let the server accept them all
+            refused = httpx.get(f"{gateway.http}/healthz", timeout=10)
+            assert refused.status_code == 503, refused.text
+        finally:
+            for sock in idle:
+                sock.close()
+        deadline = time.monotonic() + 10
+        while (status := httpx.get(f"{gateway.http}/healthz", timeout=10).status_code) != 200:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
