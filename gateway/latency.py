@@ -18,14 +18,14 @@ KEEP_MS = 120_000  # arrival times kept: longer than any utterance
 
 class AudioClock:
     def __init__(self) -> None:
-        self._ends_ms: list[int] = []  # audio ms at the end of each received frame
+        self._ends_ms: list[float] = []  # audio ms at the end of each received frame
         self._arrived: list[float] = []
-        self._received_ms = 0
+        self._received_bytes = 0  # exact: chunks of any size (WebRTC's are not whole ms) add up
         self._speech_end_at: float | None = None
 
     def received(self, nbytes: int) -> None:
-        self._received_ms += nbytes // 32
-        self._ends_ms.append(self._received_ms)
+        self._received_bytes += nbytes
+        self._ends_ms.append(self._received_bytes / 32)  # PCM16 at 16 kHz: 32 bytes a ms
         self._arrived.append(time.monotonic())
         if len(self._ends_ms) > 2 * KEEP_MS // 20:
             del self._ends_ms[: KEEP_MS // 20]

@@ -206,3 +206,12 @@ def test_turn_metrics_are_measured_from_the_end_of_speech() -> None:
     event = metrics.finish(4, interrupted=True)
     assert isinstance(event["asr_final_ms"], float) and event["first_token_ms"] is None
     assert event["interrupted"] is True
+
+
+def test_the_audio_clock_counts_chunks_that_are_not_whole_milliseconds() -> None:
+    from gateway.latency import AudioClock
+
+    clock = AudioClock()
+    for _ in range(1000):  # 18.75 ms chunks, as a 48 kHz -> 16 kHz resampler hands them on
+        clock.received(600)
+    assert clock._ends_ms[-1] == 18750.0  # not 18000: rounding each chunk down drifts
