@@ -657,3 +657,20 @@ def test_connections_beyond_the_concurrency_limit_get_503(tmp_path: Path) -> Non
         while (status := httpx.get(f"{gateway.http}/healthz", timeout=10).status_code) != 200:
             assert time.monotonic() < deadline, status
             time.sleep(0.2)
+
+
+@pytest.mark.xfail(strict=True, reason="gateway/protocol.py (not this area's) must run "
+                   "gateway.security.check_control_depth before decoding; today the session ends with 1006")
+def test_a_deeply_nested_control_message_gets_bad_message(keyed_gateway: GatewayProcess) -> None:
+    async def send_nested() -> tuple[list[dict[str, Any]], int | None]:
+        events = []
+        async with websockets.connect(keyed_gateway.url, open_timeout=10, close_timeout=5) as ws:
+            await ws.send('{"type": "start", "x": ' + "[" * 1900 + "]" * 1900 + "}")
+            with contextlib.suppress(websockets.ConnectionClosed, TimeoutError):
+                while True:
+                    events.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+        return events, ws.close_code
+
+    events, close_code = asyncio.run(send_nested())
+    assert [e.get("code") for e in events if e.get("type") == "error"] == ["bad_message"], events
+    assert close_code == 1008
