@@ -179,6 +179,10 @@ class Settings(BaseSettings):
     fake_tts_rtf: float = Field(default=0.05, ge=0)  # synthesis time over audio time
     fake_tts_ms_per_char: int = Field(default=60, ge=1)  # audio length per character of text
 
+    # --- OpenAI-compatible API (OpenAI area, issue 12): gateway/openai_*.py, gateway/realtime*.py ---
+    openai_aliases: bool = True  # accept OpenAI's ids (whisper-1, tts-1, gpt-realtime, alloy...) for the loaded models
+    openai_max_speech_chars: int = Field(default=4096, ge=1)  # /v1/audio/speech `input` (OpenAI's limit)
+
     # --- process supervision ---
     run_dir: Path = Path(".run")
     drain_timeout_s: float = 8.0  # on SIGTERM a worker finishes in-flight work this long at most

@@ -19,6 +19,7 @@ from gateway.bridge import Bridge
 from gateway.errors import ApiError
 from gateway.guard import Guard
 from gateway.observe import RequestObserver
+from gateway.openai_rest import add_openai_routes
 from gateway.page import add_page_routes
 from gateway.responses import OrjsonResponse
 from gateway.rest import add_rest_routes
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     add_page_routes(app, settings)  # the browser page: /, /static, /client-config
     add_rtc_routes(app, bridge, settings, guard)  # POST /rtc/session (WebRTC), when enabled
+    add_openai_routes(app, bridge, settings, guard)  # /v1/audio/*, /v1/chat/completions, /v1/realtime
 
     @app.websocket("/ws/audio")
     async def ws_audio(websocket: WebSocket) -> None:

@@ -1,0 +1,364 @@
+"""WebSocket /v1/realtime: the OpenAI Realtime protocol on top of an Inzwa voice session.
+
+A third transport of `VoiceSession` (after /ws/audio and WebRTC): client events become the
+session's calls (audio appends -> `on_audio` at 16 kHz, commit -> EndTurn, a user text item +
+response.create -> the typed-text path), and the session's events become Realtime server
+events (gateway/realtime_conversation.py). Auth (`Authorization: Bearer`), the session slot,
+rate limits, the audio budget and quota, idle timeout, barge-in, early reply and replay after a
+worker death are the voice session's and the orchestrator's, unchanged.
+
+What each client event maps onto, where it is not one to one (also in the README):
+- manual turns (`turn_detection: null`): audio still streams to the ASR as it arrives (so the
+  transcript is ready at commit); `commit` ends the turn and the reply starts then, as Inzwa
+  answers every user turn; `response.create` after it adds nothing. A typed user item waits
+  for `response.create`.
+- `input_audio_buffer.clear`: audio already streamed to the ASR cannot be taken back; clear
+  resets the buffer's accounting only.
+- `response.cancel`: the reply's unsent audio is dropped at once and its later frames ignored;
+  the orchestrator's turn is closed at the next user turn, keeping only what was marked heard.
+- `conversation.item.truncate` on the reply being played (or just cancelled): the phrases
+  already played stay heard, and of the phrase playing at `audio_end_ms` the share of its words
+  heard by then (by duration) is marked heard too. A server-VAD barge-in has already closed the
+  turn in the orchestrator at the phrase boundary; a truncate after it is acknowledged only.
+- `session.update` `instructions` are echoed; the server's system prompt applies.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
+from common.frames import AudioChunk, Frame, PlaybackMark, TokenChunk, TurnEvent
+from common.settings import Settings
+from gateway.auth import bearer
+from gateway.bridge import Bridge
+from gateway.errors import ApiError
+from gateway.guard import Guard
+from gateway.openai_models import check_model, check_voice, own_ids
+from gateway.playback import Outbox
+from gateway.protocol import CLOSE_POLICY, CLOSE_TRY_AGAIN, MAX_CONTROL_CHARS, ProtocolError, Start
+from gateway.realtime_config import ConfigError, RealtimeConfig, input_decoder, new_id, output_encoder
+from gateway.realtime_conversation import BYTES_PER_MS, Conversation, Item
+from gateway.session import Action, TransportClosed, VoiceSession
+
+_GONE = (WebSocketDisconnect, RuntimeError, OSError)
+MAX_APPEND_B64 = 15 * 1024 * 1024  # OpenAI's cap on one append's base64 audio
+PIECE_BYTES = 100 * BYTES_PER_MS  # audio goes to the session in pieces of at most 100 ms
+
+
+class RealtimeOutbox(Outbox):
+    """The session's outbox, which also drops every later frame of a reply the client cancelled."""
+
+    def __init__(self, sample_rate: int, lead_s: float) -> None:
+        super().__init__(sample_rate=sample_rate, lead_s=lead_s)
+        self.ignored: set[int] = set()
+
+    def put(self, frame: Frame) -> None:
+        if isinstance(frame, AudioChunk | TokenChunk | TurnEvent) and frame.turn_id in self.ignored:
+            return
+        super().put(frame)
+
+
+@dataclass
+class Cut:
+    """Where a cancelled reply stood: the phrase being played and how much of it had gone."""
+
+    turn_id: int
+    phrase: str
+    phrase_start_ms: int
+    phrase_ms: int
+
+
+class RealtimeTransport:
+    """The voice session's events and reply audio, as Realtime server events."""
+
+    def __init__(self, websocket: WebSocket, config: RealtimeConfig) -> None:
+        self.ws = websocket
+        self.config = config
+        self.conversation = Conversation(config, self._send)
+        self.encoder: Callable[[bytes], bytes] = output_encoder(config.output_format)
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        try:
+            await self.ws.send_text(orjson.dumps(event).decode())
+        except _GONE as exc:
+            raise TransportClosed from exc
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        await self.conversation.on_event(event)
+
+    async def send_audio(self, pcm: bytes) -> None:
+        await self.conversation.audio(pcm, self.encoder(pcm))
+
+    async def end_audio(self) -> None:
+        return None  # PCM and G.711 hold nothing back
+
+    def drop_audio(self) -> None:
+        self.encoder = output_encoder(self.config.output_format)  # no tail of the cut reply
+
+    async def after_audio(self, action: Action) -> None:
+        await action()  # a delta sent is a delta the client has (paced: about to play)
+
+    async def close(self, event: dict[str, Any], close_code: int) -> None:
+        with contextlib.suppress(Exception):
+            await self.conversation.error(str(event.get("code")), str(event.get("message")))
+            await self.ws.close(code=close_code, reason=str(event.get("code"))[:120])
+
+
+class RealtimeVoiceSession(VoiceSession):
+    """A voice session that can cut a reply short for a client that stopped playing it."""
+
+    outbox: RealtimeOutbox | None = None
+
+    async def open(self) -> None:
+        await super().open()
+        assert self.connection is not None
+        # Swapped before the send loop first runs (no await since it was created).
+        self.outbox = RealtimeOutbox(self.connection.outbox.sample_rate, self.connection.outbox.lead_s)
+        self.connection.outbox = self.outbox
+
+    def cancel_reply(self, turn_id: int, phrase_start_ms: int, sent_ms: int) -> Cut:
+        """Drop what is left of a reply; returns the phrase that was playing (for truncate)."""
+        assert self.outbox is not None
+        queued, phrase = 0, ""
+        for frame in self.outbox.audio:
+            if isinstance(frame, AudioChunk) and frame.turn_id == turn_id:
+                if frame.payload:
+                    queued += len(frame.payload)
+                elif frame.is_final:
+                    phrase = frame.text
+                    break
+        self.outbox.ignored.add(turn_id)
+        self.outbox.cancel(turn_id)
+        self.transport.drop_audio()
+        return Cut(turn_id, phrase, phrase_start_ms, sent_ms - phrase_start_ms + queued // BYTES_PER_MS)
+
+    async def mark_heard(self, turn_id: int, text: str) -> None:
+        await self.bridge.send(PlaybackMark(session_id=self.session_id, turn_id=turn_id, text=text))
+
+
+def heard_words(cut: Cut, audio_end_ms: int) -> str:
+    """The words of the cut phrase heard by `audio_end_ms`, in proportion to its duration."""
+    words = cut.phrase.split()
+    heard_ms = min(max(0, audio_end_ms - cut.phrase_start_ms), cut.phrase_ms)
+    if not words or cut.phrase_ms <= 0:
+        return ""
+    return " ".join(words[: len(words) * heard_ms // cut.phrase_ms])
+
+
+def add_realtime_route(app: FastAPI, bridge: Bridge, settings: Settings, guard: Guard) -> None:
+    @app.websocket("/v1/realtime")
+    async def realtime(websocket: WebSocket) -> None:
+        await RealtimeSocket(websocket, bridge, settings, guard).run()
+
+
+class RealtimeSocket:
+    def __init__(self, websocket: WebSocket, bridge: Bridge, settings: Settings, guard: Guard) -> None:
+        self.ws, self.settings = websocket, settings
+        model = websocket.query_params.get("model") or own_ids(settings, "realtime")[0]
+        self.config = RealtimeConfig(settings, model, check_voice(settings, None),
+                                     websocket.query_params.get("language") or settings.language)
+        self.config.beta = "realtime=v1" in (websocket.headers.get("openai-beta") or "")
+        self.transport = RealtimeTransport(websocket, self.config)
+        self.conversation = self.transport.conversation
+        self.session = RealtimeVoiceSession(bridge, settings, guard, self.transport)
+        self.decoder = input_decoder(self.config.input_format)
+        self.buffered_ms = 0  # audio appended since the last commit / clear
+        self.pending_text: str | None = None  # a typed user item waiting for response.create
+        self.cut: Cut | None = None  # the last reply the client cancelled
+
+    async def run(self) -> None:
+        try:
+            await self.ws.accept()
+            check_model(self.settings, "realtime", self.config.model)
+            host = self.ws.client.host if self.ws.client else ""
+            await self.session.admit(bearer(self.ws.headers.get("authorization")), host,
+                                     Start(language=self.config.language))
+            self.config.id = f"sess_{self.session.client_id}"
+            await self.conversation.emit({"type": "session.created", "session": self.config.describe()})
+            await self._receive_loop()
+        except ApiError as exc:
+            await self.transport.close({"code": exc.code, "message": exc.message},
+                                       CLOSE_TRY_AGAIN if exc.status in (429, 503) else CLOSE_POLICY)
+        except (TransportClosed, *_GONE):
+            pass  # the client left
+        finally:
+            await self.session.close()
+
+    async def _receive_loop(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if not isinstance(text, str):
+                await self.conversation.error("bad_message", "client events are JSON text messages")
+                continue
+            if not await self._on_text(text):
+                return
+
+    async def _on_text(self, text: str) -> bool:
+        """One client event; False when the session must end."""
+        limit = MAX_APPEND_B64 + MAX_CONTROL_CHARS
+        try:
+            event = orjson.loads(text) if len(text) <= limit else None
+        except orjson.JSONDecodeError:
+            event = None
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            await self.conversation.error("invalid_event", "a client event is a JSON object with a type")
+            return True
+        handler = _HANDLERS.get(event["type"])
+        if handler is None:
+            await self.conversation.error("unknown_event", f"unsupported event type {event['type']!r}",
+                                          param="type", event_id=event.get("event_id"))
+            return True
+        try:
+            return await handler(self, event) is not False
+        except (ConfigError, EventError) as exc:
+            await self.conversation.error(getattr(exc, "code", "invalid_value"), str(exc),
+                                          param=exc.param, event_id=event.get("event_id"))
+            return True
+        except ProtocolError as exc:
+            await self.conversation.error(exc.code, exc.message, event_id=event.get("event_id"))
+            return True
+        except ApiError as exc:  # the assistant is not ready, or the session was refused
+            await self.transport.close({"code": exc.code, "message": exc.message}, CLOSE_TRY_AGAIN)
+            return False
+
+    async def _ensure_open(self) -> None:
+        """The orchestrator session starts with the first turn's input, after any session.update."""
+        if self.session.connection is None:
+            await self.session.open()
+
+    # --- client events -------------------------------------------------------------------------------
+
+    async def session_update(self, event: dict[str, Any]) -> None:
+        session = event.get("session")
+        if not isinstance(session, dict):
+            raise EventError("session must be an object", "session")
+        before = (self.config.input_format, self.config.output_format)
+        self.config.apply(session, lambda voice: _voice(self.settings, voice))
+        if before[0] != self.config.input_format:
+            self.decoder = input_decoder(self.config.input_format)
+        if before[1] != self.config.output_format:
+            self.transport.drop_audio()
+        await self.conversation.emit({"type": "session.updated", "session": self.config.describe()})
+
+    async def append(self, event: dict[str, Any]) -> bool:
+        audio = event.get("audio")
+        if not isinstance(audio, str) or len(audio) > MAX_APPEND_B64:
+            raise EventError("audio must be base64 text of at most 15 MiB", "audio")
+        try:
+            data = base64.b64decode(audio, validate=True)
+        except (binascii.Error, ValueError):
+            raise EventError("audio is not valid base64", "audio") from None
+        await self._ensure_open()
+        pcm = self.decoder(data)
+        self.buffered_ms += len(pcm) // BYTES_PER_MS
+        for at in range(0, len(pcm), PIECE_BYTES):
+            if not await self.session.on_audio(pcm[at: at + PIECE_BYTES]):
+                return False
+        return True
+
+    async def commit(self, event: dict[str, Any]) -> None:
+        if self.buffered_ms < 100:
+            raise EventError(f"buffer too small: {self.buffered_ms} ms of audio; commit needs at least "
+                             "100 ms", None, "input_audio_buffer_commit_empty")
+        self.buffered_ms = 0
+        await self.session.on_message('{"type":"end_turn"}')
+        await self.conversation.commit_manually()
+
+    async def clear(self, event: dict[str, Any]) -> None:
+        self.buffered_ms = 0
+        await self.conversation.emit({"type": "input_audio_buffer.cleared"})
+
+    async def item_create(self, event: dict[str, Any]) -> None:
+        item = event.get("item")
+        content = item.get("content") if isinstance(item, dict) else None
+        if not isinstance(item, dict) or item.get("type", "message") != "message" or \
+                item.get("role") != "user" or not isinstance(content, list):
+            raise EventError("only user messages with text content can be added", "item")
+        text = " ".join(str(part.get("text", "")) for part in content
+                        if isinstance(part, dict) and part.get("type") in ("input_text", "text"))
+        if not text.strip():
+            raise EventError("the message has no input_text", "item.content")
+        if len(text) > self.settings.max_text_chars:
+            raise EventError(f"text of {len(text)} characters > {self.settings.max_text_chars}",
+                             "item.content")
+        self.pending_text = text.strip()
+        await self.conversation.item_added(Item(str(item.get("id") or new_id("item")), "user",
+                                                "input_text", self.pending_text))
+
+    async def response_create(self, event: dict[str, Any]) -> None:
+        if self.pending_text is None:
+            return  # Inzwa answered the committed turn already (or is answering it)
+        text, self.pending_text = self.pending_text, None
+        await self._ensure_open()
+        self.conversation.echo = text
+        await self.session.on_message(orjson.dumps({"type": "text", "text": text}).decode())
+
+    async def response_cancel(self, event: dict[str, Any]) -> None:
+        response = self.conversation.response
+        if response is None:
+            raise EventError("no response is in progress", None, "response_cancel_not_active")
+        self.cut = self.session.cancel_reply(response.turn_id, response.phrase_start_bytes // BYTES_PER_MS,
+                                             response.audio_ms)
+        await self.conversation.finish(response.turn_id, "cancelled", None, "client_cancelled")
+
+    async def truncate(self, event: dict[str, Any]) -> None:
+        item_id, end_ms = event.get("item_id"), event.get("audio_end_ms")
+        item = self.conversation.find(str(item_id))
+        if item is None or item.role != "assistant":
+            raise EventError(f"no assistant item {item_id!r}", "item_id")
+        if not isinstance(end_ms, int) or end_ms < 0:
+            raise EventError("audio_end_ms must be a non-negative integer", "audio_end_ms")
+        response = self.conversation.response
+        if response is not None and response.item.id == item.id:
+            await self.response_cancel(event)  # truncating the reply being played stops it
+        if self.cut is not None:
+            heard = heard_words(self.cut, end_ms)
+            if heard:
+                await self.session.mark_heard(self.cut.turn_id, heard)
+            self.cut = None
+        await self.conversation.emit({"type": "conversation.item.truncated", "item_id": item.id,
+                                      "content_index": 0, "audio_end_ms": end_ms})
+
+    async def item_delete(self, event: dict[str, Any]) -> None:
+        item = self.conversation.find(str(event.get("item_id")))
+        if item is None:
+            raise EventError(f"no item {event.get('item_id')!r}", "item_id")
+        self.conversation.items.remove(item)
+        await self.conversation.emit({"type": "conversation.item.deleted", "item_id": item.id})
+
+
+class EventError(ValueError):
+    def __init__(self, message: str, param: str | None, code: str = "invalid_value") -> None:
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+def _voice(settings: Settings, voice: Any) -> str:
+    try:
+        return check_voice(settings, voice if isinstance(voice, str) else None)
+    except ApiError as exc:
+        raise ConfigError(exc.message, "session.audio.output.voice") from None
+
+
+_HANDLERS: dict[str, Callable[[RealtimeSocket, dict[str, Any]], Any]] = {
+    "session.update": RealtimeSocket.session_update,
+    "input_audio_buffer.append": RealtimeSocket.append,
+    "input_audio_buffer.commit": RealtimeSocket.commit,
+    "input_audio_buffer.clear": RealtimeSocket.clear,
+    "conversation.item.create": RealtimeSocket.item_create,
+    "conversation.item.truncate": RealtimeSocket.truncate,
+    "conversation.item.delete": RealtimeSocket.item_delete,
+    "response.create": RealtimeSocket.response_create,
+    "response.cancel": RealtimeSocket.response_cancel,
+}

@@ -1,0 +1,272 @@
+"""WebSocket /v1/realtime driven by the official `openai` SDK's Realtime client, on the real stack.
+
+A spoken question in 24 kHz PCM16 with server VAD; a manual turn in G.711 mu-law in and out; a
+typed user item; and a reply cancelled mid-way and truncated, whose history then ends at the
+audio the client says it played. Reply audio is checked as speech by transcribing it back
+through the REST transcription route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import numpy as np
+import openai
+
+from asr_worker.wer import normalize, word_error_rate
+from common.audio import read_wav, resample_pcm16, rms_dbfs, wav_bytes
+from tests.stack import Stack
+
+SILENCE_DBFS = -45.0
+TTS_BACK_WER = 0.4  # TTS then ASR of the reply: two models' errors, not one
+EVENT_TIMEOUT_S = 60.0
+MAX_WORDS_PER_S = 4.0  # faster than any voice here speaks
+
+
+@dataclass
+class Events:
+    """Every server event of one connection, read in the background, with waits on them."""
+
+    connection: Any
+    seen: list[Any] = field(default_factory=list)
+    arrived: list[float] = field(default_factory=list)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def pump(self) -> None:
+        while True:
+            event = await self.connection.recv()
+            self.seen.append(event)
+            self.arrived.append(time.monotonic())
+            self._wake.set()
+
+    async def wait(self, kind: str, after: int = 0, where: Callable[[Any], bool] = lambda e: True,
+                   within_s: float = EVENT_TIMEOUT_S) -> Any:
+        deadline = time.monotonic() + within_s
+        while True:
+            for event in self.seen[after:]:
+                if event.type == kind and where(event):
+                    return event
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {kind} in {within_s} s; saw {[e.type for e in self.seen]}")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.01, deadline - time.monotonic()))
+
+    def of(self, kind: str, after: int = 0) -> list[Any]:
+        return [e for e in self.seen[after:] if e.type == kind]
+
+
+async def session(stack: Stack, body: Callable[[Any, Events], Any], **connect: Any) -> Any:
+    client = openai.AsyncOpenAI(base_url=f"{stack.http}/v1", api_key="inzwa-local", max_retries=0)
+    async with client.realtime.connect(model=connect.pop("model", "gpt-realtime"), **connect) as connection:
+        events = Events(connection)
+        pump = asyncio.create_task(events.pump())
+        try:
+            return await asyncio.wait_for(body(connection, events), 240)
+        finally:
+            pump.cancel()
+
+
+def clip_pcm(path: Path, rate: int) -> bytes:
+    pcm, clip_rate = read_wav(path)
+    return resample_pcm16(pcm, clip_rate, rate)
+
+
+async def stream(connection: Any, audio: bytes, chunk: int, seconds_per_chunk: float) -> None:
+    """Audio in real time, as a microphone would send it."""
+    started = time.monotonic()
+    for index, at in enumerate(range(0, len(audio), chunk)):
+        await connection.input_audio_buffer.append(audio=base64.b64encode(audio[at: at + chunk]).decode())
+        await asyncio.sleep(max(0.0, started + (index + 1) * seconds_per_chunk - time.monotonic()))
+
+
+def assert_question(transcript: str) -> None:
+    words = normalize(transcript)
+    assert "capital" in words and "zimbabwe" in words, transcript  # as tests/test_e2e.py
+
+
+def reply_pcm(events: Events, after: int = 0) -> bytes:
+    return b"".join(base64.b64decode(e.delta) for e in events.of("response.output_audio.delta", after))
+
+
+def transcribe_back(stack: Stack, pcm: bytes, rate: int) -> str:
+    response = httpx.post(f"{stack.http}/v1/audio/transcriptions", timeout=120,
+                          files={"file": ("reply.wav", wav_bytes(pcm, rate), "audio/wav")},
+                          data={"model": "whisper-1", "language": "en"})
+    assert response.status_code == 200, response.text
+    return str(response.json()["text"])
+
+
+def assert_speech(stack: Stack, pcm: bytes, rate: int, transcript: str) -> None:
+    assert len(pcm) / 2 / rate > 0.5, len(pcm)
+    assert rms_dbfs(pcm) > SILENCE_DBFS
+    heard = transcribe_back(stack, pcm, rate)
+    assert word_error_rate(transcript, heard) <= TTS_BACK_WER, (transcript, heard)
+
+
+# --- server VAD, PCM16 24 kHz ------------------------------------------------------------------------
+
+def test_a_spoken_question_with_server_vad(stack: Stack, fixtures_dir: Path) -> None:
+    audio = clip_pcm(fixtures_dir / "q_en_capital.wav", 24000) + bytes(24000 * 2 * 2)  # + 2 s quiet
+
+    async def body(connection: Any, events: Events) -> None:
+        created = await events.wait("session.created")
+        assert created.session.audio.input.format.rate == 24000
+        await connection.session.update(session={
+            "type": "realtime", "audio": {
+                "input": {"format": {"type": "audio/pcm", "rate": 24000},
+                          "turn_detection": {"type": "server_vad", "silence_duration_ms": 400},
+                          "transcription": {"model": "whisper-1"}},
+                "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "alloy"}}})
+        await events.wait("session.updated")
+        await stream(connection, audio, 960, 0.02)
+        started = await events.wait("input_audio_buffer.speech_started")
+        transcribed = await events.wait("conversation.item.input_audio_transcription.completed")
+        assert transcribed.item_id == started.item_id
+        assert_question(transcribed.transcript)
+        await events.wait("input_audio_buffer.committed")
+        done = await events.wait("response.done")
+        assert done.response.status == "completed", done
+        transcript = (await events.wait("response.output_audio_transcript.done")).transcript
+        assert transcript.strip()
+        assert events.of("response.created") and events.of("response.output_item.added")
+        assert_speech(stack, reply_pcm(events), 24000, transcript)
+
+    asyncio.run(session(stack, body))
+
+
+# --- manual turns, G.711 mu-law in and out -------------------------------------------------------------
+
+def ulaw_encode(pcm: bytes) -> bytes:
+    """mu-law by FFmpeg's encoder (PyAV), not ours."""
+    context: Any = av.CodecContext.create("pcm_mulaw", "w")
+    context.sample_rate, context.layout, context.format = 8000, "mono", "s16"
+    frame = av.AudioFrame.from_ndarray(np.frombuffer(pcm, dtype="<i2").reshape(1, -1), format="s16",
+                                       layout="mono")
+    frame.sample_rate = 8000
+    return b"".join(bytes(packet) for packet in context.encode(frame))
+
+
+def ulaw_decode(data: bytes) -> bytes:
+    context: Any = av.CodecContext.create("pcm_mulaw", "r")
+    context.sample_rate, context.layout = 8000, "mono"
+    return b"".join(frame.to_ndarray().astype("<i2").tobytes() for frame in context.decode(av.Packet(data)))
+
+
+def test_a_manual_turn_in_g711_ulaw(stack: Stack, fixtures_dir: Path) -> None:
+    audio = ulaw_encode(clip_pcm(fixtures_dir / "q_en_capital.wav", 8000))
+
+    async def body(connection: Any, events: Events) -> None:
+        await events.wait("session.created")
+        await connection.session.update(session={"type": "realtime", "audio": {
+            "input": {"format": {"type": "audio/pcmu"}, "turn_detection": None},
+            "output": {"format": {"type": "audio/pcmu"}}}})
+        updated = await events.wait("session.updated")
+        assert updated.session.audio.input.turn_detection is None
+        await stream(connection, audio, 160, 0.02)  # 20 ms of 8 kHz mu-law: 160 bytes
+        await connection.input_audio_buffer.commit()
+        committed = await events.wait("input_audio_buffer.committed")
+        await connection.response.create()
+        transcribed = await events.wait("conversation.item.input_audio_transcription.completed")
+        assert transcribed.item_id == committed.item_id
+        assert_question(transcribed.transcript)
+        done = await events.wait("response.done")
+        assert done.response.status == "completed"
+        assert not events.of("input_audio_buffer.speech_started")  # no server VAD events
+        transcript = (await events.wait("response.output_audio_transcript.done")).transcript
+        ulaw = b"".join(base64.b64decode(e.delta) for e in events.of("response.output_audio.delta"))
+        assert_speech(stack, ulaw_decode(ulaw), 8000, transcript)
+
+    asyncio.run(session(stack, body))
+
+
+def test_commit_without_audio_is_an_error_and_the_session_goes_on(stack: Stack) -> None:
+    async def body(connection: Any, events: Events) -> None:
+        await events.wait("session.created")
+        await connection.input_audio_buffer.commit()
+        error = await events.wait("error")
+        assert error.error.code == "input_audio_buffer_commit_empty"
+        await connection.send({"type": "no.such.event"})
+        unknown = await events.wait("error", where=lambda e: e.error.code == "unknown_event")
+        assert unknown.error.type == "invalid_request_error"
+        await connection.session.update(session={"type": "realtime", "instructions": "Be brief."})
+        assert (await events.wait("session.updated")).session.instructions == "Be brief."
+
+    asyncio.run(session(stack, body))
+
+
+def test_an_unknown_model_is_refused(stack: Stack) -> None:
+    async def body(connection: Any, events: Events) -> None:
+        error = await events.wait("error")
+        assert error.error.code == "model_not_found"
+        assert not events.of("session.created")
+
+    asyncio.run(session(stack, body, model="gpt-17-realtime"))
+
+
+# --- a typed item; cancel and truncate ------------------------------------------------------------------
+
+async def ask(connection: Any, text: str) -> None:
+    await connection.conversation.item.create(item={
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
+    await connection.response.create()
+
+
+def test_a_text_item_is_answered_with_speech(stack: Stack) -> None:
+    async def body(connection: Any, events: Events) -> None:
+        await events.wait("session.created")
+        await ask(connection, "What is the capital of Zimbabwe?")
+        added = await events.wait("conversation.item.added", where=lambda e: e.item.role == "user")
+        assert added.item.content[0].text == "What is the capital of Zimbabwe?"
+        done = await events.wait("response.done")
+        assert done.response.status == "completed"
+        transcript = (await events.wait("response.output_audio_transcript.done")).transcript
+        deltas = "".join(e.delta for e in events.of("response.output_audio_transcript.delta"))
+        assert normalize(deltas).split()[:3] == normalize(transcript).split()[:3], (deltas, transcript)
+        assert_speech(stack, reply_pcm(events), 24000, transcript)
+
+    asyncio.run(session(stack, body))
+
+
+def test_cancel_and_truncate_keep_only_the_heard_audio_in_the_history(stack: Stack) -> None:
+    async def body(connection: Any, events: Events) -> tuple[str, list[dict[str, str]], int, str]:
+        created = await events.wait("session.created")
+        await ask(connection, "Tell me a long story about a lion and a hare in the forest.")
+        first = await events.wait("response.output_audio.delta")
+        while len(reply_pcm(events)) < 24000 * 2 * 2.5:  # 2.5 s of the reply have arrived
+            await events.wait("response.output_audio.delta", after=len(events.seen))
+        played_ms = len(reply_pcm(events)) * 1000 // (24000 * 2) - 400  # the client is behind
+        generated = "".join(e.delta for e in events.of("response.output_audio_transcript.delta"))
+        await connection.response.cancel()
+        await connection.conversation.item.truncate(item_id=first.item_id, content_index=0,
+                                                    audio_end_ms=played_ms)
+        cancelled = await events.wait("response.done")
+        assert cancelled.response.status == "cancelled"
+        await events.wait("conversation.item.truncated")
+        mark = len(events.seen)
+        await asyncio.sleep(1.0)
+        assert not events.of("response.output_audio.delta", mark), "audio went on after the cancel"
+        await ask(connection, "Thank you.")  # the next turn closes the cut one in the orchestrator
+        await events.wait("response.done", after=mark)
+        session_id = created.session.id.removeprefix("sess_")
+        reply = await asyncio.to_thread(httpx.get, f"{stack.http}/v1/sessions/{session_id}", timeout=10)
+        history = reply.json()["history"]
+        return generated, history, played_ms, first.item_id
+
+    generated, history, played_ms, _ = asyncio.run(session(stack, body))
+    assert [m["role"] for m in history[:2]] == ["user", "assistant"], history
+    heard = normalize(history[1]["content"]).split()
+    said = normalize(generated).split()
+    assert heard and heard == said[: len(heard)], (heard, said)  # a prefix of the reply...
+    assert len(heard) < len(said), (heard, said)  # ...that stops before its end
+    assert len(heard) <= played_ms / 1000 * MAX_WORDS_PER_S + 1, (heard, played_ms)
+
