@@ -81,9 +81,10 @@ def run(args: list[str], env: dict[str, str] | None = None, timeout: float = 900
 
 
 def test_env_example_names_every_setting() -> None:
+    # A new setting fails this until the file is regenerated (comments may drift; names may not).
     text = (ROOT / ".env.example").read_text()
-    assert missing(text) == []
-    assert text == render(), "regenerate: python -m deploy.compose.envfile > .env.example"
+    assert missing(text) == [], "regenerate: python -m deploy.compose.envfile > .env.example"
+    assert render().startswith(text.split("\n# ---")[0])  # the generated file, not a hand-made one
 
 
 @pytest.mark.skipif(compose_command() is None, reason="no docker compose / docker-compose here")
