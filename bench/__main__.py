@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from asr_worker.wer import corpus_wer
+from bench.realtime import compare as realtime_compare
 from bench.rest import rest_figures
 from common.audio import pcm16_to_float
 from common.languages import registry as languages
@@ -136,7 +137,16 @@ async def transports(stack: Any, rounds: int) -> dict[str, Any]:
             "failed": sum(1 for v, s in ws + rtc if v is None or s is None)}
 
 
-def stack_figures(rounds: int, only_transports: bool = False) -> dict[str, Any]:
+def realtime_figures(stack: Any, rounds: int) -> dict[str, Any]:
+    """OpenAI Realtime v2v next to /ws/audio, one session at a time, same clips (bench/realtime.py)."""
+    turns = asyncio.run(realtime_compare(stack, questions(), rounds))
+    figures = {name: summarize(values) for name, values in turns.items()}
+    a, b = figures["realtime"]["p50"], figures["websocket"]["p50"]
+    return {**figures, "realtime_extra_p50_ms": None if a is None or b is None else round(a - b, 1),
+            "failed": sum(1 for values in turns.values() for v in values if v is None)}
+
+
+def stack_figures(rounds: int, only_transports: bool = False, only_realtime: bool = False) -> dict[str, Any]:
     from tests.stack import Stack
 
     with tempfile.TemporaryDirectory(prefix="inzwa-bench-") as run_dir:
@@ -144,6 +154,8 @@ def stack_figures(rounds: int, only_transports: bool = False) -> dict[str, Any]:
         try:
             stack.start()
             asyncio.run(one_turn(stack.url, questions()[0]))  # warm every path once
+            if only_realtime:
+                return {"realtime": realtime_figures(stack, rounds)}
             asyncio.run(rtc_turn(stack.http, questions()[0]))
             figures = {"transports": asyncio.run(transports(stack, rounds))}
             if only_transports:
@@ -151,6 +163,7 @@ def stack_figures(rounds: int, only_transports: bool = False) -> dict[str, Any]:
             single = asyncio.run(sessions(stack.url, rounds * len(questions()), 1))
             concurrent = asyncio.run(sessions(stack.url, rounds * 2, 4))
             rest = rest_figures(stack.http, FIXTURES / "q_en_capital.wav")
+            figures["realtime"] = realtime_figures(stack, rounds)
         finally:
             stack.stop()
     return {"one_session": turn_figures(single), "four_sessions": turn_figures(concurrent), "rest": rest,
@@ -231,9 +244,17 @@ def print_transports(figures: dict[str, Any]) -> None:
         print(f"{name:<40}{figures[name]!s:>10}")
 
 
+def print_realtime(figures: dict[str, Any]) -> None:
+    for name in ("websocket", "realtime"):
+        value = figures[name]
+        print(f"{'realtime_vs_ws.' + name + '.v2v_ms':<40}{value['p50']!s:>10}{value['p95']!s:>10}")
+    print(f"{'realtime_extra_p50_ms':<40}{figures['realtime_extra_p50_ms']!s:>10}")
+
+
 def print_table(report: dict[str, Any]) -> None:
     print(f"{'figure':<40}{'p50':>10}{'p95':>10}")
     print_transports(report["stack"]["transports"])
+    print_realtime(report["stack"]["realtime"])
     for scope in ("one_session", "four_sessions"):
         for name, value in report["stack"][scope].items():
             if isinstance(value, dict):
@@ -251,7 +272,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="passes over the question clips")
     parser.add_argument("--only-transports", action="store_true",
                         help="only the WebSocket / WebRTC comparison (bench/results/transports.json)")
+    parser.add_argument("--only-realtime", action="store_true",
+                        help="only OpenAI Realtime against /ws/audio (bench/results/realtime.json)")
     args = parser.parse_args()
+    if args.only_realtime:
+        figures = stack_figures(args.rounds, only_realtime=True)["realtime"]
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "realtime.json").write_text(json.dumps(figures, indent=2))
+        print_realtime(figures)
+        return
     if args.only_transports:
         figures = stack_figures(args.rounds, only_transports=True)["transports"]
         RESULTS.mkdir(parents=True, exist_ok=True)

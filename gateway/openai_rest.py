@@ -167,6 +167,8 @@ class Completion:
 
     def add(self, token: str) -> str:
         """The text that may go out now (held back while it could be the start of a stop)."""
+        if self.stopped:
+            return ""  # a token already in flight when the stop was seen
         self.tokens += 1 if token else 0
         self.text += token
         for stop in self.stops:
