@@ -30,6 +30,7 @@ import websockets
 
 from common.settings import Settings, get_settings
 from deploy.compose.envfile import missing, render
+from deploy.compose.process import advertise, probe
 from gateway.client import Talker, TalkResult, load_clip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +104,37 @@ def test_compose_files_are_valid(files: list[str]) -> None:
     env.pop("INZWA_API_KEYS")
     refused = subprocess.run([*command, "config"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert refused.returncode != 0 and "INZWA_API_KEYS" in refused.stdout + refused.stderr
+
+
+def test_health_probe_follows_the_plane_socket(tmp_path: Path) -> None:
+    """`inzwa health`: unhealthy before `inzwa serve` recorded a program, and a worker is healthy
+    exactly while something accepts on its work port."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        settings = Settings(_env_file=None, zmq_transport="tcp", run_dir=tmp_path,  # type: ignore[call-arg]
+                            llm_work_endpoint=f"tcp://llm_worker:{port}", zmq_bind_host="0.0.0.0")
+        assert probe(settings, "llm_worker")[0] is False  # bound, not yet listening
+        listener.listen()
+        assert probe(settings, "llm_worker") == (True, f"llm_worker socket tcp://0.0.0.0:{port}")
+    assert probe(settings, "llm_worker")[0] is False  # closed: a dead worker
+    assert probe(settings, "nonsense")[0] is False
+
+
+def test_worker_announces_its_own_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INZWA_ZMQ_TRANSPORT", "tcp")
+    monkeypatch.setenv("INZWA_LLM_WORK_ENDPOINT", "tcp://llm_worker:5570")
+    monkeypatch.setenv("INZWA_ADVERTISE_HOST", "10.1.2.3")
+    get_settings.cache_clear()
+    try:
+        assert advertise(get_settings(), "llm") == "tcp://10.1.2.3:5570"
+        assert get_settings().work_endpoint("llm") == "tcp://10.1.2.3:5570"
+        monkeypatch.setenv("INZWA_ADVERTISE_HOST", "auto")
+        get_settings.cache_clear()
+        address = socket.gethostbyname(socket.gethostname())
+        assert advertise(get_settings(), "llm") == f"tcp://{address}:5570"
+    finally:
+        get_settings.cache_clear()
 
 
 # --- the stack ---------------------------------------------------------------------------------
