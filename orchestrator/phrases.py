@@ -83,6 +83,11 @@ class PhraseCutter:
             phrases.append(phrase)
         return phrases
 
+    def discard(self) -> str:
+        """Drop the unfinished fragment (a reply cut off mid-sentence); returns what it was."""
+        rest, self._buffer = self._buffer, ""
+        return rest
+
     def flush(self) -> list[str]:
         rest, self._buffer = self._buffer.strip(), ""
         if rest:

@@ -411,6 +411,8 @@ class Orchestrator:
             await self._to_client(
                 session, ErrorEvent(code=error.code or f"{error.kind}_error", message=error.message)
             )
+            if error.kind == "llm":
+                await self.turns.on_llm_failed(session, error.request_id)
 
     # --- sending (never waits on a peer: each has its own queue) -----------------------------
 

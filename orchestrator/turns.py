@@ -132,9 +132,27 @@ class Turns:
         await self.publish(Cancel(session_id=session.session_id, turn_id=turn.turn_id,
                                   request_id=turn.request_id))
         session.max_new_tokens = max(16, session.max_new_tokens // 2)
-        text = languages.get(session.language).fallback("llm_timeout")
-        TURNS.labels("llm_timeout_fallback").inc()
-        turn.request, turn.request_id = None, ""
+        await self._speak_fallback(session, turn, "llm_timeout")
+
+    async def on_llm_failed(self, session: Session, request_id: str) -> None:
+        """The LLM engine failed on this turn's request (a remote server gone mid-reply, an
+        engine error): the person still gets a spoken answer, the pack's "unavailable" line,
+        after whatever part of the reply was already said."""
+        turn = session.turn
+        if turn is None or not turn.active or turn.llm_done or not request_id:
+            return
+        if request_id != turn.request_id:
+            return  # a request this turn has already left behind (a replay, a timeout)
+        log.warning("llm failed: fallback reply", extra={"session_id": session.session_id})
+        fragment = turn.cutter.discard()  # half a sentence is not said; the apology follows
+        if fragment and turn.reply_text.endswith(fragment):
+            turn.reply_text = turn.reply_text[: -len(fragment)].rstrip()
+        await self._speak_fallback(session, turn, "unavailable")
+
+    async def _speak_fallback(self, session: Session, turn: Turn, reason: str) -> None:
+        text = languages.get(session.language).fallback(reason)
+        TURNS.labels(f"{reason}_fallback").inc()
+        turn.request, turn.request_id = None, ""  # late tokens of the old request are ignored
         await self.on_token(session, TokenChunk(turn_id=turn.turn_id, token=text))
 
     # --- replay after a worker died ----------------------------------------------------------------

@@ -20,6 +20,7 @@ import websockets
 
 from asr_worker.wer import normalize
 from common.audio import SAMPLE_RATE, rms_dbfs
+from common.languages import registry as languages
 from common.models import resolve
 from common.settings import Settings
 from gateway.client import load_clip, talk
@@ -132,11 +133,14 @@ def test_the_llm_server_killed_mid_reply_then_back(remote_stack: tuple[Stack, Ll
             await conversation.wait_for(lambda: len(conversation.events("llm.partial")) >= 2, 90)
             await asyncio.to_thread(llama.kill)
             await conversation.wait_for(lambda: conversation.events("error"), 60)
+            await conversation.wait_for(lambda: conversation.events("tts.end"), 60)
             await asyncio.to_thread(llama.start)
             return conversation
 
     conversation = asyncio.run(run())
     assert [e["code"] for e in conversation.events("error")] == ["llm_failed"]  # said, not hung
+    apology = languages.get("en").fallback("unavailable")  # then the person still hears an answer
+    assert conversation.events("tts.end")[0]["text"].endswith(apology)
     result = asyncio.run(talk(fixtures_dir / "q_en_capital.wav", stack.url, timeout_s=90))
     assert result.completed and result.errors == [], result.summary()  # recovered
     assert result.reply_text.strip()

@@ -35,6 +35,7 @@ from common.frames import (
     TurnEvent,
     TurnHypothesis,
     VadEvent,
+    WorkerError,
     WorkerExited,
 )
 from common.metrics import DROPPED_FRAMES
@@ -170,6 +171,33 @@ def test_a_silent_llm_gets_a_spoken_fallback_and_shorter_replies(h: InProcess) -
         assert [c.request_id for c in cancels] == [request.request_id]
         assert h.to_worker("tts")[0].text.startswith("Sorry")
         assert h.orchestrator.sessions[SID].max_new_tokens == request.max_new_tokens // 2
+
+    run(h, scenario)
+
+
+def test_a_failed_llm_gets_the_error_then_a_spoken_fallback_after_what_was_said(h: InProcess) -> None:
+    async def scenario(h: InProcess) -> None:
+        request = await final(h, 1, "hello")
+        await tokens(h, request, llm_tokens("Hi there. And"), last=False)
+        await h.result(WorkerError(session_id=SID, turn_id=1, request_id=request.request_id,
+                                   kind="llm", code="llm_failed", message="server gone"))
+        errors = [f for f in h.to_gateway() if isinstance(f, ErrorEvent)]
+        assert [e.code for e in errors] == ["llm_failed"]
+        phrases = h.to_worker("tts")
+        assert [p.text for p in phrases] == ["Hi there.", "Sorry, I cannot answer right now."]
+        for phrase in phrases:
+            await speak(h, phrase)
+        rest = [p.text for p in h.to_worker("tts")]
+        assert rest == ["Please try again in a moment."]  # the unfinished "And" is not said
+        await h.result(TokenChunk(session_id=SID, turn_id=1, request_id=request.request_id,
+                                  token=" late", is_final=True))  # the dead request's tail
+        assert h.to_worker("tts") == []
+        turn = h.orchestrator.sessions[SID].turn
+        assert turn is not None and turn.reply_text == (
+            "Hi there. Sorry, I cannot answer right now. Please try again in a moment.")
+        stale = WorkerError(session_id=SID, turn_id=1, request_id="old", kind="llm", code="llm_failed")
+        await h.result(stale)  # an error for a request the turn has left: no second fallback
+        assert h.to_worker("tts") == []
 
     run(h, scenario)
 
