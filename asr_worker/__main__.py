@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from asr_worker.registry import load_engine
+from asr_worker.turn_end import load_turn_end
 from asr_worker.worker import AsrWorker
 from common import logs
 from common.frames import AsrWork
@@ -17,7 +18,7 @@ async def main() -> None:
     logs.setup("asr_worker", settings.log_level, settings.log_content)
     engine = load_engine(settings)
     engine.warmup()
-    worker = AsrWorker(engine, settings)
+    worker = AsrWorker(engine, settings, load_turn_end(settings))
     runtime = WorkerRuntime("asr", settings, AsrWork, worker.handle, engine.info())
     worker.runtime = runtime
     await runtime.serve()

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from asr_worker.interface import Transcription
 from asr_worker.vad import FRAME_BYTES, FRAME_MS, SpeechEnd, SpeechStart, TurnDetector
 from asr_worker.wer import normalize
 from common.audio import pcm16_to_float
 
 if TYPE_CHECKING:
     from asr_worker.interface import ASR
+    from asr_worker.turn_end import TurnEnd
     from common.settings import Settings
 
 MIN_PARTIAL_MS = 500  # less voiced audio than this and Whisper mostly guesses
@@ -33,6 +35,14 @@ QUIET_SPEECH_DBFS = -50.0
 QUIET_SPEECH_MIN_MS = 100
 QUIET_PREROLL_MS = 300
 QUIET_TAIL_MS = 200
+# Commit the words before a pause once this much new audio came since the last commit: shorter
+# tails decode worse, longer ones cost the final more (the encoder and decoder grow with them).
+COMMIT_MIN_BYTES = 1000 * 32
+# Speech without a pause: past this much uncommitted audio, cut at the quietest 20 ms frame
+# (a gap between words, almost always) that leaves at least FORCE_KEEP_BYTES after it, so
+# the final never decodes much more than this whatever the utterance's length.
+FORCE_COMMIT_BYTES = 4000 * 32
+FORCE_KEEP_BYTES = 1000 * 32
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,17 @@ class _Hypothesis:
     language: str
     confidence: float
     covers_ms: int  # stream time up to which the audio it transcribed reached
+    upto: int = 0  # bytes of the utterance's audio it transcribed
+
+
+@dataclass(frozen=True)
+class _Carry:
+    """An utterance the end-of-turn model ended at a pause: if the speaker goes on soon after,
+    the next segment continues it (one transcript of both, answered as one turn)."""
+
+    pcm: bytes
+    start_ms: int
+    end_ms: int
 
 
 AsrEvent = SpeechStarted | Transcript | Paused | SpeechResumed
@@ -134,6 +155,13 @@ class LocalAgreement:
         self._committed = []
 
 
+def _quietest_frame(pcm: bytes, lo: int, hi: int) -> int:
+    """Byte offset (frame-aligned) of the start of the lowest-energy 20 ms frame in [lo, hi)."""
+    first, last = lo // FRAME_BYTES, max(lo // FRAME_BYTES + 1, hi // FRAME_BYTES)
+    frames = pcm16_to_float(pcm[first * FRAME_BYTES : last * FRAME_BYTES]).reshape(-1, FRAME_BYTES // 2)
+    return (first + int(np.argmin((frames * frames).mean(axis=1)))) * FRAME_BYTES
+
+
 def _loud_span(pcm: bytes) -> tuple[int, int] | None:
     """First and last frame (indices) louder than QUIET_SPEECH_DBFS, if there are enough."""
     usable = len(pcm) - len(pcm) % FRAME_BYTES
@@ -153,9 +181,22 @@ class AsrSession:
     def __init__(
         self, engine: ASR, *, language: str | None = None, silence_ms: int = 500,
         min_speech_ms: int = 200, partial_interval_ms: int = 300, max_audio_s: float = 30.0,
-        aggressiveness: int = 2, pause_ms: int | None = None,
+        aggressiveness: int = 2, pause_ms: int | None = None, turn_end: TurnEnd | None = None,
+        turn_end_threshold: float = 0.5, turn_end_wait_ms: int | None = None,
+        tail_decode: bool = True,
     ) -> None:
         self._engine = engine
+        # Tail-only decoding: the words before an inner pause are committed, and later decodes
+        # run on the audio after it with those words as the prompt (engines that take one).
+        self._tail_decode = tail_decode and bool(getattr(engine, "prompted", False))
+        self._prefix_text = ""
+        self._prefix_bytes = 0
+        self._turn_end = turn_end  # None: turns end on the silence timeout only
+        self._turn_end_threshold = turn_end_threshold
+        self._turn_end_wait_ms = turn_end_wait_ms
+        self.turn_end_scores: list[float] = []  # P(complete) at each pause judged (bench, tests)
+        self._carry: _Carry | None = None
+        self.continued = 0  # early ends the speaker went on from (premature commits recovered)
         self._pause_ms = pause_ms  # None: no pause hypotheses (early reply off)
         self._latest: _Hypothesis | None = None  # the newest full transcription of the segment
         self._paused: _Hypothesis | None = None  # what the last Paused said, while still valid
@@ -169,13 +210,16 @@ class AsrSession:
         self._last_attempt_ms = 0
 
     @classmethod
-    def from_settings(cls, engine: ASR, settings: Settings, language: str | None = None) -> AsrSession:
+    def from_settings(cls, engine: ASR, settings: Settings, language: str | None = None,
+                      turn_end: TurnEnd | None = None) -> AsrSession:
         return cls(
             engine, language=language or settings.effective_asr_language,
             silence_ms=settings.vad_silence_ms, min_speech_ms=settings.vad_min_speech_ms,
             partial_interval_ms=settings.asr_partial_interval_ms,
             max_audio_s=settings.max_audio_seconds, aggressiveness=settings.vad_aggressiveness,
-            pause_ms=settings.early_pause_ms if settings.early_reply else None,
+            pause_ms=settings.early_pause_ms if settings.early_reply or turn_end else None,
+            turn_end=turn_end, turn_end_threshold=settings.turn_end_threshold,
+            turn_end_wait_ms=settings.turn_end_wait_ms, tail_decode=settings.asr_tail_decode,
         )
 
     def feed(self, pcm: bytes, *, partials: bool = True) -> list[AsrEvent]:
@@ -187,6 +231,8 @@ class AsrSession:
         events: list[AsrEvent] = []
         for event in self._detector.feed(pcm):
             if isinstance(event, SpeechStart):
+                self._continue_or_drop_carry(event.at_ms)
+                self._drop_prefix()
                 self._agreement.reset()
                 self._latest = self._paused = None
                 self._last_attempt_ms = event.at_ms
@@ -195,6 +241,7 @@ class AsrSession:
                 events.extend(self._finish(event))
         if self._detector.in_speech:
             events.extend(self._pause_events())
+            self._force_commit()
             if self._paused is None and partials and self._engine.partials:
                 events.extend(self._maybe_partial())
         return events
@@ -204,6 +251,7 @@ class AsrSession:
         the speaker goes on after it."""
         detector = self._detector
         if self._paused is not None and detector.silence_ms == 0:
+            self._commit_prefix(self._paused)
             self._paused = None
             return [SpeechResumed(detector.elapsed_ms)]
         if self._pause_ms is None or self._paused is not None or detector.silence_ms < self._pause_ms:
@@ -215,13 +263,82 @@ class AsrSession:
         if not latest.text.strip():
             return []
         self._paused = latest
+        if self._turn_complete(latest):
+            ended = detector.end_at_pause()
+            assert ended is not None
+            carry = self._carry
+            events = self._finish(ended)  # the final now: the pause's transcription, at no cost
+            pcm = carry.pcm + ended.pcm if carry else ended.pcm
+            self._carry = _Carry(pcm, carry.start_ms if carry else ended.start_ms, ended.at_ms)
+            return events
         return [Paused(latest.text.strip(), detector.elapsed_ms, latest.language)]
 
+    def _turn_complete(self, latest: _Hypothesis) -> bool:
+        """The end-of-turn model's verdict at a pause; "not done" may lengthen the timeout."""
+        judge = self._turn_end
+        language = latest.language or self._language or ""
+        if judge is None or not judge.supports(language):
+            return False
+        audio = pcm16_to_float(self._utterance_pcm(self._detector.segment_pcm()))
+        score = judge.probability(audio, latest.text, language)
+        self.turn_end_scores.append(score)
+        if score >= self._turn_end_threshold:
+            return True
+        if self._turn_end_wait_ms is not None:
+            self._detector.set_silence_ms(self._turn_end_wait_ms)
+        return False
+
+    def _continue_or_drop_carry(self, onset_ms: int) -> None:
+        """Speech soon after an early end continues that utterance (the model was wrong)."""
+        carry = self._carry
+        window = self._turn_end_wait_ms or 0
+        if carry is not None and onset_ms - carry.end_ms <= window:
+            self.continued += 1
+        else:
+            self._carry = None
+
+    def _utterance_pcm(self, segment: bytes) -> bytes:
+        return self._carry.pcm + segment if self._carry else segment
+
     def _transcribe_segment(self) -> _Hypothesis:
-        result = self._engine.transcribe(pcm16_to_float(self._detector.segment_pcm()), self._language)
+        audio = self._utterance_pcm(self._detector.segment_pcm())
+        result = self._decode(audio)
         self._latest = _Hypothesis(result.text, result.language, result.confidence,
-                                   self._detector.elapsed_ms)
+                                   self._detector.elapsed_ms, len(audio))
         return self._latest
+
+    def _commit_prefix(self, paused: _Hypothesis) -> None:
+        """The speaker went on after a pause: what was said before it is settled (the cut is
+        in silence, so no word is split), and the next decodes start after it."""
+        if self._tail_decode and paused.upto - self._prefix_bytes >= COMMIT_MIN_BYTES:
+            self._prefix_text, self._prefix_bytes = paused.text.strip(), paused.upto
+
+    def _force_commit(self) -> None:
+        """Bound the uncommitted tail while the speaker talks on without pausing."""
+        if not self._tail_decode or self._paused is not None:
+            return
+        audio = self._utterance_pcm(self._detector.segment_pcm())
+        start = self._prefix_bytes
+        if len(audio) - start < FORCE_COMMIT_BYTES:
+            return
+        cut = _quietest_frame(audio, start + COMMIT_MIN_BYTES, len(audio) - FORCE_KEEP_BYTES)
+        head = self._engine.transcribe(pcm16_to_float(audio[start:cut]), self._language,
+                                       prompt=self._prefix_text)  # type: ignore[call-arg]
+        self._prefix_text = f"{self._prefix_text} {head.text.strip()}".strip()
+        self._prefix_bytes = cut
+
+    def _drop_prefix(self) -> None:
+        self._prefix_text, self._prefix_bytes = "", 0
+
+    def _decode(self, pcm: bytes) -> Transcription:
+        """The utterance's transcription: only its tail after a committed prefix, if any."""
+        if not self._prefix_bytes:
+            return self._engine.transcribe(pcm16_to_float(pcm), self._language)
+        prefix = self._prefix_text
+        tail = self._engine.transcribe(pcm16_to_float(pcm[self._prefix_bytes:]), self._language,
+                                       prompt=prefix)  # type: ignore[call-arg]
+        text = f"{prefix} {tail.text.strip()}".strip()
+        return Transcription(text, tail.confidence, tail.language)
 
     def end_turn(self) -> list[AsrEvent]:
         """The client ended the turn: finalise what is buffered, even if the VAD never opened."""
@@ -236,6 +353,7 @@ class AsrSession:
         self._detector.reset()
         self._agreement.reset()
         self._latest = self._paused = None
+        self._carry = None
 
     def _maybe_partial(self) -> list[AsrEvent]:
         onset = self._detector.onset_ms
@@ -256,17 +374,25 @@ class AsrSession:
 
     def _finish(self, ended: SpeechEnd) -> list[AsrEvent]:
         paused, self._paused, self._latest = self._paused, None, None
+        carry, self._carry = self._carry, None
+        start_ms = carry.start_ms if carry else ended.start_ms
         if paused is not None and ended.reason in ("silence", "closed"):
             # Nothing was said since the pause: its transcription is the final, at no cost.
             text = self._agreement.settle(paused.text.strip())
             self._agreement.reset()
-            return [Transcript(text, True, ended.start_ms, ended.at_ms, paused.confidence,
+            return [Transcript(text, True, start_ms, ended.at_ms, paused.confidence,
                                paused.language)]
-        events = self._final(ended.pcm, ended.start_ms, ended.at_ms)
+        events = self._final(self._joined(carry, ended.pcm), start_ms, ended.at_ms)
+        self._drop_prefix()
         self._agreement.reset()
         return events
 
+    @staticmethod
+    def _joined(carry: _Carry | None, pcm: bytes) -> bytes:
+        return carry.pcm + pcm if carry else pcm
+
     def _finish_quiet(self) -> list[AsrEvent]:
+        self._drop_prefix()  # this audio is not the segment a prefix was cut from
         start_ms, pcm = self._detector.pending_pcm()
         span = _loud_span(pcm)
         if span is None:
@@ -279,7 +405,7 @@ class AsrSession:
         )
 
     def _final(self, pcm: bytes, start_ms: int, end_ms: int) -> list[AsrEvent]:
-        result = self._engine.transcribe(pcm16_to_float(pcm), self._language)
+        result = self._decode(pcm)
         text = self._agreement.settle(result.text.strip())
         if not text:
             return []

@@ -71,7 +71,8 @@ class TurnDetector:
         buffer_ms: int = 30_000,
     ) -> None:
         self._vad = webrtcvad.Vad(aggressiveness)
-        self._silence_frames = max(1, _frames(silence_ms))
+        self._default_silence_frames = max(1, _frames(silence_ms))
+        self._silence_frames = self._default_silence_frames  # this segment's timeout
         self._min_speech_frames = max(1, _frames(min_speech_ms) + _frames(WEBRTC_HANGOVER_MS))
         self._preroll_frames = _frames(preroll_ms)
         # Keep a short tail after the last voiced frame: webrtcvad often calls the soft end of
@@ -151,6 +152,18 @@ class TurnDetector:
             return None
         return self._end(self._clock, "closed")
 
+    def set_silence_ms(self, silence_ms: int) -> None:
+        """The silence timeout for the open segment only (an end-of-turn model that says "not
+        done" lets a hesitant speaker pause longer); the next segment starts at the default."""
+        self._silence_frames = max(1, _frames(silence_ms))
+
+    def end_at_pause(self) -> SpeechEnd | None:
+        """End the open segment at its last voiced frame now, as the silence timeout would
+        have later (the end-of-turn model decided the turn is complete)."""
+        if self._segment is None:
+            return None
+        return self._end(self._segment.last_voiced_frame + 1, "silence")
+
     def clear(self) -> None:
         """Forget buffered audio and any open segment; the clock keeps running."""
         self._segment = None
@@ -183,6 +196,7 @@ class TurnDetector:
         first = max(onset - self._preroll_frames, self._idle[0][0])
         pcm = bytearray(b"".join(f for i, f in self._idle if i >= first))
         self._segment = _Segment(first, onset, pcm, last_voiced_frame=index)
+        self._silence_frames = self._default_silence_frames
         self._idle.clear()
         self._recent.clear()
         return SpeechStart(onset * FRAME_MS)

@@ -26,6 +26,7 @@ from asr_worker.session import (
     SpeechStarted,
     Transcript,
 )
+from asr_worker.turn_end import TurnEnd
 from common.audio import pcm16_to_float
 from common.frames import (
     AsrWork,
@@ -71,8 +72,9 @@ class SessionStream:
 
 
 class AsrWorker:
-    def __init__(self, engine: ASR, settings: Settings) -> None:
+    def __init__(self, engine: ASR, settings: Settings, turn_end: TurnEnd | None = None) -> None:
         self.engine = engine
+        self.turn_end = turn_end  # shared by all sessions (it serialises its own calls)
         self.settings = settings
         self.runtime: WorkerRuntime | None = None
         self.streams: dict[str, SessionStream] = {}
@@ -182,7 +184,8 @@ class AsrWorker:
         """The session's language pack decides Whisper's language; "auto" detects it."""
         language = language or self.settings.effective_asr_language
         code = "auto" if language == "auto" else languages.get(language).asr_language
-        return AsrSession.from_settings(self.engine, self.settings, language=code)
+        return AsrSession.from_settings(self.engine, self.settings, language=code,
+                                        turn_end=self.turn_end)
 
     @staticmethod
     def _normalized(text: str, language: str) -> str:

@@ -135,6 +135,28 @@ CATALOGUE: dict[str, ModelSpec] = {
         ),
         main_file="en_US-joe-medium.onnx",
     ),
+    # End-of-turn model (BSD-2-Clause) used by the ASR worker: package data of the pipecat-ai
+    # wheel, which is only unzipped here, never installed or imported.
+    "smart-turn-v3.2": ModelSpec(
+        name="smart-turn-v3.2",
+        role="asr",
+        version="3.2",
+        wheels=(
+            Wheel(
+                "pipecat-ai==1.14.0",
+                "pipecat_ai-1.14.0-py3-none-any.whl",
+                "0352f504b44e78bdf524e45af4bc759601c835b9b7dc195efe5e03384b974a44",
+            ),
+        ),
+        files=(
+            ModelFile(
+                "smart-turn-v3.2-cpu.onnx",
+                ("pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",),
+                "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f",
+            ),
+        ),
+        main_file="smart-turn-v3.2-cpu.onnx",
+    ),
 }
 
 Downloader = Callable[[Wheel, Path], Path]

@@ -157,6 +157,7 @@ class WhisperEngine:
     without the GIL, so several engines in threads do run in parallel)."""
 
     partials = True  # a few tens of ms per partial on the trimmed window
+    prompted = True  # `transcribe(..., prompt=)`: decode a tail after text already committed
 
     def __init__(
         self, model: WhisperModel, beam_size: int = 1, *, auto_languages: Iterable[str] = (),
@@ -206,8 +207,11 @@ class WhisperEngine:
         noise = (rng.standard_normal(SAMPLE_RATE) * 0.05).astype(np.float32)
         self.transcribe(noise, language="en" if not self.multilingual else None)
 
-    def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcription:
-        """The fast path: features of the utterance only, decoded with CTranslate2 directly."""
+    def transcribe(self, audio: np.ndarray, language: str | None = None, prompt: str = "") -> Transcription:
+        """The fast path: features of the utterance only, decoded with CTranslate2 directly.
+
+        `prompt`: the words said just before `audio` (an utterance's committed prefix), given to
+        the decoder as previous text so the tail continues them."""
         samples = np.asarray(audio, dtype=np.float32).reshape(-1)
         fallback_language = "" if language in (None, *AUTO_LANGUAGE) else str(language)
         if samples.size < MIN_AUDIO_S * SAMPLE_RATE or np.abs(samples).max() < SILENCE_PEAK:
@@ -218,7 +222,7 @@ class WhisperEngine:
                 window = samples[start : start + WINDOW_SAMPLES]
                 if window.size < MIN_AUDIO_S * SAMPLE_RATE:
                     break
-                result = self._transcribe_window(window, language)
+                result = self._transcribe_window(window, language, prompt)
                 language = result.language or language  # later windows reuse the detection
                 results.append(result)
         return _join(results, fallback_language)
@@ -264,15 +268,15 @@ class WhisperEngine:
 
     # --- internals (called with the lock held) -------------------------------------------------
 
-    def _transcribe_window(self, audio: np.ndarray, language: str | None) -> Transcription:
+    def _transcribe_window(self, audio: np.ndarray, language: str | None, prompt: str = "") -> Transcription:
         features = self._model.feature_extractor(audio)[:, :WINDOW_FRAMES]
         max_new = max_new_tokens(audio.size / SAMPLE_RATE)
         encoded = self._encode(features, padded_frames(features.shape[-1]))
         lang = self._resolve_language(encoded, language)
-        decoded = self._decode(encoded, lang, max_new)
+        decoded = self._decode(encoded, lang, max_new, prompt)
         if _degenerate(decoded) and padded_frames(features.shape[-1]) < WINDOW_FRAMES:
             # The stock-sized window: slower, but what faster-whisper itself would decode.
-            decoded = self._decode(self._encode(features, WINDOW_FRAMES), lang, max_new)
+            decoded = self._decode(self._encode(features, WINDOW_FRAMES), lang, max_new, prompt)
         text = decoded.text
         if has_repetition_loop(text):
             text = collapse_repeats(text)
@@ -298,10 +302,11 @@ class WhisperEngine:
             ranked = [(code, p) for code, p in ranked if code in self.auto_languages] or ranked
         return ranked[0][0]  # tokens look like "<|en|>"
 
-    def _decode(self, encoded: Any, language: str, max_new: int) -> _Decoded:
+    def _decode(self, encoded: Any, language: str, max_new: int, said: str = "") -> _Decoded:
         tokenizer = self._tokenizer(language)
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
-        previous = self.initial_prompts.get(language)
+        # The words said just before come last: the prompt is cut from the front when too long.
+        previous = " ".join(p for p in (self.initial_prompts.get(language, ""), said.strip()) if p)
         if previous:  # Whisper's "previous text" slot: the words and names to expect
             context = tokenizer.encode(" " + previous.strip())[-(MAX_PROMPT_TOKENS):]
             prompt = [tokenizer.sot_prev, *context, *prompt]
