@@ -316,6 +316,8 @@ class Normalizer:
             return self.reader.range_word, "say"
         if text in SILENT or (text == "#" and not m.string[m.end():m.end() + 1].isdigit()):
             return text, "silent"  # "#" is "number" before a digit, markdown otherwise
+        if unicodedata.category(text) == "Cf":  # zero-width space/joiner, direction marks: unseen,
+            return "", "space"  # so unsaid (a text of only these has nothing to say)
         named = self.reader.symbol(text)
         if named is not None:
             return named, "say"
