@@ -133,6 +133,15 @@ class Settings(BaseSettings):
     asr_partial_interval_ms: int = 300
     early_reply: bool = True  # start the LLM at a pause, before the end of turn is certain
     early_pause_ms: int = 100  # unvoiced ms inside speech (after webrtcvad's ~80 ms hangover): a pause
+    # --- end of turn (ASR area, issue 15): at a pause, a model decides whether the turn is done
+    turn_end: str = "smart-turn"  # "smart-turn" | "silence" (asr_worker/turn_end.py)
+    turn_end_model: str = "smart-turn-v3.2"  # catalogue name or a local .onnx path
+    turn_end_threshold: float = Field(default=0.5, ge=0.0, le=1.0)  # P(complete) that ends the turn
+    turn_end_threads: int = 1
+    turn_end_languages: str = ""  # Whisper codes the model may decide for; empty: all it knows
+    turn_end_wait_ms: int = 1000  # silence timeout once the model said "not done" at the pause
+    turn_end_text_guard: bool = True  # a transcript ending like a fragment overrules "complete"
+    asr_tail_decode: bool = True  # decode only the audio after the prefix committed at pauses
 
     llm_engine: str = "llama-cpp"  # a name of llm_worker/registry.py (checked there)
     llm_model: str = "smollm2-135m"
