@@ -15,7 +15,7 @@ from common.settings import Settings, get_settings
 from gateway import errors
 from gateway.audio_socket import AudioSocket
 from gateway.auth import Principal
-from gateway.bridge import Bridge
+from gateway.bridge import Bridge, scoped_session_id
 from gateway.errors import ApiError
 from gateway.guard import Guard
 from gateway.observe import RequestObserver
@@ -95,10 +95,15 @@ def _add_operations(router: APIRouter, bridge: Bridge, guard: Guard) -> None:
     async def session_history(session_id: str, principal: Principal = Depends(guard.caller)
                               ) -> OrjsonResponse:
         """A live session's dialogue history (what the assistant keeps of each turn)."""
-        connection = bridge.connections.get(session_id)
+        # A client-chosen id lives in its caller's namespace (gateway.bridge.scoped_session_id);
+        # an id the server made up is used as it is.
+        internal = scoped_session_id(principal.id, session_id)
+        if internal not in bridge.connections:
+            internal = session_id
+        connection = bridge.connections.get(internal)
         if not principal.admin and (connection is None or connection.owner != principal.id):
             raise ApiError(404, "session_not_found", "no live session with that id is yours")
-        reply = await bridge.history(session_id)
+        reply = await bridge.history(internal, admin=principal.admin)
         if reply is None:
             raise ApiError(503, "orchestrator_unavailable", "the orchestrator did not answer")
         if not reply.found:
