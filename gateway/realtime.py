@@ -25,6 +25,7 @@ What each client event maps onto, where it is not one to one (also in the README
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -36,6 +37,7 @@ import orjson
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from common.frames import AudioChunk, Frame, PlaybackMark, TokenChunk, TurnEvent
+from common.languages import registry as languages
 from common.settings import Settings
 from gateway.auth import bearer
 from gateway.bridge import Bridge
@@ -194,7 +196,11 @@ class RealtimeSocket:
 
     async def _receive_loop(self) -> None:
         while True:
-            message = await self.ws.receive()
+            message = await self._receive()
+            if message is None:
+                await self.transport.close({"code": "idle_timeout", "message": "no client event for "
+                                            f"{self.settings.session_idle_timeout_s:g} s"}, CLOSE_POLICY)
+                return
             if message["type"] == "websocket.disconnect":
                 return
             text = message.get("text")
@@ -203,6 +209,17 @@ class RealtimeSocket:
                 continue
             if not await self._on_text(text):
                 return
+
+    async def _receive(self) -> dict[str, Any] | None:
+        """The next message; None when a session not yet open idles too long (its slot is
+        taken at connect, and the voice session's own idle watch starts only when it opens)."""
+        limit = self.settings.session_idle_timeout_s
+        if self.session.connection is not None or limit <= 0:
+            return dict(await self.ws.receive())
+        try:
+            return dict(await asyncio.wait_for(self.ws.receive(), limit))
+        except TimeoutError:
+            return None
 
     async def _on_text(self, text: str) -> bool:
         """One client event; False when the session must end."""
@@ -245,11 +262,25 @@ class RealtimeSocket:
             raise EventError("session must be an object", "session")
         before = (self.config.input_format, self.config.output_format)
         self.config.apply(session, lambda voice: _voice(self.settings, voice))
+        self._language(self.config.extra.pop("transcription_language", None))
         if before[0] != self.config.input_format:
             self.decoder = input_decoder(self.config.input_format)
         if before[1] != self.config.output_format:
             self.transport.drop_audio()
         await self.conversation.emit({"type": "session.updated", "session": self.config.describe()})
+
+    def _language(self, code: Any) -> None:
+        """A transcription language chosen before the first turn becomes the session's language
+        (its ASR, language pack and voice); after it, the orchestrator session has started."""
+        if code is None or code == self.config.language:
+            return
+        if code not in ("auto", *languages.codes()):
+            raise ConfigError(f"language {code!r} has no language pack; use auto or one of "
+                              f"{languages.codes()}", "session.audio.input.transcription.language")
+        if self.session.connection is not None:
+            raise ConfigError("the language is set before the first turn",
+                              "session.audio.input.transcription")
+        self.config.language = self.session.language = str(code)
 
     async def append(self, event: dict[str, Any]) -> bool:
         audio = event.get("audio")

@@ -13,9 +13,17 @@ import pytest
 
 from common.audio import read_wav, resample_pcm16, rms_dbfs
 from gateway.codec import CodecError
-from gateway.media import SPEECH_FORMATS, SpeechEncoder, StreamResampler, decode_upload, g711_decode, g711_encode
+from gateway.media import (
+    SPEECH_FORMATS,
+    SpeechEncoder,
+    StreamResampler,
+    decode_upload,
+    g711_decode,
+    g711_encode,
+)
 
-CONTAINERS = [("webm", "libopus"), ("ogg", "libopus"), ("mp3", "libmp3lame"), ("ipod", "aac"), ("wav", "pcm_s16le")]
+CONTAINERS = [("webm", "libopus"), ("ogg", "libopus"), ("mp3", "libmp3lame"), ("ipod", "aac"),
+              ("wav", "pcm_s16le")]
 
 
 def encode(pcm: bytes, rate: int, container: str, codec: str) -> bytes:
@@ -42,7 +50,8 @@ def clip(fixtures_dir: Path) -> tuple[bytes, int]:
 
 
 @pytest.mark.parametrize(("container", "codec"), CONTAINERS, ids=[c for c, _ in CONTAINERS])
-def test_uploads_decode_to_16khz_of_the_same_length(clip: tuple[bytes, int], container: str, codec: str) -> None:
+def test_uploads_decode_to_16khz_of_the_same_length(clip: tuple[bytes, int], container: str,
+                                                    codec: str) -> None:
     pcm, rate = clip
     decoded = decode_upload(encode(pcm, rate, container, codec), max_seconds=30)
     seconds, expected = len(decoded) / 32000, len(pcm) / 2 / rate

