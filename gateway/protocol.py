@@ -16,6 +16,7 @@ import msgspec
 
 from common.frames import AudioChunk, ErrorEvent, Frame, TokenChunk, TranscriptChunk, TurnEvent
 from common.languages import registry as languages
+from gateway.security import check_control_depth
 
 # Input sample rate per codec: PCM16 is the ASR's 16 kHz; Opus always runs on a 48 kHz clock.
 SUPPORTED_RATES = {"pcm16": (16000,), "opus": (48000,)}
@@ -74,8 +75,11 @@ def parse_client_message(text: str) -> ClientMessage:
     if len(text) > MAX_CONTROL_CHARS:
         raise ProtocolError("message_too_large",
                             f"control message of {len(text)} characters > {MAX_CONTROL_CHARS}")
+    check_control_depth(text)  # msgspec recurses per level: a deep nest must not crash it
     try:
         return _client_decoder.decode(text)
+    except RecursionError:
+        raise ProtocolError("bad_message", "control message nests too deeply") from None
     except msgspec.ValidationError as exc:
         raise ProtocolError("bad_message", f"invalid control message: {exc}") from None
     except msgspec.DecodeError as exc:
