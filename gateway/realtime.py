@@ -170,9 +170,11 @@ class RealtimeSocket:
         self.config.beta = "realtime=v1" in (websocket.headers.get("openai-beta") or "")
         self.transport = RealtimeTransport(websocket, self.config)
         self.conversation = self.transport.conversation
+        self.conversation.audio_ms = lambda: self.received_ms
         self.session = RealtimeVoiceSession(bridge, settings, guard, self.transport)
         self.decoder = input_decoder(self.config.input_format)
         self.buffered_ms = 0  # audio appended since the last commit / clear
+        self.received_ms = 0  # all audio appended
         self.pending_text: str | None = None  # a typed user item waiting for response.create
         self.cut: Cut | None = None  # the last reply the client cancelled
 
@@ -293,6 +295,7 @@ class RealtimeSocket:
         await self._ensure_open()
         pcm = self.decoder(data)
         self.buffered_ms += len(pcm) // BYTES_PER_MS
+        self.received_ms += len(pcm) // BYTES_PER_MS
         for at in range(0, len(pcm), PIECE_BYTES):
             if not await self.session.on_audio(pcm[at: at + PIECE_BYTES]):
                 return False

@@ -64,6 +64,8 @@ class Conversation:
         self.user: Item | None = None  # the user's audio item being spoken
         self._partial = ""
         self.echo: str | None = None  # a typed turn's text: its echoed final is not new speech
+        self.typed = False  # that echo came: the cancel that follows is the typed turn's, not speech
+        self.audio_ms: Callable[[], int] = lambda: 0  # client audio received so far
         self.committed_manually = False
 
     async def emit(self, event: dict[str, Any]) -> None:
@@ -109,9 +111,20 @@ class Conversation:
         elif kind == "tts.end":
             await self.finish(int(event.get("turn_id", 0)), "completed", str(event.get("text", "")))
         elif kind == "tts.cancel":
+            await self._barge_in()
             await self.finish(int(event.get("turn_id", 0)), "cancelled", None, "turn_detected")
         elif kind == "error":
             await self.error(str(event.get("code")), str(event.get("message")), kind="server_error")
+
+    async def _barge_in(self) -> None:
+        """The orchestrator cut a reply because the ASR heard speech begin (its voice activity
+        stays inside the orchestrator): that is the moment of speech_started, before any words."""
+        typed, self.typed = self.typed, False
+        if typed or self.user is not None or not self.config.server_vad:
+            return
+        self.user, self._partial = Item(new_id("item"), "user", "input_audio"), ""
+        await self.emit({"type": "input_audio_buffer.speech_started", "item_id": self.user.id,
+                         "audio_start_ms": self.audio_ms()})
 
     async def _partial_words(self, event: dict[str, Any]) -> None:
         text = str(event.get("text", ""))
@@ -129,7 +142,7 @@ class Conversation:
     async def _final_words(self, event: dict[str, Any]) -> None:
         text = str(event.get("text", ""))
         if self.echo is not None and text.strip() == self.echo:
-            self.echo = None  # the typed item already stands in the conversation
+            self.echo, self.typed = None, True  # the typed item already stands in the conversation
             return
         item = self.user or Item(new_id("item"), "user", "input_audio")
         self.user, self._partial, item.text = None, "", text
@@ -166,6 +179,7 @@ class Conversation:
             return current
         if current is not None:  # superseded without a word from the orchestrator
             await self.finish(current.turn_id, "cancelled", None, "turn_detected")
+        self.typed = False  # the typed turn's reply has begun: a later cancel is someone speaking
         item = Item(new_id("item"), "assistant", "output_audio")
         response = self.response = Response(new_id("resp"), turn_id, item)
         await self.emit({"type": "response.created",

@@ -276,3 +276,24 @@ def test_cancel_and_truncate_keep_only_the_heard_audio_in_the_history(stack: Sta
     assert len(heard) < len(said), (heard, said)  # ...that stops before its end
     assert len(heard) <= played_ms / 1000 * MAX_WORDS_PER_S + 1, (heard, played_ms)
 
+
+
+def test_speech_over_a_reply_interrupts_it_with_server_vad(stack: Stack, fixtures_dir: Path) -> None:
+    question = clip_pcm(fixtures_dir / "q_en_capital.wav", 24000) + bytes(24000 * 2 * 2)
+
+    async def body(connection: Any, events: Events) -> None:
+        await events.wait("session.created")
+        await ask(connection, "Tell me a long story about a lion and a hare in the forest.")
+        first = await events.wait("response.output_audio.delta")
+        await stream(connection, question, 960, 0.02)  # the user talks over the reply
+        started = await events.wait("input_audio_buffer.speech_started")
+        cut = await events.wait("response.done", where=lambda e: e.response.id == first.response_id)
+        assert cut.response.status == "cancelled", cut
+        assert events.seen.index(started) < events.seen.index(cut)
+        transcribed = await events.wait("conversation.item.input_audio_transcription.completed",
+                                        where=lambda e: e.item_id == started.item_id)
+        assert_question(transcribed.transcript)
+        answer = await events.wait("response.done", where=lambda e: e.response.id != first.response_id)
+        assert answer.response.status == "completed"
+
+    asyncio.run(session(stack, body))
