@@ -143,6 +143,26 @@ class HistoryRequest(Frame):
     reply_to: str = ""  # unused (wire compatibility)
     gateway_id: str = ""  # the asking gateway (checked against its key under CURVE)
     admin: bool = False  # the caller is an admin (the gateway checked): any session
+    principal: str = ""  # the caller: answered from the store when it owns the session (live or ended)
+
+
+class SessionList(Frame):
+    """REST `GET /v1/sessions`: a page of the caller's stored sessions (an admin's: everyone's)."""
+
+    gateway_id: str = ""
+    principal: str = ""
+    admin: bool = False
+    limit: int = 20
+    offset: int = 0
+
+
+class SessionDelete(Frame):
+    """REST `DELETE /v1/sessions/{id}`: erase the conversation for good (the caller's, or any
+    with `admin`); a live session is ended first."""
+
+    gateway_id: str = ""
+    principal: str = ""
+    admin: bool = False
 
 
 class GatewayHeartbeat(Frame):
@@ -204,12 +224,58 @@ class TurnEvent(Frame):
     text: str = ""
 
 
+class TurnModelEntry(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
+    kind: str
+    name: str
+    version: str = ""
+    sha256: str = ""
+
+
+class StoredMessage(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
+    """One message as the conversation store keeps it."""
+
+    turn_id: int
+    role: str
+    content: str | None = None  # None when text storage is off
+    heard: str | None = None  # an interrupted reply: what the person heard of it
+    language: str = ""
+    confidence: float | None = None
+    timings: dict[str, float] = {}  # ms since the turn started (first_token, first_audio, ...)
+    created: float = 0.0  # epoch seconds
+    models: list[TurnModelEntry] = []  # on the assistant's message: the models of its turn
+
+
+class SessionSummary(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
+    session_id: str
+    principal: str = ""
+    language: str = ""
+    created: float = 0.0
+    last_active: float = 0.0
+    ended: float | None = None
+    end_reason: str = ""
+    turns: int = 0
+    live: bool = False
+
+
 class HistoryReply(Frame):
     found: bool = False
     turns: int = 0
     messages: list[ChatMessage] = []
     language: str = ""
     system_prompt: str = ""
+    stored: list[StoredMessage] = []  # the whole stored conversation (with `principal` asked)
+    session: SessionSummary | None = None
+
+
+class SessionListReply(Frame):
+    sessions: list[SessionSummary] = []
+    total: int = 0
+    error: str = ""  # the store failed: the gateway answers 503
+
+
+class SessionDeleted(Frame):
+    found: bool = False
+    error: str = ""
 
 
 class ModelEntry(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
@@ -376,6 +442,8 @@ IngressMessage = (
     | SessionEnd
     | PlaybackMark
     | HistoryRequest
+    | SessionList
+    | SessionDelete
     | GatewayHeartbeat
     | ChatJob
     | SpeakJob
@@ -392,6 +460,8 @@ EgressMessage = (
     | HistoryReply
     | Transcription
     | AdminReply
+    | SessionListReply
+    | SessionDeleted
 )
 ControlMessage = Cancel | Ping | StackStatus
 ResultMessage = (

@@ -192,6 +192,12 @@ class Settings(BaseSettings):
     openai_aliases: bool = True  # accept OpenAI's ids (whisper-1, tts-1, gpt-realtime, alloy...) for the loaded models
     openai_max_speech_chars: int = Field(default=4096, ge=1)  # /v1/audio/speech `input` (OpenAI's limit)
 
+    # --- conversation store (conversations area, issue 13): orchestrator/store*.py ---
+    db_url: str = ""  # empty: sqlite:///{run_dir}/inzwa.db; sqlite:///path (postgresql:// later)
+    store_text: bool = True  # off: only metadata and timings are kept, never what was said
+    retention_days: float = Field(default=30.0, ge=0)  # 0: kept until erased
+    store_busy_timeout_s: float = Field(default=5.0, ge=0)  # wait this long for a locked database
+
     # --- process supervision ---
     run_dir: Path = Path(".run")
     drain_timeout_s: float = 8.0  # on SIGTERM a worker finishes in-flight work this long at most

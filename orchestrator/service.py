@@ -29,7 +29,6 @@ from common.frames import (
     Frame,
     GatewayHeartbeat,
     Heartbeat,
-    HistoryReply,
     HistoryRequest,
     IngressMessage,
     JobCancel,
@@ -38,7 +37,9 @@ from common.frames import (
     PlaybackMark,
     Ready,
     ResultMessage,
+    SessionDelete,
     SessionEnd,
+    SessionList,
     SessionStart,
     SpeakJob,
     StackStatus,
@@ -58,7 +59,6 @@ from common.frames import (
     result_decoder,
     watchdog_decoder,
 )
-from common.languages import registry as languages
 from common.logs import content
 from common.metrics import DROPPED_FRAMES, RESTART_BUDGET_EXHAUSTED, WORKER_RESTARTS, declare_series
 from common.plane_auth import gateway_identity
@@ -70,6 +70,8 @@ from orchestrator.jobs import Jobs
 from orchestrator.recovery import Recovery
 from orchestrator.registry import Instance, WorkerRegistry
 from orchestrator.session import Session
+from orchestrator.store import StoreError, TurnModel, open_store
+from orchestrator.store_api import Conversations
 from orchestrator.turns import Turns
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,10 @@ class Orchestrator:
         liveness_s = settings.heartbeat_interval_s * settings.heartbeat_liveness
         self.registry = WorkerRegistry(liveness_s, self._connect_worker)
         self.gateways = Gateways(settings, self._connect_gateway, self._disconnect)
-        self.turns = Turns(settings, self._to_worker, self._to_client, self._publish)
+        self.store = open_store(settings)  # opened by serve() (or by its first use)
+        self.conversations = Conversations(settings, self.store, self.sessions, self.gateways.send)
+        self.turns = Turns(settings, self._to_worker, self._to_client, self._publish,
+                           store=self.store, models=self._turn_models)
         self.recovery = Recovery(self.sessions, self.registry, self.turns, self._to_worker,
                                  self._to_client, settings.request_timeout_s)
         self.jobs = Jobs(settings, self.registry, self._to_gateway, self._publish)
@@ -99,6 +104,12 @@ class Orchestrator:
 
     async def serve(self, stop: asyncio.Event | None = None) -> None:
         """Bind, serve until SIGTERM/SIGINT (or `stop`), then close everything it opened."""
+        try:
+            await self.store.open()  # a locked or corrupt store stops the start, loudly
+        except StoreError as exc:
+            log.critical("conversation store unusable: %s", exc)
+            raise
+        await self.conversations.purge(force=True)
         plane = self._plane = Plane(self.settings, "orchestrator")
         try:
             s = self.settings
@@ -115,6 +126,7 @@ class Orchestrator:
             await self._until_stopped(stop)
         finally:
             await plane.close()
+            await self.store.close()
 
     @staticmethod
     async def _until_stopped(stop: asyncio.Event | None) -> None:
@@ -143,6 +155,7 @@ class Orchestrator:
         await self.recovery.expire_waits()
         await self.jobs.expire()
         await self.admin.expire()
+        await self.conversations.purge()
         for session in list(self.sessions.values()):
             await self.turns.check_timeouts(session)
             await self.recovery.check_asr_stall(session, self.settings.asr_stall_s)
@@ -178,7 +191,11 @@ class Orchestrator:
             case SessionStart():
                 await self._start_session(message, replies_to)
             case HistoryRequest():
-                self._history(message, replies_to)
+                await self.conversations.history(message, replies_to)
+            case SessionList():
+                await self.conversations.list(message, replies_to)
+            case SessionDelete():
+                self.gateways.send(replies_to, await self.conversations.delete(message, self._erased))
             case ChatJob() | SpeakJob() | TranscribeJob():
                 self.gateways.seen(replies_to)
                 await self.jobs.submit(message, replies_to)
@@ -233,18 +250,6 @@ class Orchestrator:
                                              "text": content(final.text)})
         await self.turns.start(session, final.text)
 
-    def _history(self, request: HistoryRequest, gateway_id: str) -> None:
-        """Answered to the asking gateway only, and found only for the gateway holding the
-        session (or an admin's request, which the gateway vouches for)."""
-        session = self.sessions.get(request.session_id)
-        reply = HistoryReply(session_id=request.session_id, request_id=request.request_id)
-        if session is not None and (request.admin or session.gateway_id == gateway_id):
-            reply.found, reply.turns, reply.messages = True, session.turns, list(session.history)
-            reply.language = session.language
-            reply.system_prompt = (self.settings.system_prompt
-                                   or languages.get(session.language).system_prompt)
-        self.gateways.send(gateway_id, reply)
-
     async def _start_session(self, start: SessionStart, gateway_id: str) -> None:
         self.gateways.seen(gateway_id)
         live = self.sessions.get(start.session_id)
@@ -257,7 +262,7 @@ class Orchestrator:
                 session_id=start.session_id, code="session_unavailable", fatal=True,
                 message="this session cannot be started; start a new one"))
             return
-        if live is not None:  # the same owner starts it again: a fresh session, same instances
+        if live is not None:  # the same owner starts it again: same history, same instances
             await self.turns.cancel(live, tell_client=False)
         session = Session(
             start.session_id,
@@ -269,14 +274,53 @@ class Orchestrator:
         )
         if live is not None:
             session.pins = live.pins  # (their session counts stay right)
+            session.history, session.turns = live.history, live.turns
+        if not await self._resume(session, gateway_id):
+            return
         self.sessions[start.session_id] = session
         log.info("session started", extra={"session_id": start.session_id, "gateway_id": gateway_id})
         await self._to_worker(session, "asr", start)
+
+    async def _resume(self, session: Session, gateway_id: str) -> bool:
+        """Continue a stored conversation of the same principal; refuse someone else's id with
+        the same neutral answer as a live one (saying nothing of whether it exists)."""
+        try:
+            mine = await self.conversations.resume(session)
+        except StoreError:
+            log.exception("conversation store: session not resumed", extra={"session_id": session.session_id})
+            mine = True  # the conversation goes on; only its stored past is missing
+        if not mine:
+            DROPPED_FRAMES.labels("not_permitted").inc()
+            self.gateways.send(gateway_id, ErrorEvent(
+                session_id=session.session_id, code="session_unavailable", fatal=True,
+                message="this session cannot be started; start a new one"))
+        return mine
+
+    async def _erased(self, session: Session) -> None:
+        """A live session whose conversation is being erased: its client is told and it ends."""
+        await self._to_client(session, ErrorEvent(code="session_deleted", fatal=True,
+                                                  message="this conversation was deleted"))
+        await self._end_session(session, "deleted")
+
+    def _turn_models(self, session: Session) -> list[TurnModel]:
+        """The models that served this session's turn: the pinned instances' own info."""
+        models = []
+        for kind, instance_id in sorted(session.pins.items()):
+            instance = self.registry.get(instance_id)
+            if instance is not None:
+                info = instance.info
+                models.append(TurnModel(kind, info.get("name") or instance.model,
+                                        info.get("version", ""), info.get("sha256", "")))
+        return models
 
     async def _end_session(self, session: Session, reason: str) -> None:
         if self.sessions.get(session.session_id) is not session:
             return
         del self.sessions[session.session_id]
+        try:
+            await self.store.end_session(session.session_id, reason)
+        except StoreError:
+            log.exception("conversation store: end not written", extra={"session_id": session.session_id})
         await self.turns.cancel(session, tell_client=False)
         await self._to_worker(session, "asr", SessionEnd(reason=reason))
         for instance_id in session.pins.values():

@@ -58,6 +58,8 @@ class Turn:
     audio_started: bool = False  # tts.start was sent (the client has heard something)
     audio_seq: int = 0
     token_seq: int = 0
+    confidence: float | None = None  # the ASR's, for a spoken turn
+    stored: bool = False  # written to the conversation store (a later interruption updates it)
 
     def mark(self, event: str) -> None:
         self.timings.setdefault(event, round((time.monotonic() - self.started_at) * 1000, 1))

@@ -28,15 +28,18 @@ from common.frames import (
     WorkerKind,
 )
 from common.languages import registry as languages
+from common.logs import content
 from common.metrics import LLM_TTFW_MS, TURNS
 from common.settings import Settings
 from orchestrator.session import TTS_WINDOW, Phrase, Session, Turn, TurnState
+from orchestrator.store import ConversationStore, TurnModel, TurnRecord
 
 log = logging.getLogger(__name__)
 
 ToWorker = Callable[[Session, WorkerKind, Frame], Awaitable[bool]]
 ToClient = Callable[[Session, Frame], Awaitable[None]]
 Publish = Callable[[Frame], Awaitable[None]]
+Models = Callable[[Session], list[TurnModel]]
 
 
 def same_words(a: str, b: str) -> bool:
@@ -48,12 +51,15 @@ def same_words(a: str, b: str) -> bool:
 
 class Turns:
     def __init__(
-        self, settings: Settings, to_worker: ToWorker, to_client: ToClient, publish: Publish
+        self, settings: Settings, to_worker: ToWorker, to_client: ToClient, publish: Publish,
+        *, store: ConversationStore | None = None, models: Models | None = None,
     ) -> None:
         self.settings = settings
         self.to_worker = to_worker
         self.to_client = to_client
         self.publish = publish
+        self.store = store
+        self.models = models
 
     # --- what the user said --------------------------------------------------------------------
 
@@ -61,10 +67,11 @@ class Turns:
         turn = session.turn
         if turn is not None and turn.speculative and not turn.cancelled:
             if same_words(turn.user_text, chunk.text):
+                turn.confidence = chunk.confidence
                 await self._commit(session, turn, chunk.text)
                 return
             await self.cancel(session, tell_client=False)
-        await self.start(session, chunk.text)
+        await self.start(session, chunk.text, confidence=chunk.confidence)
 
     async def on_hypothesis(self, session: Session, hypothesis: TurnHypothesis) -> None:
         if not self.settings.early_reply or not hypothesis.text.strip():
@@ -96,12 +103,13 @@ class Turns:
 
     # --- starting, committing, cancelling --------------------------------------------------------
 
-    async def start(self, session: Session, user_text: str, *, speculative: bool = False) -> None:
+    async def start(self, session: Session, user_text: str, *, speculative: bool = False,
+                    confidence: float | None = None) -> None:
         await self.cancel(session, tell_client=True)
         session.turns += 1
         turn_id = session.turns
         turn = Turn(turn_id, user_text, request_id=f"{session.session_id}:{turn_id}:llm:1",
-                    speculative=speculative)
+                    speculative=speculative, confidence=confidence)
         session.turn = turn
         pack = languages.get(session.language)
         if pack.blocks_input(user_text):  # the safety filter: a polite refusal, no LLM call
@@ -118,6 +126,9 @@ class Turns:
             max_new_tokens=session.max_new_tokens,
             language=session.language,
         )
+        log.info("turn started", extra={
+            "session_id": session.session_id, "turn_id": turn_id, "history": len(session.history),
+            "prompt": content(" | ".join(f"{m.role}: {m.content}" for m in turn.request.messages))})
         await self.to_worker(session, "llm", turn.request)
 
     async def check_timeouts(self, session: Session) -> None:
@@ -182,6 +193,8 @@ class Turns:
         turn.speculative = False
         turn.user_text = final_text
         turn.mark("committed")
+        if turn.state is TurnState.FORWARDED:  # it finished while held: its tts.end is held too
+            await self._store(session, turn)
         held, turn.held = turn.held, []
         log.info("early reply committed", extra={"session_id": session.session_id, "held": len(held)})
         for frame in held:
@@ -198,6 +211,7 @@ class Turns:
         if turn.speculative:
             return  # never shown to the client: leaves no trace
         session.remember(turn.user_text, " ".join(turn.played))
+        await self._store(session, turn, heard=" ".join(turn.played))
         if tell_client and turn.audio_started:
             await self.to_client(session, TurnEvent(turn_id=turn.turn_id, event="tts.cancel"))
 
@@ -309,7 +323,28 @@ class Turns:
         """All audio is forwarded; the history is written when the gateway says it was sent."""
         turn.to(TurnState.FORWARDED)
         TURNS.labels("completed").inc()
+        turn.mark("tts_end")
+        if not turn.speculative:  # (a speculative one is stored when committed)
+            await self._store(session, turn)  # before tts.end: a committed turn is never lost
         end = TurnEvent(turn_id=turn.turn_id, event="tts.end", text=turn.reply_text.strip())
         await self._emit(session, turn, end)
         log.info("turn done", extra={"session_id": session.session_id, "turn_id": turn.turn_id,
                                      "early": "committed" in turn.timings, **turn.timings})
+
+    async def _store(self, session: Session, turn: Turn, *, heard: str | None = None) -> None:
+        """Write the turn to the conversation store (an interrupted one: what was heard). A
+        store failure is logged and the conversation goes on (its history stays in memory)."""
+        if self.store is None:
+            return
+        try:
+            if turn.stored and heard is not None:
+                await self.store.set_heard(session.session_id, turn.turn_id, heard)
+                return
+            await self.store.record_turn(TurnRecord(
+                session.session_id, turn.turn_id, turn.user_text, turn.reply_text.strip(),
+                heard=heard, language=session.language, confidence=turn.confidence,
+                timings=dict(turn.timings), models=self.models(session) if self.models else []))
+            turn.stored = True
+        except Exception:
+            log.exception("conversation store: turn not written",
+                          extra={"session_id": session.session_id, "turn_id": turn.turn_id})
