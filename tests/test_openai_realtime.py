@@ -297,3 +297,30 @@ def test_speech_over_a_reply_interrupts_it_with_server_vad(stack: Stack, fixture
         assert answer.response.status == "completed"
 
     asyncio.run(session(stack, body))
+
+
+def alaw_decode(data: bytes) -> bytes:
+    context: Any = av.CodecContext.create("pcm_alaw", "r")
+    context.sample_rate, context.layout = 8000, "mono"
+    return b"".join(frame.to_ndarray().astype("<i2").tobytes() for frame in context.decode(av.Packet(data)))
+
+
+def test_a_beta_client_gets_beta_event_names_and_alaw(stack: Stack) -> None:
+    async def body(connection: Any, events: Events) -> None:
+        await events.wait("session.created")
+        # The beta session shape: flat formats by name, input_audio_transcription.
+        await connection.send({"type": "session.update", "session": {
+            "input_audio_format": "g711_alaw", "output_audio_format": "g711_alaw",
+            "input_audio_transcription": {"model": "whisper-1"}, "turn_detection": None}})
+        updated = await events.wait("session.updated")
+        assert updated.session.output_audio_format == "g711_alaw"  # type: ignore[union-attr]
+        await ask(connection, "What is the capital of Zimbabwe?")
+        done = await events.wait("response.done")
+        assert done.response.status == "completed"
+        assert events.of("conversation.item.created") and not events.of("conversation.item.added")
+        assert not events.of("response.output_audio.delta")
+        transcript = (await events.wait("response.audio_transcript.done")).transcript
+        alaw = b"".join(base64.b64decode(e.delta) for e in events.of("response.audio.delta"))
+        assert_speech(stack, alaw_decode(alaw), 8000, transcript)
+
+    asyncio.run(session(stack, body))
