@@ -207,7 +207,8 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeS
         pytest.skip(problem)
     command = compose_command()
     assert command is not None
-    cache = Path(os.environ.get("INZWA_BUILD_CACHE", "/var/cache/inzwa-build"))
+    default_cache = "/var/cache/inzwa-build" if os.access("/var/cache", os.W_OK) else "~/.cache/inzwa-build"
+    cache = Path(os.environ.get("INZWA_BUILD_CACHE", default_cache)).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
     env_file = tmp_path_factory.mktemp("compose") / "inzwa.env"
     # Longer replies, so the kill lands while the LLM is still generating.
