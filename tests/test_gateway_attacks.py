@@ -659,8 +659,6 @@ def test_connections_beyond_the_concurrency_limit_get_503(tmp_path: Path) -> Non
             time.sleep(0.2)
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/protocol.py (not this area's) must run "
-                   "gateway.security.check_control_depth before decoding; today the session ends with 1006")
 def test_a_deeply_nested_control_message_gets_bad_message(keyed_gateway: GatewayProcess) -> None:
     async def send_nested() -> tuple[list[dict[str, Any]], int | None]:
         events = []
