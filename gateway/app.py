@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, FastAPI, WebSocket
+import msgspec
+from fastapi import APIRouter, Depends, FastAPI, Query, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 
 from common import logs
+from common.frames import HistoryReply
 from common.metrics import exposition
 from common.settings import Settings, get_settings
 from gateway import errors
@@ -52,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_allowed_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["Retry-After", "X-Request-ID"],
         )
@@ -90,25 +92,87 @@ def _add_operations(router: APIRouter, bridge: Bridge, guard: Guard) -> None:
         body, content_type = exposition()
         return Response(body, media_type=content_type)
 
+    _add_session_routes(router, bridge, guard)
+
+
+def _add_session_routes(router: APIRouter, bridge: Bridge, guard: Guard) -> None:
+    """Conversations, served by the orchestrator from its store: they outlive the session."""
+
+    @router.get("/v1/sessions", tags=["assistant"])
+    async def list_sessions(principal: Principal = Depends(guard.caller),
+                            limit: int = Query(20, ge=1, le=100),
+                            offset: int = Query(0, ge=0, le=10**9)) -> OrjsonResponse:
+        """Your conversations, most recently active first (an admin's: everyone's)."""
+        _orchestrator_up(bridge)
+        reply = await bridge.list_sessions(principal.id, admin=principal.admin, limit=limit,
+                                           offset=offset)
+        if reply is None or reply.error:
+            raise ApiError(503, "store_unavailable", "the conversation store did not answer")
+        return OrjsonResponse({"sessions": [_fields(s) for s in reply.sessions],
+                               "total": reply.total, "limit": limit, "offset": offset})
+
     @router.get("/v1/sessions/{session_id}", tags=["assistant"],
                 responses={404: {"description": "No such session of yours"}})
     async def session_history(session_id: str, principal: Principal = Depends(guard.caller)
                               ) -> OrjsonResponse:
-        """A live session's dialogue history (what the assistant keeps of each turn)."""
-        # A client-chosen id lives in its caller's namespace (gateway.bridge.scoped_session_id);
-        # an id the server made up is used as it is.
-        internal = scoped_session_id(principal.id, session_id)
-        if internal not in bridge.connections:
-            internal = session_id
-        connection = bridge.connections.get(internal)
-        if not principal.admin and (connection is None or connection.owner != principal.id):
-            raise ApiError(404, "session_not_found", "no live session with that id is yours")
-        reply = await bridge.history(internal, admin=principal.admin)
+        """A conversation of yours, live or ended: the history a turn is prompted with, and every
+        stored message with its timings and models."""
+        reply = await _find(bridge, session_id, principal)
+        return OrjsonResponse(_history_body(session_id, reply))
+
+    @router.delete("/v1/sessions/{session_id}", tags=["assistant"], status_code=204,
+                   responses={404: {"description": "No such session of yours"}})
+    async def delete_session(session_id: str, principal: Principal = Depends(guard.caller)
+                             ) -> Response:
+        """Erase a conversation of yours for good (a live one is ended first)."""
+        _orchestrator_up(bridge)
+        for internal in _candidates(principal.id, session_id):
+            reply = await bridge.delete_session(internal, principal.id, admin=principal.admin)
+            if reply is None or reply.error:
+                raise ApiError(503, "store_unavailable", "the conversation store did not answer")
+            if reply.found:
+                return Response(status_code=204)
+        raise ApiError(404, "session_not_found", "no session with that id is yours")
+
+
+def _orchestrator_up(bridge: Bridge) -> None:
+    """Conversations live in the orchestrator's store: with it silent there is no answer (a
+    503 at once, never a 404 that would claim the conversation does not exist)."""
+    if not bridge.orchestrator_alive():
+        raise ApiError(503, "orchestrator_unavailable", "the orchestrator is not answering")
+
+
+def _candidates(principal_id: str, session_id: str) -> list[str]:
+    """A client-chosen id lives in its caller's namespace (gateway.bridge.scoped_session_id); an
+    id the server made up (or a store id from the listing) is used as it is. The orchestrator
+    checks the owner of either, so trying both reveals nothing."""
+    return [scoped_session_id(principal_id, session_id), session_id]
+
+
+async def _find(bridge: Bridge, session_id: str, principal: Principal) -> HistoryReply:
+    _orchestrator_up(bridge)
+    for internal in _candidates(principal.id, session_id):
+        reply = await bridge.history(internal, admin=principal.admin, principal=principal.id)
         if reply is None:
             raise ApiError(503, "orchestrator_unavailable", "the orchestrator did not answer")
-        if not reply.found:
-            raise ApiError(404, "session_not_found", "no live session with that id")
-        history = [{"role": m.role, "content": m.content} for m in reply.messages]
-        return OrjsonResponse({"session_id": session_id, "language": reply.language,
+        if reply.found:
+            return reply
+    raise ApiError(404, "session_not_found", "no session with that id is yours")
+
+
+def _history_body(session_id: str, reply: HistoryReply) -> dict[str, object]:
+    history = [{"role": m.role, "content": m.content} for m in reply.messages]
+    body: dict[str, object] = {"session_id": session_id, "language": reply.language,
                                "system_prompt": reply.system_prompt, "turns": reply.turns,
-                               "history": history})
+                               "history": history}
+    if reply.session is not None:
+        body |= {key: value for key, value in _fields(reply.session).items()
+                 if key not in ("session_id", "principal")}
+        body["store_id"] = reply.session.session_id
+    body["messages"] = [_fields(m) | {"models": [_fields(x) for x in m.models]} for m in reply.stored]
+    return body
+
+
+def _fields(struct: msgspec.Struct) -> dict[str, object]:
+    """A wire struct (array-like on the plane) as a JSON object."""
+    return msgspec.structs.asdict(struct)

@@ -32,6 +32,10 @@ from common.frames import (
     HistoryReply,
     HistoryRequest,
     JobCancel,
+    SessionDelete,
+    SessionDeleted,
+    SessionList,
+    SessionListReply,
     StackStatus,
     control_decoder,
     egress_decoder,
@@ -119,12 +123,25 @@ class Bridge:
     def unregister(self, session_id: str) -> None:
         self.connections.pop(session_id, None)
 
-    async def history(self, session_id: str, *, admin: bool = False) -> HistoryReply | None:
-        """The orchestrator's view of a session's dialogue; None if it did not answer. It is
-        found only for a session this gateway holds, unless `admin` (the caller is an admin:
-        the route checked) asks for a session of any gateway."""
-        reply = await self.ask(HistoryRequest(session_id=session_id, admin=admin))
+    async def history(self, session_id: str, *, admin: bool = False,
+                      principal: str = "") -> HistoryReply | None:
+        """The orchestrator's view of a session's dialogue; None if it did not answer. Without
+        `principal` it is found only for a live session this gateway holds; with it, for the
+        caller's own session, live or stored; with `admin` (the route checked) any session."""
+        reply = await self.ask(HistoryRequest(session_id=session_id, admin=admin, principal=principal))
         return reply if isinstance(reply, HistoryReply) else None
+
+    async def list_sessions(self, principal: str, *, admin: bool, limit: int,
+                            offset: int) -> SessionListReply | None:
+        """A page of the caller's stored sessions (everyone's for an admin)."""
+        reply = await self.ask(SessionList(principal=principal, admin=admin, limit=limit, offset=offset))
+        return reply if isinstance(reply, SessionListReply) else None
+
+    async def delete_session(self, session_id: str, principal: str, *,
+                             admin: bool) -> SessionDeleted | None:
+        """Erase the caller's conversation (any, for an admin); `found` False when none was."""
+        reply = await self.ask(SessionDelete(session_id=session_id, principal=principal, admin=admin))
+        return reply if isinstance(reply, SessionDeleted) else None
 
     async def admin(self, action: AdminAction) -> AdminReply | ErrorEvent | None:
         reply = await self.ask(AdminRequest(action=action))

@@ -536,6 +536,7 @@ def test_voice_turn_over_opus(stack: Stack, capital_wav: Path) -> None:
 
 FUZZED = [  # every operation of the gateway's OpenAPI document (checked against the live one)
     ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/v1/sessions/{session_id}"),
+    ("GET", "/v1/sessions"), ("DELETE", "/v1/sessions/{session_id}"),
     ("POST", "/v1/chat"), ("POST", "/v1/tts"), ("POST", "/v1/asr"), ("GET", "/v1/models"),
     ("POST", "/v1/admin/warmup"), ("GET", "/client-config"), ("POST", "/rtc/session"),
 ]
