@@ -115,13 +115,18 @@ def _item(name: str, ssml: str, text: str, pause_ms: int) -> PauseItem:
                      (offset + pause_start) * 1000 // SAMPLE_RATE)
 
 
+def paused_item(index: int, pause_ms: int) -> PauseItem:
+    """PAUSED[index] with an inner pause of `pause_ms`."""
+    before, after = PAUSED[index]
+    ssml = f'<speak>{before} <break time="{pause_ms}ms"/> {after}.</speak>'
+    return _item(f"paused{index:02d}", ssml, f"{before} {after}.", pause_ms)
+
+
 def generate() -> list[PauseItem]:
     """All items: the paused ones first, then the complete ones."""
     items = []
-    for i, (before, after) in enumerate(PAUSED):
-        pause = PAUSES_MS[i % len(PAUSES_MS)]
-        ssml = f'<speak>{before} <break time="{pause}ms"/> {after}.</speak>'
-        items.append(_item(f"paused{i:02d}", ssml, f"{before} {after}.", pause))
+    for i in range(len(PAUSED)):
+        items.append(paused_item(i, PAUSES_MS[i % len(PAUSES_MS)]))
     for i, text in enumerate(COMPLETE):
         items.append(_item(f"complete{i:02d}", f"<speak>{text}</speak>", text, 0))
     return items
