@@ -97,7 +97,8 @@ def test_a_file_of_the_previous_schema_is_migrated_and_keeps_its_rows(tmp_path: 
     record, messages = arun(scenario())  # type: ignore[misc]
     assert record.principal == "alice" and record.ended is not None  # a run left it open: ended
     assert record.end_reason == "orchestrator_restarted" and record.turns == 1
-    assert [(m.role, m.text, m.heard, m.timings) for m in messages] == [("user", "from version one", None, {})]
+    assert [(m.role, m.text, m.heard, m.timings) for m in messages] == [
+        ("user", "from version one", None, {})]
     versions = sqlite3.connect(path).execute("SELECT version FROM schema_version ORDER BY 1").fetchall()
     assert [v[0] for v in versions] == list(range(1, len(MIGRATIONS) + 1))
 
@@ -195,7 +196,7 @@ def test_listing_is_per_principal_paginated_newest_first(tmp_path: Path) -> None
         await one_turn(store, "b0", "bob")
         first, total = await store.list_sessions("alice", 2, 0)
         second, _ = await store.list_sessions("alice", 2, 2)
-        everyone, all_total = await store.list_sessions(None, 100, 0)
+        _, all_total = await store.list_sessions(None, 100, 0)
         await store.close()
         return [r.session_id for r in first], total, [r.session_id for r in second], all_total
 
@@ -272,7 +273,8 @@ def test_an_interrupted_reply_is_stored_as_heard(tmp_path: Path) -> None:
 
     messages = run(InProcess(tmp_path), scenario)
     assert [(m.role, m.text, m.heard) for m in messages] == [  # type: ignore[attr-defined]
-        ("user", "count", None), ("assistant", "One two. Three four. Five six.", "One two.")]  # generated, heard
+        ("user", "count", None),
+        ("assistant", "One two. Three four. Five six.", "One two.")]  # (generated, heard)
 
 
 def test_another_principal_cannot_resume_read_list_or_delete(tmp_path: Path) -> None:

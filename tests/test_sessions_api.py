@@ -1,0 +1,158 @@
+"""Conversations that survive, end to end on the real five processes (a stack of their own: its
+orchestrator and gateway are SIGKILLed). The fake engines stand in for the models, which are
+not under test here: what is, is the store, the resume, the sessions API and their scoping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from tests.conftest import FAKE_ENGINES
+from tests.gateway_thread import running_gateway
+from tests.stack import Stack
+
+WS_TIMEOUT_S = 30
+TURN_TIMEOUT_S = 60
+
+
+@pytest.fixture(scope="module")
+def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = Stack(tmp_path_factory.mktemp("sessions-stack"), **FAKE_ENGINES,
+                    INZWA_FAKE_TTS_MS_PER_CHAR="10", INZWA_LOG_CONTENT="true",
+                    INZWA_RESTART_BUDGET="20", INZWA_RATE_REQUESTS_PER_MINUTE="0",
+                    INZWA_RATE_CONCURRENT_SESSIONS="0")
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+async def typed_turns(url: str, session_id: str, texts: list[str], token: str = "") -> list[str]:
+    """Open (or resume) `session_id`, say each text and wait for its whole spoken reply; the
+    replies' texts (tts.end)."""
+    replies = []
+    async with websockets.connect(url, open_timeout=WS_TIMEOUT_S, close_timeout=5) as ws:
+        start: dict[str, Any] = {"type": "start", "codec": "pcm16", "sample_rate": 16000,
+                                 "session_id": session_id}
+        if token:
+            start["auth_token"] = token
+        await ws.send(json.dumps(start))
+        started = json.loads(await ws.recv())
+        assert started["type"] == "session.started", started
+        for text in texts:
+            await ws.send(json.dumps({"type": "text", "text": text}))
+            async with asyncio.timeout(TURN_TIMEOUT_S):
+                while True:
+                    message = await ws.recv()
+                    if isinstance(message, str):
+                        event = json.loads(message)
+                        assert event["type"] != "error", event
+                        if event["type"] == "tts.end":
+                            replies.append(event.get("text", ""))
+                            break
+    return replies
+
+
+def kill_and_wait(stack: Stack, program: str, timeout_s: float = 90) -> None:
+    """SIGKILL `program` and wait until supervisord has it running again and the stack is ready."""
+    old = stack.pids()[program]
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pid = stack.pids().get(program)
+        if pid and pid != old and stack.ready():
+            time.sleep(1.0)  # the gateway hears the new orchestrator's incarnation
+            if stack.ready():
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"{program} not back after {timeout_s} s:\n{stack.logs()}")
+
+
+def prompts(stack: Stack, turn_id: int) -> list[str]:
+    """The orchestrator's logged prompts of `turn_id` (content logging is on in this stack)."""
+    lines = (stack.run_dir / "orchestrator.log").read_text(errors="replace").splitlines()
+    found = []
+    for line in lines:
+        if '"turn started"' in line:
+            entry = json.loads(line)
+            if entry.get("turn_id") == turn_id:
+                found.append(entry["prompt"])
+    return found
+
+
+def test_a_conversation_survives_orchestrator_and_gateway_kills(own_stack: Stack) -> None:
+    chosen = str(uuid.uuid4())
+    first = asyncio.run(typed_turns(own_stack.url, chosen, ["Remember the word pineapple.",
+                                                            "My name is Tariro."]))
+    assert len(first) == 2
+    kill_and_wait(own_stack, "orchestrator")
+    asyncio.run(typed_turns(own_stack.url, chosen, ["What did I tell you?"]))
+    [third_prompt] = prompts(own_stack, 3)
+    assert "pineapple" in third_prompt and "Tariro" in third_prompt, third_prompt
+    assert third_prompt.index("pineapple") < third_prompt.index("Tariro") < third_prompt.index("What did I")
+
+    body = httpx.get(f"{own_stack.http}/v1/sessions/{chosen}", timeout=10).json()
+    messages = body["messages"]
+    assert [(m["turn_id"], m["role"]) for m in messages] == [
+        (t, role) for t in (1, 2, 3) for role in ("user", "assistant")]
+    assert [m["content"] for m in messages if m["role"] == "user"] == [
+        "Remember the word pineapple.", "My name is Tariro.", "What did I tell you?"]
+    for reply in (m for m in messages if m["role"] == "assistant"):
+        assert reply["content"] and reply["heard"] is None
+        timings = reply["timings"]
+        assert 0 < timings["first_token"] <= timings["first_audio"] <= timings["tts_end"]
+        assert {model["kind"] for model in reply["models"]} == {"asr", "llm", "tts"}
+    assert body["live"] is False and body["ended"]
+
+    kill_and_wait(own_stack, "gateway")  # the gateway this time: its sessions end, the store stays
+    asyncio.run(typed_turns(own_stack.url, chosen, ["And my name?"]))
+    [fourth_prompt] = prompts(own_stack, 4)
+    assert "Tariro" in fourth_prompt and "What did I tell you?" in fourth_prompt
+    listing = httpx.get(f"{own_stack.http}/v1/sessions", timeout=10).json()
+    [mine] = [s for s in listing["sessions"] if s["session_id"] == body["store_id"]]
+    assert mine["turns"] == 4
+
+
+def test_sessions_are_listed_read_resumed_and_erased_only_by_their_owner(own_stack: Stack) -> None:
+    alice, bob = "alice-key-0123456789", "bob-key-0123456789"
+    with running_gateway(own_stack, api_keys=[alice, bob]) as gateway:
+        chosen = str(uuid.uuid4())
+        asyncio.run(typed_turns(gateway.url, chosen, ["Remember the word pineapple."], alice))
+
+        def call(method: str, path: str, key: str) -> httpx.Response:
+            return httpx.request(method, f"{gateway.http}{path}", timeout=10,
+                                 headers={"Authorization": f"Bearer {key}"})
+
+        owner = call("GET", f"/v1/sessions/{chosen}", alice)
+        assert owner.status_code == 200, owner.text
+        store_id = owner.json()["store_id"]
+        listing = call("GET", "/v1/sessions?limit=5", alice).json()
+        assert [s["session_id"] for s in listing["sessions"]] == [store_id] and listing["total"] == 1
+
+        for path in (f"/v1/sessions/{chosen}", f"/v1/sessions/{store_id}"):  # bob: as if none
+            assert call("GET", path, bob).status_code == 404
+            assert call("DELETE", path, bob).status_code == 404
+        assert call("GET", "/v1/sessions", bob).json() == {"sessions": [], "total": 0,
+                                                            "limit": 20, "offset": 0}
+        # bob starting alice's ids gets a session of his own: nothing of hers in it
+        asyncio.run(typed_turns(gateway.url, store_id, ["Hello there."], bob))
+        bobs = call("GET", f"/v1/sessions/{store_id}", bob).json()
+        assert "pineapple" not in json.dumps(bobs) and bobs["store_id"] != store_id
+        assert "pineapple" in call("GET", f"/v1/sessions/{chosen}", alice).text  # hers untouched
+
+        assert call("DELETE", f"/v1/sessions/{chosen}", alice).status_code == 204
+        assert call("GET", f"/v1/sessions/{chosen}", alice).status_code == 404
+        assert call("DELETE", f"/v1/sessions/{chosen}", alice).status_code == 404
+        assert call("GET", "/v1/sessions", alice).json()["total"] == 0
