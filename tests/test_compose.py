@@ -319,6 +319,9 @@ def test_compose_stack_turns_survives_a_killed_llm_and_serves_metrics(
     assert result.completed and not result.errors, result.summary()
     assert "capital" in result.transcript.lower() and result.reply_text and len(result.reply_audio) > 16000
 
+    # The conversation store is on the orchestrator's data volume, not in its tmpfs.
+    run(["docker", "exec", stack.container("orchestrator"), "test", "-s", "/data/inzwa.db"])
+
     # 2. The LLM container dies mid-reply (its process killed, as a crash or the OOM killer
     # would: `docker kill` counts as a manual stop and no restart policy restarts it).
     llm = stack.container("llm_worker")
