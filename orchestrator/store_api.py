@@ -49,12 +49,13 @@ class Conversations:
     # --- start and resume ----------------------------------------------------------------------
 
     async def resume(self, session: Session) -> bool:
-        """Give a starting session its stored history, if it has one and it is the starter's.
-        False: the id is someone else's (the start must be refused, saying no more)."""
+        """Give a starting session its stored history, if it has one and it is the starter's
+        (a live session started again already carries its own). False: the id is someone
+        else's (the start must be refused, saying no more)."""
         record = await self.store.get_session(session.session_id)
         if record is not None and record.principal != session.principal:
             return False
-        if record is not None:
+        if record is not None and not session.history:
             for message in await self.store.messages(session.session_id):
                 text = history_text(message)
                 if text and message.role in ("user", "assistant"):

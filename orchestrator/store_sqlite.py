@@ -163,8 +163,8 @@ class SqliteStore:
             return value if self.store_text and value is not None else None
 
         now = time.time()
-        rows: list[tuple[Any, ...]] = [(turn.session_id, turn.turn_id, "user", text(turn.user_text), None, turn.language,
-                 turn.confidence, "{}", now)]
+        rows: list[tuple[Any, ...]] = [(turn.session_id, turn.turn_id, "user", text(turn.user_text),
+                                        None, turn.language, turn.confidence, "{}", now)]
         if turn.reply_text or turn.heard is not None:
             rows.append((turn.session_id, turn.turn_id, "assistant", text(turn.reply_text),
                          text(turn.heard), turn.language, None, json.dumps(turn.timings), now))

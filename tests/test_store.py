@@ -23,6 +23,7 @@ from common.frames import (
     PlaybackMark,
     SessionDelete,
     SessionDeleted,
+    SessionEnd,
     SessionList,
     SessionListReply,
     SessionStart,
@@ -283,8 +284,6 @@ def test_another_principal_cannot_resume_read_list_or_delete(tmp_path: Path) -> 
         await h.ingress(PlaybackMark(session_id=SID, turn_id=1, done=True))
         await h.ingress(SessionDelete(session_id="x", principal="p1"))  # nothing: found False
         h.to_gateway()
-        from common.frames import SessionEnd
-
         await h.ingress(SessionEnd(session_id=SID, reason="client_closed"))
         out: dict[str, object] = {}
         await h.ingress(GatewayHeartbeat(gateway_id="gw1", incarnation="i1"))
@@ -330,3 +329,15 @@ def test_an_orchestrator_with_a_corrupt_store_does_not_start(tmp_path: Path) -> 
     h = InProcess(tmp_path)
     with pytest.raises(StoreError, match="corrupt"):
         arun(h.orchestrator.serve(asyncio.Event()))
+
+
+def test_the_same_owner_starting_a_live_session_again_keeps_its_history_once(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> object:
+        await whole_turn(h, 1, "remember pineapple", "Noted.")
+        await h.ingress(PlaybackMark(session_id=SID, turn_id=1, done=True))
+        await h.start()  # the same gateway and principal, the session still live
+        return await final(h, 2, "what was it")
+
+    request = run(InProcess(tmp_path), scenario)
+    assert [(m.role, m.content) for m in request.messages][1:] == [  # type: ignore[attr-defined]
+        ("user", "remember pineapple"), ("assistant", "Noted."), ("user", "what was it")]
