@@ -263,8 +263,9 @@ class HistoryReply(Frame):
     messages: list[ChatMessage] = []
     language: str = ""
     system_prompt: str = ""
-    stored: list[StoredMessage] = []  # the whole stored conversation (with `principal` asked)
+    stored: list[StoredMessage] = []  # the stored conversation's latest messages (`principal` asked)
     session: SessionSummary | None = None
+    stored_total: int = 0  # how many messages are stored (more than `stored` when it was capped)
 
 
 class SessionListReply(Frame):

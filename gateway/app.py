@@ -170,6 +170,7 @@ def _history_body(session_id: str, reply: HistoryReply) -> dict[str, object]:
                  if key not in ("session_id", "principal")}
         body["store_id"] = reply.session.session_id
     body["messages"] = [_fields(m) | {"models": [_fields(x) for x in m.models]} for m in reply.stored]
+    body["messages_total"] = reply.stored_total  # (only the latest messages are listed)
     return body
 
 

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 PURGE_EVERY_S = 3600.0  # retention is in days: an hourly sweep is plenty
 MAX_PAGE = 100
+# The latest messages a history reply carries: well under the plane's message cap whatever the
+# conversation's length (user texts are at most max_text_chars, replies max_new_tokens long).
+MAX_STORED_MESSAGES = 200
 
 Send = Callable[[str, Frame], object]
 
@@ -101,6 +104,8 @@ class Conversations:
             return
         reply.found = True
         reply.session = _summary(record, live is not None)
+        reply.stored_total = len(messages)
+        messages = messages[-MAX_STORED_MESSAGES:]
         reply.stored = [StoredMessage(
             m.turn_id, m.role, m.text, m.heard, m.language, m.confidence, m.timings, m.created,
             [TurnModelEntry(x.kind, x.name, x.version, x.sha256) for x in models.get(m.turn_id, [])]

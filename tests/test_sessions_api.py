@@ -114,7 +114,7 @@ def test_a_conversation_survives_orchestrator_and_gateway_kills(own_stack: Stack
         timings = reply["timings"]
         assert 0 < timings["first_token"] <= timings["first_audio"] <= timings["tts_end"]
         assert {model["kind"] for model in reply["models"]} == {"asr", "llm", "tts"}
-    assert body["live"] is False and body["ended"]
+    assert body["live"] is False and body["ended"] and body["messages_total"] == 6
 
     kill_and_wait(own_stack, "gateway")  # the gateway this time: its sessions end, the store stays
     asyncio.run(typed_turns(own_stack.url, chosen, ["And my name?"]))
