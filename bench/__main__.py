@@ -140,10 +140,17 @@ async def transports(stack: Any, rounds: int) -> dict[str, Any]:
 def realtime_figures(stack: Any, rounds: int) -> dict[str, Any]:
     """OpenAI Realtime v2v next to /ws/audio, one session at a time, same clips (bench/realtime.py)."""
     turns = asyncio.run(realtime_compare(stack, questions(), rounds))
-    figures = {name: summarize(values) for name, values in turns.items()}
-    a, b = figures["realtime"]["p50"], figures["websocket"]["p50"]
-    return {**figures, "realtime_extra_p50_ms": None if a is None or b is None else round(a - b, 1),
-            "failed": sum(1 for values in turns.values() for v in values if v is None)}
+    figures = {name: {"v2v_ms": summarize([v for v, _ in values]),
+                      "after_asr_final_ms": summarize([None if v is None or f is None else v - f
+                                                       for v, f in values])}
+               for name, values in turns.items()}
+
+    def extra(name: str) -> float | None:
+        a, b = figures["realtime"][name]["p50"], figures["websocket"][name]["p50"]
+        return None if a is None or b is None else round(a - b, 1)
+    return {**figures, "realtime_extra_p50_ms": extra("v2v_ms"),
+            "realtime_extra_after_asr_final_p50_ms": extra("after_asr_final_ms"),
+            "failed": sum(1 for values in turns.values() for v, _ in values if v is None)}
 
 
 def stack_figures(rounds: int, only_transports: bool = False, only_realtime: bool = False) -> dict[str, Any]:
@@ -246,9 +253,10 @@ def print_transports(figures: dict[str, Any]) -> None:
 
 def print_realtime(figures: dict[str, Any]) -> None:
     for name in ("websocket", "realtime"):
-        value = figures[name]
-        print(f"{'realtime_vs_ws.' + name + '.v2v_ms':<40}{value['p50']!s:>10}{value['p95']!s:>10}")
-    print(f"{'realtime_extra_p50_ms':<40}{figures['realtime_extra_p50_ms']!s:>10}")
+        for figure, value in figures[name].items():
+            print(f"{'realtime_vs_ws.' + name + '.' + figure:<40}{value['p50']!s:>10}{value['p95']!s:>10}")
+    for name in ("realtime_extra_p50_ms", "realtime_extra_after_asr_final_p50_ms"):
+        print(f"{name:<40}{figures[name]!s:>10}")
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -274,7 +282,15 @@ def main() -> None:
                         help="only the WebSocket / WebRTC comparison (bench/results/transports.json)")
     parser.add_argument("--only-realtime", action="store_true",
                         help="only OpenAI Realtime against /ws/audio (bench/results/realtime.json)")
+    parser.add_argument("--only-latency", action="store_true",
+                        help="only issue 15's figures: v2v at 1/4/8 sessions, length, end of turn "
+                             "(bench/latency.py, bench/results/latency.json)")
     args = parser.parse_args()
+    if args.only_latency:
+        from bench import latency
+
+        latency.main(args.rounds)
+        return
     if args.only_realtime:
         figures = stack_figures(args.rounds, only_realtime=True)["realtime"]
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -300,6 +316,9 @@ def main() -> None:
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
     print_table(report)
     print(json.dumps(report))
+    from bench import latency  # issue 15: a stack of its own, so the figures above stay as they were
+
+    latency.main(args.rounds)
 
 
 if __name__ == "__main__":
