@@ -65,6 +65,11 @@ TTS_UNKNOWN_SYMBOLS = Counter(
     ["language"],
 )
 TURNS = Counter("inzwa_turns_total", "Reply turns, by outcome", ["outcome"])
+# Caches (conversations area, issue 13): `cache` = audio (TTS phrases) | response
+CACHE_HITS = Counter("inzwa_cache_hits_total", "Cache lookups answered from the cache", ["cache"])
+CACHE_MISSES = Counter("inzwa_cache_misses_total", "Cache lookups not in the cache", ["cache"])
+CACHE_EVICTIONS = Counter("inzwa_cache_evictions_total", "Entries dropped (TTL, LRU bounds)", ["cache"])
+CACHE_BYTES = Gauge("inzwa_cache_bytes", "Bytes held in the cache", ["cache"], multiprocess_mode="livesum")
 TTS_FIRST_AUDIO_MS = Histogram(
     "inzwa_tts_first_audio_ms", "Synthesis request to its first audio frame (time to first audio), ms",
     buckets=LATENCY_MS,

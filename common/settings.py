@@ -197,6 +197,9 @@ class Settings(BaseSettings):
     store_text: bool = True  # off: only metadata and timings are kept, never what was said
     retention_days: float = Field(default=30.0, ge=0)  # 0: kept until erased
     store_busy_timeout_s: float = Field(default=5.0, ge=0)  # wait this long for a locked database
+    tts_cache_entries: int = Field(default=1000, ge=0)  # audio cache per TTS worker; 0: off
+    tts_cache_bytes: int = Field(default=256 * 1024 * 1024, ge=0)  # ... and its bound in bytes
+    tts_cache_ttl_s: float = Field(default=3600.0, ge=0)
 
     # --- process supervision ---
     run_dir: Path = Path(".run")

@@ -19,6 +19,7 @@ from common.languages.base import Phonemizer
 from common.languages.sn_g2p import EN_US_ESPEAK_SYMBOLS
 from common.metrics import TTS_FIRST_AUDIO_MS, TTS_PHRASES, TTS_RTF
 from common.worker import SerialWorker, iterate_in_thread
+from tts_worker.cache import AudioCache, audio_key
 from tts_worker.interface import SAMPLE_RATES, TTS, PhonemeSymbols, PhonemeVoice
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,33 @@ def trained_symbols(config: Any) -> set[str]:
 
 
 class TtsWorker(SerialWorker[SynthesizeRequest]):
-    def __init__(self, voice: TTS, frame_ms: int, max_text_chars: int = 2000) -> None:
+    def __init__(self, voice: TTS, frame_ms: int, max_text_chars: int = 2000,
+                 cache: AudioCache | None = None) -> None:
         super().__init__()
         self.voice = voice
         self.frame_ms = frame_ms
         self.max_text_chars = max_text_chars
+        self.cache = cache if cache is not None and cache.enabled else None
         self._phonemizers: dict[str, Phonemizer | None] = {}
+        self._model_id = ""
+
+    def _cache_key(self, request: SynthesizeRequest) -> str:
+        if not self._model_id:  # the weights' sha256; a remote voice's name and version
+            info = self.voice.info()
+            self._model_id = info.get("sha256") or f"{info.get('name', '')}:{info.get('version', '')}"
+        return audio_key(request.text, voice=request.voice, language=request.language or "en",
+                         sample_rate=request.sample_rate, frame_ms=self.frame_ms, model=self._model_id)
+
+    async def _replay(self, request: SynthesizeRequest, frames: list[bytes]) -> int:
+        """A cached phrase: the same frames a synthesis made, at once."""
+        assert self.runtime is not None
+        seq = 0
+        for payload in frames:
+            if self.runtime.is_cancelled(request.session_id, request.turn_id):
+                break
+            await self._emit(request, seq, payload, final=False)
+            seq += 1
+        return seq
 
     def _phonemizer(self, language: str) -> Phonemizer | None:
         """The session language's G2P onto a phoneme voice (None: the voice's own espeak
@@ -103,6 +125,11 @@ class TtsWorker(SerialWorker[SynthesizeRequest]):
         seq = 0
         if runtime.is_cancelled(request.session_id, request.turn_id):
             return seq
+        key = self._cache_key(request) if self.cache is not None else ""
+        cached = self.cache.get(key) if self.cache is not None else None
+        if cached is not None:
+            return await self._replay(request, cached)
+        made: list[bytes] = []
         phonemizer = self._phonemizer(request.language)
         g2p = type(phonemizer).__name__ if phonemizer is not None else (
             "espeak" if isinstance(self.voice, PhonemeVoice) else "engine")
@@ -118,8 +145,12 @@ class TtsWorker(SerialWorker[SynthesizeRequest]):
                     TTS_FIRST_AUDIO_MS.observe(busy_s * 1000)
                 if runtime.is_cancelled(request.session_id, request.turn_id):
                     break
+                made.append(payload)
                 await self._emit(request, seq, payload, final=False)
                 seq += 1
+            else:  # the whole phrase was made (not cut short by a cancel): worth keeping
+                if self.cache is not None:
+                    self.cache.put(key, made)
         if seq:
             TTS_RTF.observe(busy_s / (seq * self.frame_ms / 1000))
         return seq

@@ -1,0 +1,104 @@
+"""The TTS audio cache: its bounds (TTL, entries, bytes), the worker serving the very frames a
+synthesis made, and end to end: the second identical /v1/tts is a cache hit (metrics say so)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import httpx
+
+from common.frames import AudioChunk, SynthesizeRequest
+from common.metrics import CACHE_BYTES, CACHE_EVICTIONS, CACHE_HITS, CACHE_MISSES
+from tests.stack import Stack
+from tests.test_engine_failures import RecordingRuntime, run, stop
+from tts_worker.cache import AudioCache, audio_key
+from tts_worker.engines.fake import FakeTts
+from tts_worker.worker import TtsWorker
+
+
+def count(metric: object) -> float:
+    return metric.labels("audio")._value.get()  # type: ignore[attr-defined]
+
+
+def key(text: str, **changes: object) -> str:
+    fields: dict[str, object] = {"voice": "", "language": "en", "sample_rate": 16000,
+                                 "frame_ms": 20, "model": "ab" * 32, **changes}
+    return audio_key(text, **fields)  # type: ignore[arg-type]
+
+
+def test_the_key_ignores_spacing_but_not_voice_language_format_or_model() -> None:
+    base = key("Hello  there.")
+    assert key(" Hello there. ") == base
+    for change in ({"voice": "other"}, {"language": "sn"}, {"sample_rate": 24000}, {"frame_ms": 40},
+                   {"model": "cd" * 32}):
+        assert key("Hello there.", **change) != base, change
+    assert key("Hello there!") != base
+
+
+def test_entries_bytes_and_ttl_bound_the_cache_least_recently_used_first() -> None:
+    cache = AudioCache(entries=2, max_bytes=100, ttl_s=3600)
+    hits, misses, evictions = count(CACHE_HITS), count(CACHE_MISSES), count(CACHE_EVICTIONS)
+    cache.put("a", [b"x" * 10])
+    cache.put("b", [b"y" * 10])
+    assert cache.get("a") == [b"x" * 10]  # a is now the most recently used
+    cache.put("c", [b"z" * 10])  # over 2 entries: b (least recently used) goes
+    assert cache.get("b") is None and cache.get("c") is not None and cache.get("a") is not None
+    cache.put("big", [b"w" * 95])  # over 100 bytes: the least recently used go until it fits
+    assert cache.get("big") is not None and cache.bytes <= 100 and len(cache) == 1
+    cache.put("huge", [b"v" * 101])  # larger than the whole cache: not kept
+    assert cache.get("huge") is None
+    assert count(CACHE_HITS) - hits == 4 and count(CACHE_MISSES) - misses == 2
+    assert count(CACHE_EVICTIONS) - evictions == 3  # b, then c and a
+    assert CACHE_BYTES.labels("audio")._value.get() == cache.bytes == 95
+
+    short = AudioCache(entries=10, max_bytes=1000, ttl_s=0.05)
+    short.put("t", [b"t"])
+    assert short.get("t") == [b"t"]
+    time.sleep(0.1)
+    assert short.get("t") is None and len(short) == 0
+
+
+def test_the_worker_replays_the_same_frames_and_skips_the_engine() -> None:
+    class Counting(FakeTts):
+        calls = 0
+
+        def synthesize_stream(self, text: str, **options: object):  # type: ignore[no-untyped-def,override]
+            Counting.calls += 1
+            return super().synthesize_stream(text, **options)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        worker = TtsWorker(Counting(ms_per_char=10, rtf=0.0), frame_ms=20,
+                           cache=AudioCache(entries=10, max_bytes=10**6, ttl_s=60))
+        runtime = RecordingRuntime("tts")
+        worker.runtime = runtime  # type: ignore[assignment]
+        serving = asyncio.create_task(worker.run())
+        for request_id in ("fresh", "again"):
+            await worker.handle(SynthesizeRequest(session_id="s1", turn_id=1, request_id=request_id,
+                                                  text="Hello there."))
+            await runtime.wait_for(runtime.final_of(request_id))
+        fresh, again = ([c.payload for c in runtime.of(AudioChunk, r) if c.payload]
+                        for r in ("fresh", "again"))
+        assert fresh and again == fresh
+        assert Counting.calls == 1
+        await stop(serving)
+
+    run(main())
+
+
+def metric_total(stack: Stack, name: str) -> float:
+    text = httpx.get(f"{stack.http}/metrics", headers=stack.admin_headers(), timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name + "{") and 'cache="audio"' in line)
+
+
+def test_a_second_identical_tts_request_is_served_from_the_cache(fake_stack: Stack) -> None:
+    body = {"text": f"Cache check number {uuid.uuid4().int % 100000}.", "format": "wav"}
+    hits, misses = (metric_total(fake_stack, f"inzwa_cache_{n}_total") for n in ("hits", "misses"))
+    first = httpx.post(f"{fake_stack.http}/v1/tts", json=body, timeout=60)
+    second = httpx.post(f"{fake_stack.http}/v1/tts", json=body, timeout=60)
+    assert first.status_code == second.status_code == 200, (first.text, second.text)
+    assert len(first.content) > 16000 and second.content == first.content  # the same audio
+    assert metric_total(fake_stack, "inzwa_cache_misses_total") - misses >= 1
+    assert metric_total(fake_stack, "inzwa_cache_hits_total") - hits >= 1
