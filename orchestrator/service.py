@@ -126,6 +126,7 @@ class Orchestrator:
             await self._until_stopped(stop)
         finally:
             await plane.close()
+            await self.turns.flush()
             await self.store.close()
 
     @staticmethod

@@ -9,6 +9,7 @@ else, the speculative turn is cancelled quietly: no client frame, no history.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -60,6 +61,7 @@ class Turns:
         self.publish = publish
         self.store = store
         self.models = models
+        self._writes: set[asyncio.Task[None]] = set()  # interruptions being written
 
     # --- what the user said --------------------------------------------------------------------
 
@@ -195,6 +197,8 @@ class Turns:
         turn.mark("committed")
         if turn.state is TurnState.FORWARDED:  # it finished while held: its tts.end is held too
             await self._store(session, turn)
+            if turn.cancelled:  # interrupted while it was being written: nothing more to send
+                return
         held, turn.held = turn.held, []
         log.info("early reply committed", extra={"session_id": session.session_id, "held": len(held)})
         for frame in held:
@@ -211,9 +215,21 @@ class Turns:
         if turn.speculative:
             return  # never shown to the client: leaves no trace
         session.remember(turn.user_text, " ".join(turn.played))
-        await self._store(session, turn, heard=" ".join(turn.played))
         if tell_client and turn.audio_started:
             await self.to_client(session, TurnEvent(turn_id=turn.turn_id, event="tts.cancel"))
+        # Written behind the handler, not awaited: a barge-in never waits on the disk, and no
+        # other frame can slip in between this cancel and the turn that follows it. (The store's
+        # one thread keeps the order: after any earlier write of this turn.)
+        if self.store is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._store(session, turn, heard=" ".join(turn.played)))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def flush(self) -> None:
+        """Wait for the interruptions still being written (before the store closes; tests)."""
+        while self._writes:
+            await asyncio.gather(*list(self._writes))
 
     # --- what the workers produce ------------------------------------------------------------------
 
@@ -326,6 +342,8 @@ class Turns:
         turn.mark("tts_end")
         if not turn.speculative:  # (a speculative one is stored when committed)
             await self._store(session, turn)  # before tts.end: a committed turn is never lost
+            if turn.cancelled:  # interrupted while it was being written: no tts.end after the cancel
+                return
         end = TurnEvent(turn_id=turn.turn_id, event="tts.end", text=turn.reply_text.strip())
         await self._emit(session, turn, end)
         log.info("turn done", extra={"session_id": session.session_id, "turn_id": turn.turn_id,

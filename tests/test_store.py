@@ -27,6 +27,7 @@ from common.frames import (
     SessionList,
     SessionListReply,
     SessionStart,
+    TextIn,
     TurnEvent,
     VadEvent,
 )
@@ -217,6 +218,7 @@ def run(h: InProcess, scenario: Scenario) -> object:
         try:
             return await scenario(h)
         finally:
+            await h.orchestrator.turns.flush()
             await h.orchestrator.store.close()
 
     return asyncio.run(main())
@@ -270,6 +272,7 @@ def test_an_interrupted_reply_is_stored_as_heard(tmp_path: Path) -> None:
         await speak(h, first)
         await h.ingress(PlaybackMark(session_id=SID, turn_id=1, text=first.text))
         await h.result(VadEvent(session_id=SID, event="speech_start", instance_id="asr-0"))
+        await h.orchestrator.turns.flush()
         return await h.orchestrator.store.messages(SID)
 
     messages = run(InProcess(tmp_path), scenario)
@@ -341,3 +344,24 @@ def test_the_same_owner_starting_a_live_session_again_keeps_its_history_once(tmp
     request = run(InProcess(tmp_path), scenario)
     assert [(m.role, m.content) for m in request.messages][1:] == [  # type: ignore[attr-defined]
         ("user", "remember pineapple"), ("assistant", "Noted."), ("user", "what was it")]
+
+
+def test_a_turn_interrupted_while_it_is_written_sends_no_tts_end_after_its_cancel(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> object:
+        store = h.orchestrator.store
+        write = store.record_turn
+
+        async def record_turn(turn: TurnRecord) -> None:
+            if turn.turn_id == 1 and turn.heard is None:  # the write before tts.end: type meanwhile
+                await h.ingress(TextIn(session_id=SID, text="stop, new question"))
+            await write(turn)
+
+        store.record_turn = record_turn  # type: ignore[method-assign]
+        out = await whole_turn(h, 1, "count", "One two.")
+        await h.orchestrator.turns.flush()
+        return out, await store.messages(SID)
+
+    out, messages = run(InProcess(tmp_path), scenario)  # type: ignore[misc]
+    events = [(f.turn_id, f.event) for f in out if isinstance(f, TurnEvent)]
+    assert events == [(1, "tts.start"), (1, "tts.cancel")], events
+    assert [(m.turn_id, m.role, m.heard) for m in messages][:2] == [(1, "user", None), (1, "assistant", "")]
