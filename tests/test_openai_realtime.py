@@ -21,10 +21,13 @@ import av
 import httpx
 import numpy as np
 import openai
+import pytest
 
 from asr_worker.wer import normalize, word_error_rate
 from common.audio import read_wav, resample_pcm16, rms_dbfs, wav_bytes
 from tests.stack import Stack
+
+pytestmark = pytest.mark.e2e
 
 SILENCE_DBFS = -45.0
 # The tiny LLM's replies often hold made-up names ("Zabilala") that no ASR spells back: speech

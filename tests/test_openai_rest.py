@@ -30,6 +30,8 @@ from common.audio import read_wav, rms_dbfs
 from tests.gateway_thread import GatewayThread, running_gateway
 from tests.stack import Stack
 
+pytestmark = pytest.mark.e2e
+
 WER_BOUND = 0.15  # the project's bound (tests/test_asr_accuracy.py)
 CLIP = "LJ001-0004.wav"
 SPEECH_TEXT = ("Good morning. The weather in Harare today is sunny and warm, with a light breeze from "
