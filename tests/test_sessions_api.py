@@ -156,3 +156,36 @@ def test_sessions_are_listed_read_resumed_and_erased_only_by_their_owner(own_sta
         assert call("GET", f"/v1/sessions/{chosen}", alice).status_code == 404
         assert call("DELETE", f"/v1/sessions/{chosen}", alice).status_code == 404
         assert call("GET", "/v1/sessions", alice).json()["total"] == 0
+
+
+def test_a_reply_interrupted_by_a_new_message_is_stored_as_heard(own_stack: Stack) -> None:
+    chosen = str(uuid.uuid4())
+
+    async def talk() -> None:
+        async with websockets.connect(own_stack.url, open_timeout=WS_TIMEOUT_S, close_timeout=5) as ws:
+            await ws.send(json.dumps({"type": "start", "codec": "pcm16", "sample_rate": 16000,
+                                      "session_id": chosen}))
+            assert json.loads(await ws.recv())["type"] == "session.started"
+            # (the fake LLM echoes it: a short first sentence, then a long one to interrupt)
+            story = "Hi. " + "Tell me a long story about the river and the hills and the rain " * 3
+            await ws.send(json.dumps({"type": "text", "text": story}))
+            events: list[str] = []
+            async with asyncio.timeout(TURN_TIMEOUT_S):
+                while "tts.end" not in events:  # (the interrupted turn has none: the new one's)
+                    message = await ws.recv()
+                    if not isinstance(message, str):
+                        continue
+                    events.append(json.loads(message)["type"])
+                    if events[-1] == "tts.start" and events.count("tts.start") == 1:
+                        await asyncio.sleep(0.8)  # some of the reply has played: barge in
+                        await ws.send(json.dumps({"type": "text", "text": "Stop."}))
+            assert events.index("tts.cancel") < events.index("tts.end"), events
+
+    asyncio.run(talk())
+    body = httpx.get(f"{own_stack.http}/v1/sessions/{chosen}", timeout=10).json()
+    first = [m for m in body["messages"] if m["turn_id"] == 1 and m["role"] == "assistant"]
+    assert len(first) == 1 and first[0]["heard"] is not None, body["messages"]
+    generated, heard = first[0]["content"], first[0]["heard"]
+    assert generated.startswith(heard) and len(heard) < len(generated), (generated, heard)
+    if heard:  # what the next prompt remembers of it
+        assert body["history"][1] == {"role": "assistant", "content": heard}, body["history"]
