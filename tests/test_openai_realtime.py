@@ -35,7 +35,9 @@ SILENCE_DBFS = -45.0
 HEARD_BACK = 0.5
 QUESTION = "what is the capital city of zimbabwe"
 QUESTION_WER = 0.4  # the clip is robotic ("city on zimbabwe" is heard at times)
-NARROWBAND_WER = 0.5  # 8 kHz G.711 loses the fricatives above 4 kHz: "nimbabwe", "what is my in"
+# 8 kHz G.711 loses everything above 4 kHz: the robotic question comes out as "the bomb we", so
+# the telephone test speaks a human clip, held to the project's WER bound (test_asr_accuracy.py).
+HUMAN_CLIP, WER_BOUND = "LJ001-0004.wav", 0.15
 EVENT_TIMEOUT_S = 60.0
 MAX_WORDS_PER_S = 4.0  # faster than any voice here speaks
 
@@ -97,9 +99,9 @@ async def stream(connection: Any, audio: bytes, chunk: int, seconds_per_chunk: f
         await asyncio.sleep(max(0.0, started + (index + 1) * seconds_per_chunk - time.monotonic()))
 
 
-def assert_question(transcript: str, bound: float = QUESTION_WER) -> None:
+def assert_question(transcript: str) -> None:
     assert "capital" in normalize(transcript).split(), transcript
-    assert word_error_rate(QUESTION, transcript) <= bound, transcript
+    assert word_error_rate(QUESTION, transcript) <= QUESTION_WER, transcript
 
 
 def reply_pcm(events: Events, after: int = 0) -> bytes:
@@ -172,7 +174,9 @@ def ulaw_decode(data: bytes) -> bytes:
 
 
 def test_a_manual_turn_in_g711_ulaw(stack: Stack, fixtures_dir: Path) -> None:
-    audio = ulaw_encode(clip_pcm(fixtures_dir / "q_en_capital.wav", 8000))
+    audio = ulaw_encode(clip_pcm(fixtures_dir / HUMAN_CLIP, 8000))
+    rows = (fixtures_dir / "transcripts.tsv").read_text().splitlines()[1:]
+    reference = dict(row.split("\t", 1) for row in rows)[HUMAN_CLIP]
 
     async def body(connection: Any, events: Events) -> None:
         await events.wait("session.created")
@@ -187,7 +191,7 @@ def test_a_manual_turn_in_g711_ulaw(stack: Stack, fixtures_dir: Path) -> None:
         await connection.response.create()
         transcribed = await events.wait("conversation.item.input_audio_transcription.completed")
         assert transcribed.item_id == committed.item_id
-        assert_question(transcribed.transcript, NARROWBAND_WER)
+        assert word_error_rate(reference, transcribed.transcript) <= WER_BOUND, transcribed.transcript
         done = await events.wait("response.done")
         assert done.response.status == "completed"
         assert not events.of("input_audio_buffer.speech_started")  # no server VAD events
