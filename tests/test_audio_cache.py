@@ -11,9 +11,10 @@ import httpx
 
 from common.frames import AudioChunk, SynthesizeRequest
 from common.metrics import CACHE_BYTES, CACHE_EVICTIONS, CACHE_HITS, CACHE_MISSES
-from tests.stack import Stack
+from tests.stack import Stack, free_port
 from tests.test_engine_failures import RecordingRuntime, run, stop
-from tts_worker.cache import AudioCache, audio_key
+from tests.test_limits import redis_url  # noqa: F401  (a throwaway redis-server, the fixture)
+from tts_worker.cache import AudioCache, SharedAudioCache, audio_key
 from tts_worker.engines.fake import FakeTts
 from tts_worker.worker import TtsWorker
 
@@ -60,17 +61,23 @@ def test_entries_bytes_and_ttl_bound_the_cache_least_recently_used_first() -> No
     assert short.get("t") is None and len(short) == 0
 
 
-def test_the_worker_replays_the_same_frames_and_skips_the_engine() -> None:
-    class Counting(FakeTts):
-        calls = 0
+class Counting(FakeTts):
+    """The fake voice, counting the phrases it really synthesized."""
 
-        def synthesize_stream(self, text: str, **options: object):  # type: ignore[no-untyped-def,override]
-            Counting.calls += 1
-            return super().synthesize_stream(text, **options)  # type: ignore[arg-type]
+    def __init__(self) -> None:
+        super().__init__(ms_per_char=10, rtf=0.0)
+        self.calls = 0
+
+    def synthesize_stream(self, text: str, **options: object):  # type: ignore[no-untyped-def,override]
+        self.calls += 1
+        return super().synthesize_stream(text, **options)  # type: ignore[arg-type]
+
+
+def test_the_worker_replays_the_same_frames_and_skips_the_engine() -> None:
+    voice = Counting()
 
     async def main() -> None:
-        worker = TtsWorker(Counting(ms_per_char=10, rtf=0.0), frame_ms=20,
-                           cache=AudioCache(entries=10, max_bytes=10**6, ttl_s=60))
+        worker = TtsWorker(voice, frame_ms=20, cache=AudioCache(entries=10, max_bytes=10**6, ttl_s=60))
         runtime = RecordingRuntime("tts")
         worker.runtime = runtime  # type: ignore[assignment]
         serving = asyncio.create_task(worker.run())
@@ -81,8 +88,51 @@ def test_the_worker_replays_the_same_frames_and_skips_the_engine() -> None:
         fresh, again = ([c.payload for c in runtime.of(AudioChunk, r) if c.payload]
                         for r in ("fresh", "again"))
         assert fresh and again == fresh
-        assert Counting.calls == 1
+        assert voice.calls == 1
         await stop(serving)
+
+    run(main())
+
+
+def test_two_workers_share_entries_through_redis(redis_url: str) -> None:  # noqa: F811
+    async def main() -> None:
+        voices = [Counting(), Counting()]
+        caches = [SharedAudioCache(AudioCache(entries=10, max_bytes=10**6, ttl_s=60), redis_url)
+                  for _ in voices]
+        out = []
+        hits = count(CACHE_HITS)
+        for voice, cache in zip(voices, caches, strict=True):
+            worker = TtsWorker(voice, frame_ms=20, cache=cache)
+            runtime = RecordingRuntime("tts")
+            worker.runtime = runtime  # type: ignore[assignment]
+            serving = asyncio.create_task(worker.run())
+            await worker.handle(SynthesizeRequest(session_id="s1", turn_id=1, request_id="r",
+                                                  text="Shared between workers."))
+            await runtime.wait_for(runtime.final_of("r"))
+            out.append([c.payload for c in runtime.of(AudioChunk, "r") if c.payload])
+            await stop(serving)
+            await cache.close()
+        assert [v.calls for v in voices] == [1, 0]  # the second worker never synthesized
+        assert out[0] and out[1] == out[0]
+        assert count(CACHE_HITS) - hits == 1
+
+    run(main())
+
+
+def test_an_unreachable_redis_is_a_miss_not_a_failure() -> None:
+    async def main() -> None:
+        voice = Counting()
+        cache = SharedAudioCache(AudioCache(entries=10, max_bytes=10**6, ttl_s=60),
+                                 f"redis://127.0.0.1:{free_port()}/0")
+        worker = TtsWorker(voice, frame_ms=20, cache=cache)
+        runtime = RecordingRuntime("tts")
+        worker.runtime = runtime  # type: ignore[assignment]
+        serving = asyncio.create_task(worker.run())
+        await worker.handle(SynthesizeRequest(session_id="s1", turn_id=1, request_id="r", text="Hi."))
+        await runtime.wait_for(runtime.final_of("r"))
+        assert voice.calls == 1 and [c for c in runtime.of(AudioChunk, "r") if c.payload]
+        await stop(serving)
+        await cache.close()
 
     run(main())
 

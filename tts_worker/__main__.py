@@ -8,7 +8,7 @@ from common import logs
 from common.frames import TtsWork
 from common.settings import get_settings
 from common.worker import serve_serial
-from tts_worker.cache import AudioCache
+from tts_worker.cache import make_cache
 from tts_worker.registry import load_engine
 from tts_worker.worker import TtsWorker
 
@@ -18,8 +18,8 @@ async def main() -> None:
     logs.setup("tts_worker", settings.log_level, settings.log_content)
     voice = load_engine(settings)
     voice.warmup()
-    cache = AudioCache(entries=settings.tts_cache_entries, max_bytes=settings.tts_cache_bytes,
-                       ttl_s=settings.tts_cache_ttl_s)
+    cache = make_cache(entries=settings.tts_cache_entries, max_bytes=settings.tts_cache_bytes,
+                       ttl_s=settings.tts_cache_ttl_s, redis_url=settings.redis_url)
     worker = TtsWorker(voice, settings.audio_frame_ms, settings.max_text_chars, cache)
     await serve_serial("tts", settings, TtsWork, worker, voice.info())
 

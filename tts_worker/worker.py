@@ -19,7 +19,7 @@ from common.languages.base import Phonemizer
 from common.languages.sn_g2p import EN_US_ESPEAK_SYMBOLS
 from common.metrics import TTS_FIRST_AUDIO_MS, TTS_PHRASES, TTS_RTF
 from common.worker import SerialWorker, iterate_in_thread
-from tts_worker.cache import AudioCache, audio_key
+from tts_worker.cache import AudioCache, SharedAudioCache, audio_key
 from tts_worker.interface import SAMPLE_RATES, TTS, PhonemeSymbols, PhonemeVoice
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def trained_symbols(config: Any) -> set[str]:
 
 class TtsWorker(SerialWorker[SynthesizeRequest]):
     def __init__(self, voice: TTS, frame_ms: int, max_text_chars: int = 2000,
-                 cache: AudioCache | None = None) -> None:
+                 cache: AudioCache | SharedAudioCache | None = None) -> None:
         super().__init__()
         self.voice = voice
         self.frame_ms = frame_ms
@@ -126,7 +126,7 @@ class TtsWorker(SerialWorker[SynthesizeRequest]):
         if runtime.is_cancelled(request.session_id, request.turn_id):
             return seq
         key = self._cache_key(request) if self.cache is not None else ""
-        cached = self.cache.get(key) if self.cache is not None else None
+        cached = await self.cache.fetch(key) if self.cache is not None else None
         if cached is not None:
             return await self._replay(request, cached)
         made: list[bytes] = []
@@ -150,7 +150,7 @@ class TtsWorker(SerialWorker[SynthesizeRequest]):
                 seq += 1
             else:  # the whole phrase was made (not cut short by a cancel): worth keeping
                 if self.cache is not None:
-                    self.cache.put(key, made)
+                    await self.cache.store(key, made)
         if seq:
             TTS_RTF.observe(busy_s / (seq * self.frame_ms / 1000))
         return seq
