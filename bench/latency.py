@@ -154,6 +154,23 @@ def turn_end_figures() -> dict[str, Any]:
     return out
 
 
+def baseline_figures(rounds: int) -> dict[str, Any]:
+    """One session on a stack that ends turns on the silence timeout alone (INZWA_TURN_END=
+    silence, no tail decoding): the same clips in the same run, so the change is a ratio."""
+    from tests.stack import Stack
+
+    with tempfile.TemporaryDirectory(prefix="inzwa-bench-baseline-") as run_dir:
+        stack = Stack(Path(run_dir), INZWA_TURN_END="silence", INZWA_ASR_TAIL_DECODE="false")
+        try:
+            stack.start()
+            asyncio.run(_turn(stack.url, _clip("LJ001-0002")))
+            figures = concurrency_figures(stack, 1, 2 * rounds)
+            figures["length"] = length_figures(stack, rounds)
+        finally:
+            stack.stop()
+    return figures
+
+
 def run(rounds: int = 2, max_sessions: int = 8) -> dict[str, Any]:
     from tests.stack import Stack
 
@@ -168,6 +185,10 @@ def run(rounds: int = 2, max_sessions: int = 8) -> dict[str, Any]:
                                      for n in (1, 4, max_sessions)}
         finally:
             stack.stop()
+    report["silence_only_one_session"] = baseline_figures(rounds)
+    new = report["concurrency"]["1"]["v2v_ms"]["p50"]
+    old = report["silence_only_one_session"]["v2v_ms"]["p50"]
+    report["one_session_v2v_p50_ratio_to_silence_only"] = round(new / old, 2) if new and old else None
     report["turn_end"] = turn_end_figures()
     return report
 
@@ -180,6 +201,8 @@ def _headline(report: dict[str, Any]) -> dict[str, float | None]:
         figures[f"v2v_p95_{n}"] = scope["v2v_ms"]["p95"]
     length = report.get("length", {})
     figures["15s_minus_2s_p50_ms"] = length.get("15s_minus_2s_p50_ms")
+    baseline = report.get("silence_only_one_session", {})
+    figures["v2v_p50_1_silence_only"] = baseline.get("v2v_ms", {}).get("p50")
     return figures
 
 
@@ -200,6 +223,8 @@ def save(report: dict[str, Any]) -> dict[str, Any]:
 def main(rounds: int = 2) -> None:
     report = save(run(rounds))
     print(json.dumps({"headline": _headline(report), "turn_end": report["turn_end"],
+                      "one_session_v2v_p50_ratio_to_silence_only":
+                          report["one_session_v2v_p50_ratio_to_silence_only"],
                       "ratio_to_previous": report.get("ratio_to_previous")}, indent=2))
 
 
