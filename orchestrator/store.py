@@ -1,8 +1,8 @@
 """The durable conversation store: sessions, their messages and the models that served each turn.
 
 The orchestrator is its only writer. It is reached through `ConversationStore` so that another
-database can replace SQLite by URL (`INZWA_DB_URL`): `sqlite:///path` today; a PostgreSQL
-store (`postgresql://`, asyncpg) would implement the same Protocol with the same schema.
+database can replace SQLite by URL (`INZWA_DB_URL`): `sqlite:///path` (the default) or
+`postgresql://...` (orchestrator/store_postgres.py, asyncpg), the same schema in each.
 Raw audio is never stored; with `store_text` off neither is any text (metadata and timings only).
 """
 
@@ -116,8 +116,14 @@ def open_store(settings: Settings) -> ConversationStore:
 
         return SqliteStore(Path(url.removeprefix("sqlite:///")), store_text=settings.store_text,
                            busy_timeout_s=settings.store_busy_timeout_s)
+    if url.startswith(("postgresql://", "postgres://")):
+        from orchestrator.store_postgres import PostgresStore
+
+        return PostgresStore(url, store_text=settings.store_text,
+                             busy_timeout_s=settings.store_busy_timeout_s)
     scheme = url.partition(":")[0]
-    raise StoreError(f"INZWA_DB_URL: no conversation store for '{scheme}' URLs (sqlite:/// only)")
+    raise StoreError(f"INZWA_DB_URL: no conversation store for '{scheme}' URLs "
+                     "(sqlite:///path or postgresql://...)")
 
 
 def history_text(message: MessageRecord) -> str:
