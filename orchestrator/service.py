@@ -302,6 +302,7 @@ class Orchestrator:
         await self._to_client(session, ErrorEvent(code="session_deleted", fatal=True,
                                                   message="this conversation was deleted"))
         await self._end_session(session, "deleted")
+        await self.turns.flush()  # its interrupted turn's write lands before the erasure, not after
 
     def _turn_models(self, session: Session) -> list[TurnModel]:
         """The models that served this session's turn: the pinned instances' own info."""

@@ -365,3 +365,22 @@ def test_a_turn_interrupted_while_it_is_written_sends_no_tts_end_after_its_cance
     events = [(f.turn_id, f.event) for f in out if isinstance(f, TurnEvent)]
     assert events == [(1, "tts.start"), (1, "tts.cancel")], events
     assert [(m.turn_id, m.role, m.heard) for m in messages][:2] == [(1, "user", None), (1, "assistant", "")]
+
+
+def test_erasing_a_live_session_mid_reply_ends_it_and_leaves_nothing(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> tuple[list[object], object, object]:
+        await whole_turn(h, 1, "first", "Done.")
+        request = await final(h, 2, "second")
+        await tokens(h, request, llm_tokens("Half of a"), last=False)  # a reply in progress
+        h.to_gateway()
+        await h.ingress(SessionDelete(session_id=SID, principal="p1", request_id="del"))
+        out = h.to_gateway()
+        await h.orchestrator.turns.flush()
+        store = h.orchestrator.store
+        return out, await store.get_session(SID), await store.messages(SID)
+
+    out, record, messages = run(InProcess(tmp_path), scenario)  # type: ignore[misc]
+    errors = [f for f in out if isinstance(f, ErrorEvent)]
+    assert [(e.code, e.fatal) for e in errors] == [("session_deleted", True)]
+    [deleted] = [f for f in out if isinstance(f, SessionDeleted)]
+    assert deleted.found and record is None and messages == []
