@@ -84,7 +84,7 @@ class Conversations:
         ):
             reply.found, reply.turns, reply.messages = True, live.turns, list(live.history)
             reply.language = live.language
-        if request.principal or request.admin:
+        if request.principal:  # (without one, an older asker: live sessions only, as before)
             await self._from_store(request, reply, live)
         if reply.found:
             reply.system_prompt = (self.settings.system_prompt
