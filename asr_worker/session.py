@@ -44,6 +44,9 @@ COMMIT_MIN_BYTES = 1000 * 32
 # the fixtures: 4 s / 1 s left tails so short that Whisper echoed the prompt in them
 # ("a clever hare and story about her"); 6 s / 2 s matched the full decode.
 FORCE_COMMIT_BYTES = 6000 * 32
+# Speech that starts this soon after a turn ended against (or without waiting for) the speaker
+# continues that turn: the end was premature.
+CONTINUE_WINDOW_MS = 1500
 FORCE_KEEP_BYTES = 2000 * 32
 
 
@@ -198,6 +201,7 @@ class AsrSession:
         self._turn_end_wait_ms = turn_end_wait_ms
         self.turn_end_scores: list[float] = []  # P(complete) at each pause judged (bench, tests)
         self._carry: _Carry | None = None
+        self._held = False  # the model said "not done" at a pause of the open segment
         self.continued = 0  # early ends the speaker went on from (premature commits recovered)
         self._pause_ms = pause_ms  # None: no pause hypotheses (early reply off)
         self._latest: _Hypothesis | None = None  # the newest full transcription of the segment
@@ -286,6 +290,7 @@ class AsrSession:
         self.turn_end_scores.append(score)
         if score >= self._turn_end_threshold:
             return True
+        self._held = True
         if self._turn_end_wait_ms is not None:
             self._detector.set_silence_ms(self._turn_end_wait_ms)
         return False
@@ -293,8 +298,8 @@ class AsrSession:
     def _continue_or_drop_carry(self, onset_ms: int) -> None:
         """Speech soon after an early end continues that utterance (the model was wrong)."""
         carry = self._carry
-        window = self._turn_end_wait_ms or 0
-        if carry is not None and onset_ms - carry.end_ms <= window:
+        self._held = False
+        if carry is not None and onset_ms - carry.end_ms <= CONTINUE_WINDOW_MS:
             self.continued += 1
         else:
             self._carry = None
@@ -378,15 +383,20 @@ class AsrSession:
         paused, self._paused, self._latest = self._paused, None, None
         carry, self._carry = self._carry, None
         start_ms = carry.start_ms if carry else ended.start_ms
+        events: list[AsrEvent]
         if paused is not None and ended.reason in ("silence", "closed"):
             # Nothing was said since the pause: its transcription is the final, at no cost.
             text = self._agreement.settle(paused.text.strip())
-            self._agreement.reset()
-            return [Transcript(text, True, start_ms, ended.at_ms, paused.confidence,
-                               paused.language)]
-        events = self._final(self._joined(carry, ended.pcm), start_ms, ended.at_ms)
+            events = [Transcript(text, True, start_ms, ended.at_ms, paused.confidence,
+                                 paused.language)]
+        else:
+            events = self._final(self._joined(carry, ended.pcm), start_ms, ended.at_ms)
         self._drop_prefix()
         self._agreement.reset()
+        if self._held and ended.reason == "silence" and events:
+            # The timer ended a turn the model called unfinished: more speech soon continues it.
+            self._carry = _Carry(self._joined(carry, ended.pcm), start_ms, ended.at_ms)
+        self._held = False
         return events
 
     @staticmethod

@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     turn_end_threshold: float = Field(default=0.5, ge=0.0, le=1.0)  # P(complete) that ends the turn
     turn_end_threads: int = 1
     turn_end_languages: str = ""  # Whisper codes the model may decide for; empty: all it knows
-    turn_end_wait_ms: int = 1000  # silence timeout once the model said "not done" at the pause
+    turn_end_wait_ms: int = 700  # silence timeout once the model said "not done" at the pause
     turn_end_text_guard: bool = True  # a transcript ending like a fragment overrules "complete"
     asr_tail_decode: bool = True  # decode only the audio after the prefix committed at pauses
 

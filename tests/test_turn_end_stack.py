@@ -19,9 +19,10 @@ pytestmark = [pytest.mark.e2e,
 
 
 def test_a_speaker_who_pauses_mid_sentence_is_answered_after_finishing(stack: Stack) -> None:
-    # "My favourite food is ... rice and beans.": 700 ms inside the sentence, longer than
-    # INZWA_VAD_SILENCE_MS (400), so a timer alone would answer "My favourite food is".
-    item = turn_pause_set.paused_item(2, 700)
+    # "My favourite food is ... rice and beans.": 600 ms inside the sentence, longer than
+    # INZWA_VAD_SILENCE_MS (400), so a timer alone would answer "My favourite food is"; shorter
+    # than INZWA_TURN_END_WAIT_MS (700), the wait once the model says "not done".
+    item = turn_pause_set.paused_item(2, 600)
     resume = (item.pause_start_ms + item.pause_ms) * 32
 
     async def run() -> tuple[Conversation, float]:
