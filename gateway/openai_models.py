@@ -10,7 +10,8 @@ accepted too, so a client written against OpenAI works with only `base_url` chan
 
 from __future__ import annotations
 
-from typing import Literal
+import time
+from typing import Any, Literal
 
 from common.settings import Settings
 from gateway.errors import ApiError
@@ -62,3 +63,15 @@ def check_voice(settings: Settings, voice: str | None) -> str:
     if voice in (None, "", loaded) or (settings.openai_aliases and voice in OPENAI_VOICES):
         return loaded
     raise ApiError(422, "unknown_voice", f"voice {voice!r} is not loaded; use {loaded!r}")
+
+
+_STARTED = int(time.time())  # OpenAI's `created`: the models here are as old as this process
+
+
+def model_list(body: dict[str, Any]) -> dict[str, Any]:
+    """`GET /v1/models` in OpenAI's list shape: each loaded model as {"id", "object": "model",
+    "created", "owned_by"} plus Inzwa's own fields (role, version, sha256, device, engine,
+    instances). `models` and `missing` stay as they were, for readers of the older shape."""
+    data = [{"id": model["name"], "object": "model", "created": _STARTED, "owned_by": "inzwa", **model}
+            for model in body["models"]]
+    return {"object": "list", "data": data, **body}

@@ -38,6 +38,7 @@ from gateway.bridge import Bridge
 from gateway.codec import OggOpusWriter, wav_header
 from gateway.errors import ApiError
 from gateway.guard import Guard
+from gateway.openai_models import model_list
 from gateway.responses import OrjsonResponse
 from gateway.uploads import read_audio_upload
 
@@ -209,8 +210,9 @@ def _add_audio_and_operation_routes(router: APIRouter, jobs: Jobs, settings: Set
 
     @router.get("/v1/models", tags=["operations"])
     async def models(_: Principal = caller) -> OrjsonResponse:
-        """Every loaded model: role, name, version, sha256, device and the instances serving it."""
-        return OrjsonResponse(_models_body(await _admin(jobs.bridge, "models")))
+        """Every loaded model, in OpenAI's list shape (`data`: id, object, created, owned_by), each
+        with role, name, version, sha256, device and the instances serving it; `models` as before."""
+        return OrjsonResponse(model_list(_models_body(await _admin(jobs.bridge, "models"))))
 
     @router.post("/v1/admin/warmup", tags=["operations"], responses={
         403: {"description": "Needs an admin credential"},

@@ -421,6 +421,9 @@ def test_models_lists_each_role_with_its_checksum(client: httpx.Client, settings
     assert_request_id(response)
     for model in check_models(response.json(), settings).values():
         assert "warmup_ms" not in model
+    body = response.json()  # OpenAI's list shape too, each entry with Inzwa's own fields
+    assert body["object"] == "list" and [m["id"] for m in body["data"]] == [m["name"] for m in body["models"]]
+    assert all(m["object"] == "model" and m["sha256"] for m in body["data"]), body
 
 
 def test_admin_warmup_times_every_instance(client: httpx.Client, settings: Settings, stack: Stack) -> None:

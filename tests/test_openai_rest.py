@@ -352,3 +352,18 @@ def test_no_openai_request_gets_a_server_error(api_schema: schemathesis.BaseSche
 
     run()
     assert statuses and all(status < 500 for status in statuses), statuses
+
+
+# --- models ----------------------------------------------------------------------------------------
+
+def test_models_list_in_openai_shape_with_inzwa_fields(client: openai.OpenAI, chat_model: str,
+                                                        settings_model: str) -> None:
+    models = {m.id: m for m in client.models.list()}
+    assert {chat_model, settings_model} <= set(models), models
+    roles = set()
+    for model in models.values():
+        assert model.object == "model" and model.owned_by == "inzwa" and model.created > 0
+        extra = model.model_dump()
+        assert extra["name"] == model.id and len(extra["sha256"]) == 64, extra  # Inzwa's own fields
+        roles.add(extra["role"])
+    assert roles == {"asr", "llm", "tts"}
