@@ -27,6 +27,7 @@ from common.frames import (
     AudioChunk,
     AudioIn,
     EndTurn,
+    ErrorEvent,
     Frame,
     PlaybackMark,
     SessionEnd,
@@ -290,6 +291,8 @@ class VoiceSession:
             if frame.is_final:  # a phrase's end marker: its audio has all gone out
                 await self.transport.after_audio(self._heard(frame.turn_id, frame.text))
             return
+        if isinstance(frame, ErrorEvent) and frame.fatal:  # the orchestrator ended the session
+            raise SessionClosed(frame.code, frame.message, CLOSE_POLICY)  # (refused, erased...)
         if isinstance(frame, TranscriptChunk) and frame.is_final:
             self.turn_audio_s = 0.0  # the ASR closed the user's turn
         self.metrics.observe(frame)

@@ -6,6 +6,7 @@ not under test here: what is, is the store, the resume, the sessions API and the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -189,3 +190,29 @@ def test_a_reply_interrupted_by_a_new_message_is_stored_as_heard(own_stack: Stac
     assert generated.startswith(heard) and len(heard) < len(generated), (generated, heard)
     if heard:  # what the next prompt remembers of it
         assert body["history"][1] == {"role": "assistant", "content": heard}, body["history"]
+
+
+def test_erasing_a_live_session_closes_its_client_with_the_reason(own_stack: Stack) -> None:
+    """The orchestrator's fatal error reaches the client as an error event and a close code,
+    not as a socket left open to a session that no longer exists."""
+    chosen = str(uuid.uuid4())
+
+    async def talk() -> tuple[list[dict[str, Any]], int | None]:
+        async with websockets.connect(own_stack.url, open_timeout=WS_TIMEOUT_S, close_timeout=5) as ws:
+            await ws.send(json.dumps({"type": "start", "codec": "pcm16", "sample_rate": 16000,
+                                      "session_id": chosen}))
+            assert json.loads(await ws.recv())["type"] == "session.started"
+            erased = await asyncio.to_thread(httpx.delete, f"{own_stack.http}/v1/sessions/{chosen}",
+                                             timeout=10)
+            assert erased.status_code == 204, erased.text
+            events = []
+            async with asyncio.timeout(TURN_TIMEOUT_S):
+                with contextlib.suppress(websockets.ConnectionClosed):  # closed with a reason
+                    async for message in ws:
+                        if isinstance(message, str):
+                            events.append(json.loads(message))
+            return events, ws.close_code
+
+    events, close_code = asyncio.run(talk())
+    assert [e["code"] for e in events if e["type"] == "error"] == ["session_deleted"], events
+    assert close_code == 1008
