@@ -189,7 +189,8 @@ class Settings(BaseSettings):
     fake_tts_ms_per_char: int = Field(default=60, ge=1)  # audio length per character of text
 
     # --- OpenAI-compatible API (OpenAI area, issue 12): gateway/openai_*.py, gateway/realtime*.py ---
-    openai_aliases: bool = True  # accept OpenAI's ids (whisper-1, tts-1, gpt-realtime, alloy...) for the loaded models
+    # accept OpenAI's ids (whisper-1, tts-1, gpt-realtime, alloy...) for the loaded models
+    openai_aliases: bool = True
     openai_max_speech_chars: int = Field(default=4096, ge=1)  # /v1/audio/speech `input` (OpenAI's limit)
 
     # --- conversation store (conversations area, issue 13): orchestrator/store*.py ---
