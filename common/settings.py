@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     max_frame_ms: int = 100  # largest binary audio message accepted, in ms of audio
     gateway_id: str = "gw0"
     playback_lead_ms: int = 250  # reply audio runs at most this far ahead of real time
+    playback_speed: float = Field(default=1.0, ge=1.0, le=20.0)  # >1 only in tests: pacing clock
     max_upload_bytes: int = 16 * 1024 * 1024  # REST bodies (an /v1/asr upload) larger get 413
     opus_bitrate: int = Field(default=24000, ge=6000, le=128000)  # Opus out, bits per second
 

@@ -115,7 +115,8 @@ class Bridge:
 
     def register(self, session_id: str, owner: str = "") -> Connection:
         lead_s = self.settings.playback_lead_ms / 1000
-        outbox = Outbox(sample_rate=self.settings.audio_out_sample_rate, lead_s=lead_s)
+        outbox = Outbox(sample_rate=self.settings.audio_out_sample_rate, lead_s=lead_s,
+                        speed=self.settings.playback_speed)
         connection = Connection(session_id, outbox, owner)
         self.connections[session_id] = connection
         return connection

@@ -41,6 +41,9 @@ COMFORT_NOISE_LEVEL = 24  # int16 standard deviation: about -63 dBFS, felt rathe
 class Outbox:
     sample_rate: int = 16000
     lead_s: float = 0.25
+    # Tests play the client faster than real time (INZWA_PLAYBACK_SPEED, like a fake session's
+    # speed factor): every pacing rule holds, on a clock that runs `speed` times as fast.
+    speed: float = 1.0
     limit: int = 6000  # queued frames before the client is declared too slow
     events: deque[Frame] = field(default_factory=deque)
     audio: deque[Frame] = field(default_factory=deque)
@@ -131,7 +134,7 @@ class Outbox:
         noise = np.random.default_rng().normal(0, COMFORT_NOISE_LEVEL, samples)
         self.comfort_frames += 1
         frame = AudioChunk(turn_id=self._speaking or 0, payload=noise.astype("<i2").tobytes())
-        self._play_end = max(self._play_end, time.monotonic()) + 0.02
+        self._play_end = max(self._play_end, time.monotonic()) + 0.02 / self.speed
         return frame
 
     def _audio_wait(self) -> float | None:
@@ -142,11 +145,11 @@ class Outbox:
             return 0.0  # markers pass as soon as the audio before them has gone
         # Send when the client has no more than `lead_s` of audio left to play; after an
         # underrun `_play_end` is in the past and frames go at once.
-        return self._play_end - self.lead_s - time.monotonic()
+        return self._play_end - self.lead_s / self.speed - time.monotonic()
 
     def _take_audio(self) -> Frame:
         frame = self.audio.popleft()
         if isinstance(frame, AudioChunk) and frame.payload:
-            duration = len(frame.payload) / 2 / self.sample_rate
+            duration = len(frame.payload) / 2 / self.sample_rate / self.speed
             self._play_end = max(self._play_end, time.monotonic()) + duration
         return frame

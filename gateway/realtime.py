@@ -58,8 +58,8 @@ PIECE_BYTES = 100 * BYTES_PER_MS  # audio goes to the session in pieces of at mo
 class RealtimeOutbox(Outbox):
     """The session's outbox, which also drops every later frame of a reply the client cancelled."""
 
-    def __init__(self, sample_rate: int, lead_s: float) -> None:
-        super().__init__(sample_rate=sample_rate, lead_s=lead_s)
+    def __init__(self, sample_rate: int, lead_s: float, speed: float = 1.0) -> None:
+        super().__init__(sample_rate=sample_rate, lead_s=lead_s, speed=speed)
         self.ignored: set[int] = set()
 
     def put(self, frame: Frame) -> None:
@@ -123,7 +123,8 @@ class RealtimeVoiceSession(VoiceSession):
         await super().open()
         assert self.connection is not None
         # Swapped before the send loop first runs (no await since it was created).
-        self.outbox = RealtimeOutbox(self.connection.outbox.sample_rate, self.connection.outbox.lead_s)
+        self.outbox = RealtimeOutbox(self.connection.outbox.sample_rate, self.connection.outbox.lead_s,
+                                     speed=self.connection.outbox.speed)
         self.connection.outbox = self.outbox
 
     def cancel_reply(self, turn_id: int, phrase_start_ms: int, sent_ms: int) -> Cut:

@@ -79,6 +79,7 @@ def fake_stack(tmp_path_factory: pytest.TempPathFactory):
 
     running = Stack(tmp_path_factory.mktemp("fake-stack"), **FAKE_ENGINES, INZWA_RESTART_BUDGET="60",
                     INZWA_FAKE_TTS_MS_PER_CHAR=str(FAKE_TTS_MS_PER_CHAR),
+                    INZWA_PLAYBACK_SPEED="4",  # replies are paced out 4x as fast as they play
                     INZWA_RATE_REQUESTS_PER_MINUTE="0", INZWA_RATE_CONCURRENT_SESSIONS="0")
     try:
         running.start()

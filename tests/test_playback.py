@@ -50,6 +50,21 @@ def test_audio_is_paced_at_real_time_after_the_lead() -> None:
     asyncio.run(main())
 
 
+def test_a_speed_factor_paces_on_a_faster_clock() -> None:
+    """INZWA_PLAYBACK_SPEED (tests only): the same order and lead, `speed` times as fast."""
+    async def main() -> float:
+        box = Outbox(lead_s=0.2, speed=4.0)
+        for frame in audio(1, 100):  # two seconds of reply
+            box.put(frame)
+        started = time.monotonic()
+        frames = await take(box, 100)
+        assert [f.seq for f in frames] == list(range(1, 101))
+        return time.monotonic() - started
+
+    elapsed = asyncio.run(main())
+    assert 2.0 / 4 - 0.2 / 4 - 0.05 <= elapsed < 2.0 - 0.2  # a quarter of playback, never faster
+
+
 def test_tts_end_follows_its_audio() -> None:
     async def main() -> None:
         box = Outbox(lead_s=10.0)
