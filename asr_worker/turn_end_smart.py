@@ -3,7 +3,8 @@
 A Whisper-tiny encoder with a classifier head, trained on 23 languages to tell a finished turn
 from a pause inside one, from the sound alone (intonation, a trailing "and...", a filler). Input:
 the last 8 s of the utterance as log-mel features (`turn_end_features`); output: P(complete).
-About 10 ms per call on one core, so it runs once per pause on the session's own thread.
+Measured 50-150 ms per call on one thread of the (shared, busy) 2-core machine, so it runs once
+per pause, on the session's own thread, and only when the text guard lets it.
 """
 
 from __future__ import annotations
