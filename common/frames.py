@@ -367,6 +367,7 @@ class Heartbeat(Frame):
     busy: int = 0
     endpoint: str = ""
     model: str = ""
+    info: dict[str, str] = {}  # as in Ready: /v1/models keeps its checksums after a restart
 
 
 class VadEvent(Frame):

@@ -146,6 +146,7 @@ class WorkerRuntime:
                 busy=self.busy,
                 endpoint=self.endpoint,
                 model=self._model_info.get("name", ""),
+                info=self._model_info,
             )
             if self._results is not None:
                 self._results.offer(beat)  # never waits, never piles up: stale beats are worthless

@@ -399,7 +399,7 @@ class Orchestrator:
             log.warning("announcement refused: not a configured work endpoint",
                         extra={"kind": kind, "endpoint": message.endpoint})
             return
-        info = message.info if isinstance(message, Ready) else {"name": message.model}
+        info = message.info or {"name": message.model}  # (beats of older workers carry no info)
         _, replaced = self.registry.announce(
             kind, message.instance_id, message.endpoint, message.model, info
         )

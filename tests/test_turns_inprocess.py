@@ -10,10 +10,13 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from common.frames import (
+    AdminReply,
+    AdminRequest,
     AudioChunk,
     AudioIn,
     Cancel,
@@ -349,3 +352,24 @@ def test_a_gateway_without_a_configured_endpoint_gets_nothing(tmp_path: Path) ->
         assert [type(f) for f in h.to_gateway("gw1")] == [HistoryReply]  # a configured one is
 
     run(h, scenario)
+
+
+def test_an_orchestrator_that_learns_a_worker_from_its_heartbeat_knows_its_checksums(
+        tmp_path: Path) -> None:
+    """After an orchestrator restart the workers are known from heartbeats alone: /v1/models
+    must still list what each one loaded, checksum included."""
+    h = InProcess(tmp_path)
+    info = {"name": "whisper-base", "version": "1", "sha256": "ab" * 32, "device": "cpu",
+            "engine": "faster-whisper"}
+
+    async def main() -> list[Any]:
+        await h.result(Heartbeat(kind="asr", instance_id="asr-0-x", model="whisper-base",
+                                 endpoint=h.settings.work_endpoint("asr", 0), info=info))
+        await h.ingress(GatewayHeartbeat(gateway_id="gw0", incarnation="i1"))
+        await h.ingress(AdminRequest(request_id="m1", action="models", gateway_id="gw0"))
+        return h.to_gateway()
+
+    replies = asyncio.run(main())
+    assert len(replies) == 1 and isinstance(replies[0], AdminReply), replies
+    asr = [m for m in replies[0].models if m.role == "asr"]
+    assert [(m.name, m.sha256, m.engine) for m in asr] == [("whisper-base", "ab" * 32, "faster-whisper")]
