@@ -442,25 +442,24 @@ def test_debug_logs_hold_no_part_of_an_auth_token(gateway_log: GatewayLog) -> No
 # --- sessions belong to their caller ---------------------------------------------------------------
 
 
-async def typed_turn(url: str, token: str, session_id: str, text: str) -> str:
-    """Open a session under a client-chosen id, say `text`, wait for the spoken reply's end."""
-    async with websockets.connect(url, open_timeout=WS_TIMEOUT_S, close_timeout=5) as ws:
-        start = {"type": "start", "codec": "pcm16", "sample_rate": 16000, "auth_token": token,
-                 "session_id": session_id}
-        await ws.send(json.dumps(start))
-        started = json.loads(await ws.recv())
-        assert started["type"] == "session.started" and started["session_id"] == session_id, started
-        await ws.send(json.dumps({"type": "text", "text": text}))
-        async with asyncio.timeout(90):
-            while True:
-                message = await ws.recv()
-                if isinstance(message, str) and json.loads(message)["type"] == "tts.end":
-                    break
-        async with httpx.AsyncClient(timeout=10) as http:
-            reply = await http.get(f"{url.replace('ws://', 'http://').rsplit('/ws/', 1)[0]}"
-                                   f"/v1/sessions/{session_id}", headers=bearer(token))
-        assert reply.status_code == 200, reply.text
-        return json.dumps(reply.json()["history"])
+async def open_chosen(ws: Any, token: str, session_id: str, text: str) -> None:
+    """Start a session under a client-chosen id and say `text` in it."""
+    await ws.send(json.dumps({"type": "start", "codec": "pcm16", "sample_rate": 16000,
+                              "auth_token": token, "session_id": session_id}))
+    started = json.loads(await ws.recv())
+    assert started["type"] == "session.started" and started["session_id"] == session_id, started
+    await ws.send(json.dumps({"type": "text", "text": text}))
+
+
+async def history_after_reply(ws: Any, http_base: str, token: str, session_id: str) -> str:
+    """Wait for the spoken reply's end; the session's history as the caller reads it."""
+    async with asyncio.timeout(90):
+        while not (isinstance(m := await ws.recv(), str) and json.loads(m)["type"] == "tts.end"):
+            pass
+    async with httpx.AsyncClient(timeout=10) as http:
+        reply = await http.get(f"{http_base}/v1/sessions/{session_id}", headers=bearer(token))
+    assert reply.status_code == 200, reply.text
+    return json.dumps(reply.json()["history"])
 
 
 def test_a_client_chosen_session_id_is_scoped_to_its_caller(gateway: GatewayThread) -> None:
@@ -468,36 +467,21 @@ def test_a_client_chosen_session_id_is_scoped_to_its_caller(gateway: GatewayThre
     chosen = str(uuid.uuid4())
 
     async def scenario() -> tuple[str, str, int]:
+        mallory = jwt_for("mallory")
         async with websockets.connect(gateway.url, open_timeout=WS_TIMEOUT_S, close_timeout=5) as ws:
-            start = {"type": "start", "codec": "pcm16", "sample_rate": 16000, "auth_token": KEY,
-                     "session_id": chosen}
-            await ws.send(json.dumps(start))
-            assert json.loads(await ws.recv())["type"] == "session.started"
-            await ws.send(json.dumps({"type": "text", "text": "Remember the word pineapple."}))
+            await open_chosen(ws, KEY, chosen, "Remember the word pineapple.")
             async with asyncio.timeout(90):  # the first caller's reply is under way
                 while not (isinstance(m := await ws.recv(), str) and json.loads(m)["type"] == "llm.partial"):
                     pass
-            mallory = bearer(jwt_for("mallory"))
             async with httpx.AsyncClient(timeout=10) as http:  # another caller, the same id: nothing
-                peek = await http.get(f"{gateway.http}/v1/sessions/{chosen}", headers=mallory)
-            theirs = await typed_turn(gateway.url, jwt_for("mallory"), chosen, "Hello there.")
-            mine = await typed_turn_after(ws, gateway.http, chosen)
+                peek = await http.get(f"{gateway.http}/v1/sessions/{chosen}", headers=bearer(mallory))
+            async with websockets.connect(gateway.url, open_timeout=WS_TIMEOUT_S, close_timeout=5) as other:
+                await open_chosen(other, mallory, chosen, "Hello there.")
+                theirs = await history_after_reply(other, gateway.http, mallory, chosen)
+            mine = await history_after_reply(ws, gateway.http, KEY, chosen)  # still answers, its own
             return mine, theirs, peek.status_code
 
     mine, theirs, peeked = asyncio.run(scenario())
     assert peeked == 404
     assert "pineapple" in mine and "pineapple" not in theirs
     assert "Hello there." in theirs and "Hello there." not in mine
-
-
-async def typed_turn_after(ws: Any, http_base: str, session_id: str) -> str:
-    """The first caller's session still answers and its history is its own."""
-    async with asyncio.timeout(90):
-        while True:
-            message = await ws.recv()
-            if isinstance(message, str) and json.loads(message)["type"] == "tts.end":
-                break
-    async with httpx.AsyncClient(timeout=10) as http:
-        reply = await http.get(f"{http_base}/v1/sessions/{session_id}", headers=bearer(KEY))
-    assert reply.status_code == 200, reply.text
-    return json.dumps(reply.json()["history"])
