@@ -6,6 +6,7 @@
 #   chromium      only for the real-browser tests of the page (tests/test_browser.py, driven by
 #                 Playwright with the system browser: Playwright's own download is not reachable).
 #                 Not installed with Homebrew (no formula); those tests skip without it.
+#   postgresql    only the server binaries, for the PostgreSQL store's tests (apt only).
 # Installs whichever of them is missing; a no-op when all are present.
 #   INZWA_INSTALL_DOCKER=1  also Docker for the compose test (tests/test_compose.py, opt-in with
 #                 INZWA_COMPOSE_TEST=1): Debian's docker.io, docker-compose and debootstrap, and
@@ -49,6 +50,11 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 if ! command -v chromium >/dev/null 2>&1; then
     missing_apt+=(chromium)
+fi
+# PostgreSQL server binaries (not a running service): tests/test_store_postgres.py starts a
+# throwaway server of its own; the store's default is SQLite.
+if command -v apt-get >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    missing_apt+=(postgresql)
 fi
 if [ "${#missing_apt[@]}" -eq 0 ] && [ "${#missing_brew[@]}" -eq 0 ]; then
     exit 0
