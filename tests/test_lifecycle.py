@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -153,20 +154,12 @@ def test_a_killed_gateway_has_its_sessions_ended(stack: Stack, tmp_path: Path) -
             async with websockets.connect(f"ws://127.0.0.1:{port}/ws/audio") as ws:
                 await ws.send(START)
                 session_id = json.loads(await ws.recv())["session_id"]
-                for _ in range(20):  # its SessionStart and our request travel on different sockets
-                    before = await observer.history(session_id, admin=True)
-                    if before is not None and before.found:
-                        break
-                    await asyncio.sleep(0.5)
+                # its SessionStart and our request travel on different sockets: ask until found
+                before = await _history_found(observer, session_id, until=True, within_s=10)
                 os.kill(process.pid, signal.SIGKILL)
                 killed_at = time.monotonic()
-                while time.monotonic() - killed_at < 30:
-                    after = await observer.history(session_id, admin=True)
-                    if after is not None and not after.found:
-                        break
-                    await asyncio.sleep(0.5)
-                return (before is not None and before.found, after is not None and after.found,
-                        time.monotonic() - killed_at)
+                after = await _history_found(observer, session_id, until=False, within_s=30)
+                return before, after, time.monotonic() - killed_at
         finally:
             await observer.stop()
 
@@ -184,6 +177,17 @@ def test_a_killed_gateway_has_its_sessions_ended(stack: Stack, tmp_path: Path) -
     assert found_before  # the control: the orchestrator held the session while its gateway lived
     assert not found_after, f"still live {elapsed_s:.1f} s after the kill"
     print(f"session ended {elapsed_s:.1f} s after kill -9 of its gateway")
+
+
+async def _history_found(observer: Any, session_id: str, *, until: bool, within_s: float) -> bool:
+    """Ask for the session (as an admin) until it is found == `until`, or time runs out."""
+    deadline = time.monotonic() + within_s
+    while True:
+        reply = await observer.history(session_id, admin=True)
+        found = reply is not None and reply.found
+        if found == until or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.5)
 
 
 def _ready(port: int) -> bool:
