@@ -38,7 +38,7 @@ from gateway.openai_errors import OpenAIErrors
 from gateway.openai_models import check_model, check_voice
 from gateway.openai_transcribe import add_transcription_route
 from gateway.responses import OrjsonResponse
-from gateway.rest import Jobs, Text, check_text, job_error
+from gateway.rest import Jobs, Text, check_text, run_chat
 
 SPEECH_RATE = 24000  # OpenAI's speech (and its `pcm` format) is 24 kHz mono PCM16
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -225,19 +225,11 @@ def _usage(prompt_tokens: int, completion: Completion) -> dict[str, int]:
 
 async def _chat_reply(jobs: Jobs, job: ChatJob, model: str, completion: Completion,
                       prompt_tokens: int) -> OrjsonResponse:
-    queue = await jobs.start(job)
-    done = False
-    try:
-        while not done and not completion.stopped:
-            frame = await jobs.next(queue)
-            if isinstance(frame, ErrorEvent):
-                done = True
-                raise job_error(frame)
-            if isinstance(frame, TokenChunk):
-                completion.add(frame.token)
-                done = frame.is_final
-    finally:
-        await jobs.end(job.session_id, finished=done)  # a stop sequence cancels the rest
+    def add(token: str) -> bool:
+        completion.add(token)
+        return completion.stopped  # a stop sequence cancels the rest
+
+    await run_chat(jobs, job, add)
     message = {"role": "assistant", "content": completion.text.strip()}
     return OrjsonResponse({
         "id": f"chatcmpl-{job.session_id}", "object": "chat.completion", "created": int(time.time()),

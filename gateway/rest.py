@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -261,21 +261,32 @@ def _transcript_body(result: Transcription) -> dict[str, Any]:
             "confidence": round(confidence, 3), "segments": segments}
 
 
-async def _chat_reply(jobs: Jobs, job: ChatJob) -> OrjsonResponse:
+async def run_chat(jobs: Jobs, job: ChatJob, on_token: Callable[[str], bool]) -> None:
+    """Run a chat job to its end, handing each token to `on_token`, which returns True to stop
+    early (a stop sequence: the rest of the job is cancelled). An error event raises its ApiError."""
     queue = await jobs.start(job)
-    tokens: list[str] = []
-    done = False
+    done = stopped = False
     try:
-        while not done:
+        while not done and not stopped:
             frame = await jobs.next(queue)
             if isinstance(frame, ErrorEvent):
                 done = True
                 raise job_error(frame)
             if isinstance(frame, TokenChunk):
-                tokens.append(frame.token)
+                stopped = on_token(frame.token)
                 done = frame.is_final
     finally:
         await jobs.end(job.session_id, finished=done)
+
+
+async def _chat_reply(jobs: Jobs, job: ChatJob) -> OrjsonResponse:
+    tokens: list[str] = []
+
+    def keep(token: str) -> bool:
+        tokens.append(token)
+        return False
+
+    await run_chat(jobs, job, keep)
     return OrjsonResponse({"id": job.session_id, "language": job.language,
                            "message": {"role": "assistant", "content": "".join(tokens).strip()},
                            "tokens": sum(1 for token in tokens if token)})
