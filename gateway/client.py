@@ -97,8 +97,10 @@ class Talker:
         self.result = TalkResult()
         self.t0 = 0.0
 
-    async def run(self, url: str, *, language: str = "", timeout_s: float = 60.0) -> TalkResult:
-        async with websockets.connect(url, max_size=None) as ws:
+    async def run(self, url: str, *, language: str = "", timeout_s: float = 60.0,
+                  headers: dict[str, str] | None = None) -> TalkResult:
+        """One voice turn; `headers` go on the upgrade request (e.g. an Authorization bearer)."""
+        async with websockets.connect(url, max_size=None, additional_headers=headers) as ws:
             await ws.send(json.dumps({"type": "start", "codec": "pcm16",
                                       "sample_rate": SAMPLE_RATE, "language": language}))
             started = json.loads(await asyncio.wait_for(ws.recv(), timeout_s))

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import websockets
 
 from common.settings import Settings, get_settings
 from deploy.compose.envfile import missing, render
@@ -249,27 +248,13 @@ class AuthTalker(Talker):
         self.on_first_token = on_first_token
         self.tasks: list[asyncio.Task[Any]] = []
 
-    async def run(self, url: str, *, language: str = "", timeout_s: float = 60.0) -> TalkResult:
-        """Talker.run, with the API key on the upgrade request."""
-        headers = {"Authorization": f"Bearer {API_KEY}"}
-        async with websockets.connect(url, max_size=None, additional_headers=headers) as ws:
-            await ws.send(json.dumps({"type": "start", "codec": "pcm16", "sample_rate": 16000,
-                                      "language": language}))
-            started = json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
-            if started.get("type") != "session.started":
-                self.result.errors.append(started)
-                return self.result
-            self.result.session_id = started["session_id"]
-            self.t0 = time.monotonic()
-            sender = asyncio.create_task(self._send(ws))
-            try:
-                await asyncio.wait_for(self._receive(ws), timeout_s)
-            except TimeoutError:
-                self.result.errors.append({"type": "error", "code": "client_timeout"})
-            finally:
-                sender.cancel()
-                await asyncio.gather(*self.tasks)
-        return self.result
+    async def run(self, url: str, *, language: str = "", timeout_s: float = 60.0,
+                  headers: dict[str, str] | None = None) -> TalkResult:
+        """Talker.run with the API key; returns once the first-token hook has finished too."""
+        result = await super().run(url, language=language, timeout_s=timeout_s,
+                                   headers={"Authorization": f"Bearer {API_KEY}", **(headers or {})})
+        await asyncio.gather(*self.tasks)
+        return result
 
     def _on_event(self, event: dict[str, Any]) -> bool:
         if event.get("type") == "llm.partial" and self.on_first_token and not self.tasks:
