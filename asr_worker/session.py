@@ -48,6 +48,8 @@ FORCE_COMMIT_BYTES = 6000 * 32
 # continues that turn: the end was premature.
 CONTINUE_WINDOW_MS = 1500
 FORCE_KEEP_BYTES = 2000 * 32
+# A partial decoded from audio ending in less silence than this may end inside a word.
+WORD_END_SILENCE_MS = 100
 
 
 @dataclass(frozen=True)
@@ -126,9 +128,15 @@ class LocalAgreement:
         self._previous: list[str] | None = None
         self._committed: list[str] = []
 
-    def update(self, hypothesis: str) -> str | None:
-        """Feed the next hypothesis; the new stable text when it grew, else None."""
+    def update(self, hypothesis: str, *, open_end: bool = False) -> str | None:
+        """Feed the next hypothesis; the new stable text when it grew, else None.
+
+        `open_end`: the audio still ended in speech, so its last word may be cut off ("city
+        unzimbab?" for "of Zimbabwe"); two cut decodes agree on it as often as not, and a shown
+        word is never taken back, so it waits for audio that ends after it."""
         words = hypothesis.split()
+        if open_end:
+            words = words[:-1]
         previous, self._previous = self._previous, words
         if previous is None:
             return None
@@ -374,7 +382,8 @@ class AsrSession:
             return []
         self._last_attempt_ms = now
         result = self._transcribe_segment()
-        text = self._agreement.update(result.text)
+        open_end = self._detector.silence_ms < WORD_END_SILENCE_MS
+        text = self._agreement.update(result.text, open_end=open_end)
         if text is None:
             return []
         return [Transcript(text, False, onset, now, result.confidence, result.language)]

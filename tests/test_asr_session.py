@@ -373,3 +373,16 @@ def test_the_final_never_takes_back_a_shown_word(shown: str, final: str, settled
     agreement.update(shown)
     assert agreement.update(shown) == shown
     assert agreement.settle(final) == settled
+
+
+def test_a_word_the_audio_may_have_cut_waits_for_audio_after_it() -> None:
+    """Two decodes cut inside "Zimbabwe" agreed on "unzimbab?"; shown, it would stay in the
+    final before the full word ("city unzimbab? unzimbabwe?"). The last word of audio that
+    still ends in speech is held back; once the audio ends in silence it may show."""
+    agreement = LocalAgreement()
+    cut = "What is the capital city unzimbab?"
+    assert agreement.update(cut, open_end=True) is None
+    assert agreement.update(cut, open_end=True) == "What is the capital city"
+    whole = "What is the capital city unzimbabwe?"
+    assert agreement.update(whole, open_end=False) is None  # it changed its mind: not agreed yet
+    assert agreement.settle(whole) == whole
