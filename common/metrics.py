@@ -86,6 +86,25 @@ RATE_LIMITED = Counter(
     "inzwa_rate_limited_total", "Requests refused by a rate limit or quota", ["limit"]
 )
 AUTH_FAILURES = Counter("inzwa_auth_failures_total", "Requests refused by auth", ["code"])
+# Token-level latency (issue 14), measured in the LLM worker per generation request: every
+# token's time since the request and since the token before it, the first token, the whole.
+TOKEN_INTERVAL_MS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000)
+LLM_TOKEN_INTERVAL_MS = Histogram(
+    "inzwa_llm_token_interval_ms", "Time from one token to the next within a generation, ms",
+    buckets=TOKEN_INTERVAL_MS,
+)
+LLM_TOKEN_SINCE_REQUEST_MS = Histogram(
+    "inzwa_llm_token_since_request_ms", "Time from the generation request to each token, ms",
+    buckets=LATENCY_MS,
+)
+LLM_FIRST_TOKEN_MS = Histogram(
+    "inzwa_llm_first_token_ms", "Generation request to its first token, in the LLM worker, ms",
+    buckets=LATENCY_MS,
+)
+LLM_TOTAL_MS = Histogram(
+    "inzwa_llm_total_ms", "Generation request to its last token, ms", buckets=LATENCY_MS,
+)
+LLM_TOKENS = Counter("inzwa_llm_tokens_total", "Tokens generated (pieces sent by the LLM worker)")
 
 
 DROP_REASONS = ("client_too_slow", "partial_skipped_congestion", "superseded_partial",

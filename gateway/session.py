@@ -58,6 +58,7 @@ from gateway.protocol import (
     parse_client_message,
     phrase_event,
 )
+from gateway.token_rate import TokenRate
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class VoiceSession:
         self.connection: Connection | None = None
         self.clock = AudioClock()
         self.metrics = TurnMetrics(self.clock)
+        self.token_rate = TokenRate()  # turn.metrics: tokens, tokens_per_s, v2v_ms
         self.budget = AudioBudget(settings.session_audio_rate, settings.session_audio_burst_s)
         self.told_too_fast = False
         self.frames_in = 0
@@ -213,6 +215,7 @@ class VoiceSession:
             raise ProtocolError(error.code, error.message, int(exc.retry_after_header)) from None
         self.turn_audio_s = 0.0
         self.metrics.typed()
+        self.token_rate.typed()
         await self.bridge.send(TextIn(session_id=self.session_id, text=stripped))
 
     async def on_audio(self, pcm: bytes) -> bool:
@@ -296,6 +299,7 @@ class VoiceSession:
         if isinstance(frame, TranscriptChunk) and frame.is_final:
             self.turn_audio_s = 0.0  # the ASR closed the user's turn
         self.metrics.observe(frame)
+        self.token_rate.observe(frame)
         if isinstance(frame, TurnEvent) and frame.event in ("tts.end", "tts.cancel"):
             await self._end_reply(frame)
             return
@@ -317,10 +321,12 @@ class VoiceSession:
         if frame.event == "tts.cancel":
             self.transport.drop_audio()
             await self.transport.send_event(event)
-            await self.transport.send_event(self.metrics.finish(frame.turn_id, interrupted=True))
+            await self.transport.send_event(self.token_rate.finish(
+                frame.turn_id, self.metrics.finish(frame.turn_id, interrupted=True)))
             return
         await self.transport.end_audio()
-        figures = self.metrics.finish(frame.turn_id, interrupted=False)
+        figures = self.token_rate.finish(frame.turn_id,
+                                         self.metrics.finish(frame.turn_id, interrupted=False))
 
         async def ended() -> None:  # once the reply's audio has gone out, not merely queued
             await self.transport.send_event(event)

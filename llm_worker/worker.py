@@ -18,6 +18,7 @@ from common.logs import content
 from common.settings import Settings
 from common.worker import WorkerRuntime
 from llm_worker.interface import LLM, Messages, aclose
+from llm_worker.token_clock import TokenClock
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +129,14 @@ class LlmWorker:
         messages: Messages = [{"role": m.role, "content": m.content} for m in request.messages]
         pieces = self.engine.stream(messages, max_new_tokens=self.max_new_tokens(request),
                                     prefix=request.prefix)
+        clock = TokenClock()  # token-level latency, from the request reaching the engine
         try:
             async for piece in pieces:
+                clock.token()
                 await self._emit(request, seq=sent[0], token=piece, final=False)
                 sent[0] += 1
         finally:
+            clock.done()
             await aclose(pieces)
 
     async def _error(self, request: GenerateRequest, code: str, message: str) -> None:
