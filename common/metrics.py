@@ -70,6 +70,12 @@ CACHE_HITS = Counter("inzwa_cache_hits_total", "Cache lookups answered from the 
 CACHE_MISSES = Counter("inzwa_cache_misses_total", "Cache lookups not in the cache", ["cache"])
 CACHE_EVICTIONS = Counter("inzwa_cache_evictions_total", "Entries dropped (TTL, LRU bounds)", ["cache"])
 CACHE_BYTES = Gauge("inzwa_cache_bytes", "Bytes held in the cache", ["cache"], multiprocess_mode="livesum")
+SESSIONS_ENDED = Counter("inzwa_sessions_ended_total", "Sessions the orchestrator ended, by reason",
+                         ["reason"])  # idle_timeout, gateway_lost, gateway_restarted, deleted, client
+MODEL_LOAD_MS = Histogram("inzwa_model_load_ms", "Time to load a model into a worker's LRU, ms",
+                          ["kind"], buckets=LATENCY_MS)
+MODELS_LOADED = Gauge("inzwa_models_loaded", "Models a worker holds loaded now", ["kind"],
+                      multiprocess_mode="livesum")
 TTS_FIRST_AUDIO_MS = Histogram(
     "inzwa_tts_first_audio_ms", "Synthesis request to its first audio frame (time to first audio), ms",
     buckets=LATENCY_MS,

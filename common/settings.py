@@ -202,6 +202,11 @@ class Settings(BaseSettings):
     tts_cache_entries: int = Field(default=1000, ge=0)  # audio cache per TTS worker; 0: off
     tts_cache_bytes: int = Field(default=256 * 1024 * 1024, ge=0)  # ... and its bound in bytes
     tts_cache_ttl_s: float = Field(default=3600.0, ge=0)
+    # idle sessions, response cache, model LRU (conversations area, issue 13)
+    session_idle_s: float = Field(default=60.0, ge=0)  # orchestrator: no audio or message -> ended; 0: off
+    response_cache_entries: int = Field(default=5000, ge=0)  # chat replies at llm_temperature 0; 0: off
+    response_cache_ttl_s: float = Field(default=1800.0, ge=0)
+    tts_loaded_voices: int = Field(default=3, ge=1)  # voices a TTS worker keeps loaded (LRU)
 
     # --- process supervision ---
     run_dir: Path = Path(".run")

@@ -60,12 +60,19 @@ from common.frames import (
     watchdog_decoder,
 )
 from common.logs import content
-from common.metrics import DROPPED_FRAMES, RESTART_BUDGET_EXHAUSTED, WORKER_RESTARTS, declare_series
+from common.metrics import (
+    DROPPED_FRAMES,
+    RESTART_BUDGET_EXHAUSTED,
+    SESSIONS_ENDED,
+    WORKER_RESTARTS,
+    declare_series,
+)
 from common.plane_auth import gateway_identity
 from common.settings import Settings
 from common.transport import Plane, Sender
 from orchestrator.admin import Admin
 from orchestrator.gateways import Gateways
+from orchestrator.idle import IDLE_REASON, idle_message, idle_sessions, metric_reason
 from orchestrator.jobs import Jobs
 from orchestrator.recovery import Recovery
 from orchestrator.registry import Instance, WorkerRegistry
@@ -157,6 +164,7 @@ class Orchestrator:
         await self.jobs.expire()
         await self.admin.expire()
         await self.conversations.purge()
+        await self._end_idle()
         for session in list(self.sessions.values()):
             await self.turns.check_timeouts(session)
             await self.recovery.check_asr_stall(session, self.settings.asr_stall_s)
@@ -214,6 +222,7 @@ class Orchestrator:
         if session is None or gateway_id not in ("", session.gateway_id):
             DROPPED_FRAMES.labels("unknown_session").inc()
             return
+        session.active_at = time.monotonic()  # audio or a message: not idle (orchestrator/idle.py)
         match message:
             case AudioIn():
                 session.keep_audio(message.pcm, self._max_audio_bytes)
@@ -235,6 +244,9 @@ class Orchestrator:
 
     async def _end_gateway_sessions(self, gateway_id: str, reason: str) -> None:
         for session in [s for s in self.sessions.values() if s.gateway_id == gateway_id]:
+            if reason == "gateway_lost":  # a gateway only stalled gets it back and closes the client
+                await self._to_client(session, ErrorEvent(
+                    code=reason, fatal=True, message="the gateway stopped answering; the session ended"))
             await self._end_session(session, reason)
         await self.jobs.cancel_gateway(gateway_id)
 
@@ -315,10 +327,21 @@ class Orchestrator:
                                         info.get("version", ""), info.get("sha256", "")))
         return models
 
+    async def _end_idle(self) -> None:
+        """End the sessions silent past `session_idle_s`: the client is told why (the gateway
+        closes it with 1008), the live state goes, the stored history stays."""
+        limit = self.settings.session_idle_s
+        for session in idle_sessions(list(self.sessions.values()), limit, time.monotonic()):
+            log.info("session idle: ended", extra={"session_id": session.session_id})
+            await self._to_client(session, ErrorEvent(code=IDLE_REASON, fatal=True,
+                                                      message=idle_message(limit)))
+            await self._end_session(session, IDLE_REASON)
+
     async def _end_session(self, session: Session, reason: str) -> None:
         if self.sessions.get(session.session_id) is not session:
             return
         del self.sessions[session.session_id]
+        SESSIONS_ENDED.labels(metric_reason(reason)).inc()
         try:
             await self.store.end_session(session.session_id, reason)
         except StoreError:

@@ -121,6 +121,7 @@ class Session:
     speech_open: bool = False  # the ASR saw speech start and has not given its final yet
     asr_heard_at: float = field(default_factory=time.monotonic)  # its last frame for us
     audio_at: float = 0.0  # the client's last audio
+    active_at: float = field(default_factory=time.monotonic)  # last audio or message (idle GC)
     needs_replay: set[WorkerKind] = field(default_factory=set)  # kinds waiting for an instance
     waiting_since: dict[WorkerKind, float] = field(default_factory=dict)
 

@@ -89,6 +89,25 @@ def fake_stack(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def deterministic_stack(tmp_path_factory: pytest.TempPathFactory):
+    """fake_stack's real processes and fake engines, with the LLM at temperature 0 (so the
+    response cache is on) and a 2 s orchestrator idle timeout: for the idle GC and response
+    cache tests (tests/test_idle_gc.py, tests/test_response_cache.py), which must not change
+    the shared fake_stack's behaviour."""
+    from tests.stack import Stack
+
+    running = Stack(tmp_path_factory.mktemp("deterministic-stack"), **FAKE_ENGINES,
+                    INZWA_FAKE_TTS_MS_PER_CHAR=str(FAKE_TTS_MS_PER_CHAR), INZWA_PLAYBACK_SPEED="4",
+                    INZWA_LLM_TEMPERATURE="0", INZWA_SESSION_IDLE_S="2",
+                    INZWA_RATE_REQUESTS_PER_MINUTE="0", INZWA_RATE_CONCURRENT_SESSIONS="0")
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
 def llm_engine(settings: Settings):
     """The real GGUF model through llama-cpp-python, loaded once."""
     from common.models import resolve
