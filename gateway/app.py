@@ -27,6 +27,7 @@ from gateway.responses import OrjsonResponse
 from gateway.rest import add_rest_routes
 from gateway.rtc import add_rtc_routes
 from gateway.security import EdgeGuard
+from gateway.turns_api import add_turn_routes
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_page_routes(app, settings)  # the browser page: /, /static, /client-config
     add_rtc_routes(app, bridge, settings, guard)  # POST /rtc/session (WebRTC), when enabled
     add_openai_routes(app, bridge, settings, guard)  # /v1/audio/*, /v1/chat/completions, /v1/realtime
+    add_turn_routes(app, bridge, settings, guard)  # /v1/turns and the job API under /api/v1
 
     @app.websocket("/ws/audio")
     async def ws_audio(websocket: WebSocket) -> None:

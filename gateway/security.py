@@ -37,7 +37,8 @@ Message = dict[str, Any]
 # Routes any client may call without a credential (probes, API docs, the browser page, which
 # asks its user for a key itself).
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
-                        "/", "/client-config", "/favicon.ico"})
+                        "/", "/client-config", "/favicon.ico",
+                        "/api/v1/health"})  # the job API's alias of /healthz (gateway/turns_api.py)
 OPEN_PREFIXES = ("/static/",)
 # Routes that stream and cap a larger body themselves (audio uploads, see gateway/uploads.py).
 UPLOAD_PATHS: set[str] = {"/v1/asr", "/v1/audio/transcriptions"}

@@ -260,6 +260,10 @@ class Turns:
         if chunk.token:
             turn.reply_text += chunk.token
             turn.token_seq += 1
+            # Stored stage timings (issue 14): the last token so far, and the count, so a turn's
+            # generation span and tokens/s can be read back from the conversation store.
+            turn.timings["last_token"] = round((turn.progress_at - turn.started_at) * 1000, 1)
+            turn.timings["tokens"] = turn.token_seq
             token = TokenChunk(turn_id=turn.turn_id, seq=turn.token_seq, token=chunk.token)
             await self._emit(session, turn, token)
             for phrase in turn.cutter.feed(chunk.token):
