@@ -184,6 +184,7 @@ class ChatJob(Frame):
     max_new_tokens: int = 0
     language: str = ""
     gateway_id: str = ""
+    principal: str = ""  # the caller: a reply to a prompt with history is cached for it alone
 
 
 class SpeakJob(Frame):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.frames import (
     AudioChunk,
@@ -36,7 +36,8 @@ from common.frames import (
 from common.languages import registry as languages
 from common.metrics import REPLAYS
 from common.settings import Settings
-from orchestrator.registry import WorkerRegistry
+from orchestrator.registry import Instance, WorkerRegistry
+from orchestrator.response_cache import ResponseCache
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ class Job:
     sent: int = 0  # results forwarded to the gateway
     text: str = ""  # a chat's tokens forwarded so far: a replay continues after them
     language: str = ""
+    principal: str = ""  # a chat's caller (the response cache keys personal prompts with it)
+    cache_key: str = ""  # a chat the response cache keeps once it ends ("" : not cached)
+    tokens: list[str] = field(default_factory=list)  # a chat's tokens as forwarded, for the cache
 
 
 def work_for(frame: JobFrame, settings: Settings) -> tuple[WorkerKind, GenerateRequest | SynthesizeRequest |
@@ -91,6 +95,7 @@ class Jobs:
         self._to_gateway = to_gateway
         self._publish = publish
         self.active: dict[str, Job] = {}
+        self.responses = ResponseCache(settings)
 
     def owns(self, session_id: str) -> bool:
         return session_id in self.active
@@ -100,7 +105,7 @@ class Jobs:
             return  # a job id is the asking gateway's, once (a repeat cannot take it over)
         kind, work = work_for(frame, self.settings)
         job = Job(frame.session_id, kind, gateway_id, work, self._deadline(),
-                  language=frame.language)
+                  language=frame.language, principal=getattr(frame, "principal", ""))
         self.active[job.job_id] = job
         # The safety filter sees what the model would see: every user and caller system message.
         if isinstance(frame, ChatJob) and languages.get(frame.language).blocks_any_input(
@@ -116,9 +121,27 @@ class Jobs:
         job.instance_id = ""
         if instance is None:
             return
+        if await self._cached(job, instance):
+            return
         if self.registry.send(instance, job.work):
             job.instance_id = instance.instance_id
             instance.sessions += 1
+
+    async def _cached(self, job: Job, instance: Instance) -> bool:
+        """A deterministic chat answered before on this model: the same tokens, no LLM call.
+        (A miss keeps the key: the reply is stored when it ends.)"""
+        if not isinstance(job.work, GenerateRequest) or job.sent:
+            return False
+        job.cache_key = self.responses.key(job.work, instance, job.principal)
+        tokens = self.responses.get(job.cache_key)
+        if tokens is None:
+            return False
+        job.cache_key = ""
+        for index, token in enumerate(tokens):
+            await self._forward(job, TokenChunk(session_id=job.job_id, request_id=job.job_id,
+                                                token=token, is_final=index == len(tokens) - 1))
+        self._finish(job)
+        return True
 
     async def on_result(self, frame: JobResult) -> None:
         job = self.active.get(frame.session_id)
@@ -131,6 +154,8 @@ class Jobs:
         if isinstance(frame, TokenChunk) and await self._blocked_output(job, frame):
             return
         await self._forward(job, frame)
+        if isinstance(frame, TokenChunk) and frame.is_final:
+            self.responses.put(job.cache_key, job.tokens)  # (only a deterministic chat has a key)
         if isinstance(frame, Transcription) or frame.is_final:
             self._finish(job)
 
@@ -138,6 +163,7 @@ class Jobs:
         if isinstance(frame, TokenChunk):
             frame.seq = job.sent  # a replay restarts its worker's numbering: keep the client's
             job.text += frame.token
+            job.tokens.append(frame.token)
         job.sent += 1
         await self._to_gateway(job.gateway_id, frame)
 
@@ -174,6 +200,7 @@ class Jobs:
         for job in [j for j in self.active.values() if j.kind == kind and j.instance_id == instance_id]:
             if isinstance(job.work, GenerateRequest):
                 job.work.prefix = job.text  # continue the reply after what was sent
+                job.cache_key = ""  # (another instance finishes it: not one model's reply)
             elif job.sent:
                 await self._fail(job, f"{kind}_lost", "the worker serving this request stopped")
                 continue

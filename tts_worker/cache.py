@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 import unicodedata
-from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from common.metrics import CACHE_BYTES, CACHE_EVICTIONS, CACHE_HITS, CACHE_MISSES
+from common.lru import TtlLru
+from common.metrics import CACHE_HITS, CACHE_MISSES
 
 NAME = "audio"
 REDIS_PREFIX = "inzwa:audio:"
@@ -40,68 +38,21 @@ def audio_key(text: str, *, voice: str, language: str, sample_rate: int, frame_m
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 
-@dataclass
-class _Entry:
-    frames: list[bytes]
-    size: int
-    expires: float
+def _frames_size(frames: list[bytes]) -> int:
+    return sum(len(f) for f in frames)
 
 
-class AudioCache:
+class AudioCache(TtlLru[list[bytes]]):
+    """The in-memory tier: a phrase's frames by key (common/lru.py's bounds and metrics)."""
+
     def __init__(self, *, entries: int, max_bytes: int, ttl_s: float) -> None:
-        self.max_entries = entries
-        self.max_bytes = max_bytes
-        self.ttl_s = ttl_s
-        self.bytes = 0
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
-
-    @property
-    def enabled(self) -> bool:
-        return self.max_entries > 0 and self.max_bytes > 0 and self.ttl_s > 0
-
-    def get(self, key: str) -> list[bytes] | None:
-        frames = self.peek(key)
-        (CACHE_MISSES if frames is None else CACHE_HITS).labels(NAME).inc()
-        return frames
-
-    def peek(self, key: str) -> list[bytes] | None:
-        """As `get`, without counting a hit or a miss (a tier above counts)."""
-        entry = self._entries.get(key)
-        if entry is not None and entry.expires <= time.monotonic():
-            self._drop(key)
-            entry = None
-        if entry is None:
-            return None
-        self._entries.move_to_end(key)
-        return entry.frames
+        super().__init__(NAME, entries=entries, max_bytes=max_bytes, ttl_s=ttl_s, size=_frames_size)
 
     async def fetch(self, key: str) -> list[bytes] | None:
         return self.get(key)
 
     async def store(self, key: str, frames: list[bytes]) -> None:
         self.put(key, frames)
-
-    def put(self, key: str, frames: list[bytes]) -> None:
-        size = sum(len(f) for f in frames)
-        if not self.enabled or not frames or size > self.max_bytes:
-            return
-        if key in self._entries:
-            self._drop(key, evicted=False)
-        self._entries[key] = _Entry(frames, size, time.monotonic() + self.ttl_s)
-        self.bytes += size
-        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
-            self._drop(next(iter(self._entries)))
-        CACHE_BYTES.labels(NAME).set(self.bytes)
-
-    def _drop(self, key: str, *, evicted: bool = True) -> None:
-        entry = self._entries.pop(key)
-        self.bytes -= entry.size
-        if evicted:
-            CACHE_EVICTIONS.labels(NAME).inc()
-        CACHE_BYTES.labels(NAME).set(self.bytes)
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 class SharedAudioCache:
@@ -132,7 +83,7 @@ class SharedAudioCache:
 
     async def store(self, key: str, frames: list[bytes]) -> None:
         self.local.put(key, frames)
-        if not frames or sum(len(f) for f in frames) > self.local.max_bytes:
+        if not frames or _frames_size(frames) > self.local.max_bytes:
             return
         try:
             await self._redis.set(REDIS_PREFIX + key, msgspec.msgpack.encode(frames),

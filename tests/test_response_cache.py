@@ -1,0 +1,96 @@
+"""The response cache (issue 13): a deterministic chat (LLM at temperature 0) is answered once
+by the LLM and then from the cache, with the same tokens; a prompt with history is never served
+to another principal. In-process on the real orchestrator (tests/harness.py), then end to end:
+the second identical /v1/chat on real processes is a hit in /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from common.frames import ChatJob, ChatMessage, GatewayHeartbeat, GenerateRequest, TokenChunk
+from common.metrics import CACHE_HITS, CACHE_MISSES
+from tests.harness import InProcess
+from tests.stack import Stack
+
+QUESTION = [ChatMessage("user", "What is the capital of Zimbabwe?")]
+HISTORY = [ChatMessage("user", "My name is Tariro."), ChatMessage("assistant", "Hello Tariro."),
+           ChatMessage("user", "What is my name?")]
+
+
+def count(metric: Any) -> float:
+    return float(metric.labels("response")._value.get())
+
+
+async def ask(h: InProcess, messages: list[ChatMessage], principal: str, reply: list[str]) -> dict[str, Any]:
+    """One ChatJob; the LLM (if asked) answers `reply`. What the LLM and the gateway saw."""
+    job_id = uuid.uuid4().hex
+    await h.ingress(ChatJob(session_id=job_id, messages=messages, language="en", gateway_id="gw0",
+                            principal=principal))
+    asked = [f for f in h.to_worker("llm") if isinstance(f, GenerateRequest)]
+    if asked:
+        for index, token in enumerate(reply):
+            await h.result(TokenChunk(session_id=job_id, request_id=job_id, token=token,
+                                      is_final=index == len(reply) - 1))
+    tokens = [f for f in h.to_gateway() if isinstance(f, TokenChunk)]
+    assert tokens and tokens[-1].is_final and not h.orchestrator.jobs.active
+    return {"llm": bool(asked), "tokens": [t.token for t in tokens], "seq": [t.seq for t in tokens]}
+
+
+def scenario(tmp_path: Path, temperature: float,
+             asks: list[tuple[list[ChatMessage], str]]) -> tuple[list[dict[str, Any]], float, float]:
+    async def main() -> list[dict[str, Any]]:
+        h = InProcess(tmp_path, llm_temperature=temperature)
+        await h.ready()
+        await h.ingress(GatewayHeartbeat(gateway_id="gw0", incarnation="i1"))
+        try:
+            return [await ask(h, messages, who, ["Harare ", "it is."]) for messages, who in asks]
+        finally:
+            await h.orchestrator.store.close()
+
+    hits, misses = count(CACHE_HITS), count(CACHE_MISSES)
+    out = asyncio.run(main())
+    return out, count(CACHE_HITS) - hits, count(CACHE_MISSES) - misses
+
+
+def test_a_repeated_deterministic_chat_skips_the_llm_even_for_another_principal(tmp_path: Path) -> None:
+    out, hits, misses = scenario(tmp_path, 0.0, [(QUESTION, "alice"), (QUESTION, "alice"),
+                                                 (QUESTION, "bob"), (QUESTION, "")])
+    assert [o["llm"] for o in out] == [True, False, False, False]
+    assert all(o["tokens"] == ["Harare ", "it is."] and o["seq"] == [0, 1] for o in out), out
+    assert (hits, misses) == (3, 1)
+
+
+def test_a_prompt_with_history_is_cached_for_its_principal_only(tmp_path: Path) -> None:
+    out, hits, misses = scenario(tmp_path, 0.0, [(HISTORY, "alice"), (HISTORY, "alice"),
+                                                 (HISTORY, "bob"), (HISTORY, ""), (HISTORY, "")])
+    assert [o["llm"] for o in out] == [True, False, True, True, True]  # no principal: not cached
+    assert (hits, misses) == (1, 2)
+
+
+def test_a_sampling_llm_is_never_cached(tmp_path: Path) -> None:
+    out, hits, misses = scenario(tmp_path, 0.3, [(QUESTION, "alice"), (QUESTION, "alice")])
+    assert [o["llm"] for o in out] == [True, True] and (hits, misses) == (0, 0)
+
+
+def metric(stack: Stack, name: str) -> float:
+    text = httpx.get(f"{stack.http}/metrics", headers=stack.admin_headers(), timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name + "{") and 'cache="response"' in line)
+
+
+def test_a_second_identical_chat_is_served_from_the_cache(deterministic_stack: Stack) -> None:
+    stack = deterministic_stack
+    body = {"messages": [{"role": "user", "content": f"Cache check {uuid.uuid4().hex[:8]}."}]}
+    hits, misses = (metric(stack, f"inzwa_cache_{n}_total") for n in ("hits", "misses"))
+    first = httpx.post(f"{stack.http}/v1/chat", json=body, timeout=60)
+    second = httpx.post(f"{stack.http}/v1/chat", json=body, timeout=60)
+    assert first.status_code == second.status_code == 200, (first.text, second.text)
+    assert second.json()["message"] == first.json()["message"] and first.json()["message"]["content"]
+    assert metric(stack, "inzwa_cache_misses_total") - misses == 1
+    assert metric(stack, "inzwa_cache_hits_total") - hits == 1
