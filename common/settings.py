@@ -232,6 +232,23 @@ class Settings(BaseSettings):
     advertise_host: str = ""
     tts_device: Literal["cpu", "cuda"] = "cpu"  # cuda: onnxruntime's CUDA provider, then the CPU
 
+    # --- shards (scaling area, issue 17): several orchestrators, each with its own workers ---
+    # Empty: one shard, the ingress/control endpoints above. Otherwise a JSON list, one entry per
+    # orchestrator: [{"name": "s0", "ingress": "tcp://orch-0:5550", "control": "tcp://orch-0:5551"}]
+    # A session's shard is the rendezvous hash of its id over the names (gateway/shards.py): keep
+    # a shard's name when its address changes, or its sessions move.
+    shards: list[dict[str, str]] = Field(default_factory=list)
+
+    @field_validator("shards")
+    @classmethod
+    def _shards(cls, value: list[dict[str, str]]) -> list[dict[str, str]]:
+        for shard in value:
+            if not {"name", "ingress", "control"} <= shard.keys() or not all(shard.values()):
+                raise ValueError("shards: each entry needs a name, an ingress and a control endpoint")
+        if len({shard["name"] for shard in value}) != len(value):
+            raise ValueError("shards: two entries have the same name")
+        return value
+
     @property
     def tts_onnx_providers(self) -> list[str]:
         """onnxruntime execution providers for the TTS engine, in order of preference."""

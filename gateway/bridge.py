@@ -37,13 +37,13 @@ from common.frames import (
     SessionList,
     SessionListReply,
     StackStatus,
-    control_decoder,
     egress_decoder,
 )
 from common.plane_auth import gateway_identity
 from common.settings import Settings
-from common.transport import Plane, Sender
+from common.transport import Plane
 from gateway.playback import Outbox, SessionClosed
+from gateway.shards import Shard, Shards, list_all_shards
 
 CLOSE_RESTART = 1012  # WebSocket close code: service restart
 
@@ -64,27 +64,24 @@ class Connection:
     session_id: str
     outbox: Outbox
     owner: str = ""  # the principal that opened it (REST history is theirs to read)
+    shard: str = ""  # the orchestrator shard holding it (gateway/shards.py)
 
 
 class Bridge:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.connections: dict[str, Connection] = {}
-        self.status = StackStatus()
-        self.status_at = 0.0
+        self.shards = Shards(settings)  # one orchestrator, or several (INZWA_SHARDS)
         self.incarnation = uuid.uuid4().hex  # a restart is a new incarnation: old sessions end
         self._plane: Plane | None = None
-        self._ingress: Sender | None = None
         self._pending: dict[str, asyncio.Future[EgressMessage]] = {}
         self.jobs: dict[str, asyncio.Queue[EgressMessage]] = {}
 
     async def start(self) -> None:
         s = self.settings
         plane = self._plane = Plane(s, gateway_identity(s.gateway_id))
-        self._ingress = plane.sender(plane.push(s.ingress, server="orchestrator"), "ingress",
-                                     patience_s=2.0)
+        self.shards.start(plane, self._on_control)
         plane.read(plane.pull(s.egress, domain="egress"), egress_decoder(), self._route, "egress")
-        plane.read(plane.sub(s.control), control_decoder(), self._on_control, "control")
         plane.spawn(self._watch_orchestrator(), "watch-orchestrator")
         plane.spawn(self._heartbeat(), "heartbeat")
 
@@ -93,31 +90,51 @@ class Bridge:
             await self._plane.close()
             self._plane = None
 
-    async def send(self, frame: Frame) -> bool:
+    @property
+    def status(self) -> StackStatus:
+        """The (first) orchestrator's last StackStatus."""
+        return self.shards.first.status
+
+    @property
+    def status_at(self) -> float:
+        return self.shards.first.status_at
+
+    async def send(self, frame: Frame, shard: Shard | None = None) -> bool:
         """Queue a frame for the orchestrator (never waits on it); False when it was dropped.
-        Frames that name a gateway are stamped with this one's id."""
-        assert self._ingress is not None
+        Frames that name a gateway are stamped with this one's id. With several shards it goes
+        to its session's shard (or `shard`), and is dropped at once when that shard is silent."""
         if hasattr(frame, "gateway_id"):
             frame.gateway_id = self.settings.gateway_id
-        return self._ingress.put(frame)
+        target = shard or self.shards.route(frame)
+        if not self.shards.single and not self.shards.alive(target):
+            return False
+        return target.put(frame)
 
     async def _heartbeat(self) -> None:
         while True:
-            await self.send(GatewayHeartbeat(incarnation=self.incarnation))
+            beat = GatewayHeartbeat(incarnation=self.incarnation, gateway_id=self.settings.gateway_id)
+            self.shards.broadcast(beat)  # every shard: each ends our sessions if we go silent
             await asyncio.sleep(self.settings.heartbeat_interval_s)
 
-    def ready(self) -> tuple[bool, dict[str, object]]:
-        """Ready when the orchestrator spoke recently and every worker kind has an instance."""
+    def ready(self, session_id: str = "", *, sticky: bool = True) -> tuple[bool, dict[str, object]]:
+        """Ready when the orchestrator spoke recently and every worker kind has an instance.
+        Sharded: with `session_id`, the shard it would be placed on; without, any shard."""
+        if not self.shards.single:
+            if session_id:
+                return self.shards.ready(self.shards.choose(session_id, sticky=sticky)), {}
+            ok = any(self.shards.ready(shard) for shard in self.shards.all.values())
+            return ok, {"orchestrator": self.shards.any_alive(), "shards": self.shards.detail()}
         fresh = self.orchestrator_alive()
         counts = {kind: self.status.ready.get(kind, 0) for kind in WORKER_KINDS} if fresh else {}
         ok = fresh and all(counts.get(kind, 0) > 0 for kind in WORKER_KINDS)
         return ok, {"orchestrator": fresh, "workers": counts}
 
-    def register(self, session_id: str, owner: str = "") -> Connection:
+    def register(self, session_id: str, owner: str = "", *, sticky: bool = True) -> Connection:
         lead_s = self.settings.playback_lead_ms / 1000
         outbox = Outbox(sample_rate=self.settings.audio_out_sample_rate, lead_s=lead_s,
                         speed=self.settings.playback_speed)
-        connection = Connection(session_id, outbox, owner)
+        shard = self.shards.place(session_id, sticky=sticky)
+        connection = Connection(session_id, outbox, owner, shard.name)
         self.connections[session_id] = connection
         return connection
 
@@ -135,6 +152,9 @@ class Bridge:
     async def list_sessions(self, principal: str, *, admin: bool, limit: int,
                             offset: int) -> SessionListReply | None:
         """A page of the caller's stored sessions (everyone's for an admin)."""
+        if not self.shards.single:  # each shard's store holds its own sessions
+            return await list_all_shards(self.shards, self.ask, principal, admin=admin,
+                                         limit=limit, offset=offset)
         reply = await self.ask(SessionList(principal=principal, admin=admin, limit=limit, offset=offset))
         return reply if isinstance(reply, SessionListReply) else None
 
@@ -148,13 +168,14 @@ class Bridge:
         reply = await self.ask(AdminRequest(action=action))
         return reply if isinstance(reply, AdminReply | ErrorEvent) else None
 
-    async def ask(self, request: Frame, timeout_s: float | None = None) -> EgressMessage | None:
+    async def ask(self, request: Frame, timeout_s: float | None = None,
+                  shard: Shard | None = None) -> EgressMessage | None:
         """One request, one reply matched by request id; None when none came in time."""
         request.request_id = uuid.uuid4().hex
         future: asyncio.Future[EgressMessage] = asyncio.get_running_loop().create_future()
         self._pending[request.request_id] = future
         try:
-            if not await self.send(request):
+            if not await self.send(request, shard):
                 return None
             return await asyncio.wait_for(future, timeout_s or self.settings.request_timeout_s + 5)
         except TimeoutError:
@@ -174,6 +195,7 @@ class Bridge:
         self.jobs.pop(job_id, None)
         if not finished:
             await self.send(JobCancel(session_id=job_id))
+        self.shards.forget(job_id)
 
     async def _route(self, frame: EgressMessage) -> None:
         future = self._pending.get(frame.request_id) if frame.request_id else None
@@ -190,27 +212,31 @@ class Bridge:
             connection.outbox.put(frame)
 
     def orchestrator_alive(self) -> bool:
-        age = time.monotonic() - self.status_at
-        return age < self.settings.heartbeat_interval_s * self.settings.heartbeat_liveness
+        """The orchestrator spoke recently (sharded: any of them)."""
+        return self.shards.any_alive()
 
     async def _watch_orchestrator(self) -> None:
         """When the orchestrator goes silent, every session here has lost its brain: end them
         with "service restart" (1012) so clients reconnect once it is back."""
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_s / 2)
-            if self.status_at and not self.orchestrator_alive():
-                self._fail_sessions()
+            for shard in self.shards.all.values():
+                if shard.status_at and not self.shards.alive(shard):
+                    self._fail_sessions(shard)
 
-    def _fail_sessions(self) -> None:
+    def _fail_sessions(self, shard: Shard | None = None) -> None:
+        """End the sessions of one shard (None, or with one shard: every session) with 1012."""
         failure = SessionClosed("orchestrator_unavailable",
                                 "the assistant is restarting; reconnect shortly", CLOSE_RESTART)
         for connection in list(self.connections.values()):
-            connection.outbox.fail(failure)
+            if shard is None or self.shards.single or connection.shard == shard.name:
+                connection.outbox.fail(failure)
 
-    async def _on_control(self, message: ControlMessage) -> None:
+    async def _on_control(self, shard: Shard, message: ControlMessage) -> None:
         if isinstance(message, StackStatus):
-            if self.status.incarnation and message.incarnation != self.status.incarnation:
-                log.warning("the orchestrator restarted; its sessions are gone")
-                self._fail_sessions()  # quicker than waiting for the old one to look silent
-            self.status = message
-            self.status_at = time.monotonic()
+            if shard.status.incarnation and message.incarnation != shard.status.incarnation:
+                log.warning("the orchestrator restarted; its sessions are gone",
+                            extra={"shard": shard.name})
+                self._fail_sessions(shard)  # quicker than waiting for the old one to look silent
+            shard.status = message
+            shard.status_at = time.monotonic()

@@ -155,9 +155,13 @@ class VoiceSession:
         assert self.principal is not None
         if self.session_id in self.bridge.connections:
             raise ApiError(409, "session_in_use", "that session_id is already connected")
-        if not self.bridge.ready()[0]:
+        # A client-chosen id may name a stored conversation: it stays on its shard (sharded
+        # gateways); a fresh server-made id may go to any ready shard.
+        sticky = self.session_id != self.client_id
+        if not self.bridge.ready(self.session_id, sticky=sticky)[0]:
             raise ApiError(503, "not_ready", "the assistant is starting; try again")
-        self.connection = self.bridge.register(self.session_id, owner=self.principal.id)
+        self.connection = self.bridge.register(self.session_id, owner=self.principal.id,
+                                               sticky=sticky)
         session_var.set(self.session_id)
         SESSIONS_ACTIVE.inc()
         await self.bridge.send(SessionStart(

@@ -1,0 +1,127 @@
+"""Sessions sharded over orchestrators (gateway/shards.py): the rendezvous hash and the routing.
+
+The hash must be the same in every gateway and every run (never Python's salted hash()), spread
+ids evenly, and move as few ids as possible when a shard comes or goes: those are what let
+several gateways agree with no shared state and a resume land where its conversation is stored.
+The two-shard stack itself (real processes, an orchestrator killed) is tests/test_shards_stack.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+
+import pytest
+from pydantic import ValidationError
+
+from common.frames import ChatJob, JobCancel, SessionEnd, SessionList, StackStatus, TextIn
+from common.settings import Settings
+from gateway.shards import Shards, owner, rank
+from tests.stack import ROOT
+
+KEYS = [str(uuid.UUID(int=i * 7919 + 1)) for i in range(4000)]
+THREE = ["s0", "s1", "s2"]
+
+
+def _settings(*names: str) -> Settings:
+    shards = [{"name": n, "ingress": f"tcp://127.0.0.1:{5550 + 10 * i}",
+               "control": f"tcp://127.0.0.1:{5551 + 10 * i}"} for i, n in enumerate(names)]
+    return Settings(_env_file=None, shards=shards)  # type: ignore[call-arg]
+
+
+def test_the_owner_is_the_same_in_every_process_and_for_any_order_of_the_list() -> None:
+    mine = [owner(key, THREE) for key in KEYS[:50]]
+    assert mine == [owner(key, list(reversed(THREE))) for key in KEYS[:50]]
+    script = ("import sys, uuid; from gateway.shards import owner; "
+              "print(' '.join(owner(str(uuid.UUID(int=i * 7919 + 1)), ['s0', 's1', 's2']) "
+              "for i in range(50)))")
+    for seed in ("1", "2"):  # Python's own hash() differs between these two; ours must not
+        out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed}, timeout=60, check=True)
+        assert out.stdout.split() == mine
+
+
+def test_ids_spread_evenly() -> None:
+    counts = Counter(owner(key, THREE) for key in KEYS)
+    assert set(counts) == set(THREE)
+    for name in THREE:  # 1333 expected each; binomial sd ~30
+        assert 1150 < counts[name] < 1520, counts
+
+
+def test_adding_a_shard_moves_only_the_ids_it_takes_about_one_in_n() -> None:
+    before = {key: owner(key, THREE) for key in KEYS}
+    after = {key: owner(key, [*THREE, "s3"]) for key in KEYS}
+    moved = [key for key in KEYS if before[key] != after[key]]
+    assert all(after[key] == "s3" for key in moved)  # nothing moves between the old shards
+    assert 0.20 < len(moved) / len(KEYS) < 0.30  # 1/4 expected
+
+
+def test_removing_a_shard_moves_only_its_own_ids_to_their_second_choice() -> None:
+    before = {key: owner(key, THREE) for key in KEYS}
+    after = {key: owner(key, ["s0", "s2"]) for key in KEYS}
+    for key in KEYS:
+        if before[key] != "s1":
+            assert after[key] == before[key]
+        else:
+            assert after[key] == rank(key, THREE)[1]
+
+
+def test_shard_settings_are_read_as_json_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INZWA_SHARDS", '[{"name": "a", "ingress": "ipc:///r/a/ingress.sock", '
+                       '"control": "ipc:///r/a/control.sock"}]')
+    assert Settings(_env_file=None).shards[0]["control"] == "ipc:///r/a/control.sock"  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="needs a name"):
+        Settings(_env_file=None, shards=[{"name": "a", "ingress": "tcp://h:1"}])  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="same name"):
+        _settings("a", "a")
+
+
+def _up(shards: Shards, name: str, ready: int = 1) -> None:
+    shard = shards.all[name]
+    shard.status = StackStatus(ready={"asr": ready, "llm": ready, "tts": ready}, incarnation="i")
+    shard.status_at = time.monotonic()
+
+
+def test_a_resumable_session_stays_with_its_owner_a_fresh_one_goes_to_a_ready_shard() -> None:
+    shards = Shards(_settings(*THREE))
+    key = KEYS[0]
+    first, second = rank(key, THREE)[:2]
+    for name in THREE:
+        _up(shards, name)
+    assert shards.choose(key, sticky=True).name == first
+    assert shards.choose(key, sticky=False).name == first
+    _up(shards, first, ready=0)  # its owner lost its workers
+    assert shards.choose(key, sticky=True).name == first  # its stored conversation is there
+    assert shards.choose(key, sticky=False).name == second
+
+
+def test_frames_follow_their_session_and_a_job_its_placement() -> None:
+    shards = Shards(_settings(*THREE))
+    for name in THREE:
+        _up(shards, name)
+    key = KEYS[1]
+    _up(shards, owner(key, THREE), ready=0)
+    placed = shards.place(key, sticky=False)
+    assert placed.name != owner(key, THREE)
+    assert shards.route(TextIn(session_id=key)) is placed
+    assert shards.route(SessionEnd(session_id=key)) is placed  # the last frame: forgotten
+    assert key not in shards.placed
+    job = shards.route(ChatJob(session_id="job-1"))
+    assert shards.route(JobCancel(session_id="job-1")) is job
+    shards.forget("job-1")
+    assert not shards.placed
+    assert shards.alive(shards.route(SessionList()))  # no session: any live shard
+
+
+def test_one_shard_is_the_configured_endpoints_with_no_bookkeeping() -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    shards = Shards(settings)
+    assert shards.single and shards.first.ingress == settings.ingress
+    assert shards.first.control == settings.control
+    assert shards.place("any", sticky=True) is shards.first
+    assert shards.route(SessionEnd(session_id="any")) is shards.first
+    assert not shards.placed
