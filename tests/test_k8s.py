@@ -81,7 +81,7 @@ def env_of(container: Doc) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in container.get("env", [])}
 
 
-@pytest.mark.parametrize("overlay", ["base", "gpu"])
+@pytest.mark.parametrize("overlay", ["base", "gpu", "shards"])
 def test_manifests_validate_against_kubernetes_schemas(overlay: str) -> None:
     docs = render(K8S / overlay)
     assert len({_key(d) for d in docs}) == len(docs), "duplicate resources"
@@ -133,3 +133,38 @@ def test_gpu_overlay_puts_llm_and_tts_on_gpus_and_asr_on_cpu() -> None:
         assert docs[name]["spec"]["template"]["spec"]["nodeSelector"]
     (asr,) = containers(docs["asr-worker"])
     assert "nvidia.com/gpu" not in asr["resources"]["limits"]
+
+
+def _shard_neutral(doc: Doc) -> Doc:
+    """A worker manifest without what makes it shard 1's: its name, labels, orchestrator."""
+    doc = copy.deepcopy(doc)
+    text = yaml.safe_dump(doc).replace("-worker-1", "-worker")
+    doc = yaml.safe_load(text)
+    for meta in (doc["metadata"], doc["spec"].get("template", {}).get("metadata", {})):
+        meta.get("labels", {}).pop("inzwa/shard", None)
+    for container in doc["spec"].get("template", {}).get("spec", {}).get("containers", []):
+        container["env"] = [e for e in container["env"] if not e["name"].startswith(
+            ("INZWA_ZMQ_HOST", "INZWA_INGRESS", "INZWA_CONTROL", "INZWA_RESULTS"))]
+    return doc
+
+
+def test_shards_overlay_has_an_orchestrator_and_workers_per_shard_and_gateways_know_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.settings import Settings
+
+    docs = render(K8S / "shards")
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "inzwa-config")
+    monkeypatch.setenv("INZWA_SHARDS", config["data"]["INZWA_SHARDS"])  # read as a pod reads it
+    shards = Settings(_env_file=None).shards  # type: ignore[call-arg]
+    orchestrator = next(d for d in docs if _key(d) == ("StatefulSet", "inzwa", "orchestrator"))
+    replicas = orchestrator["spec"]["replicas"]
+    assert [s["name"] for s in shards] == [f"orchestrator-{i}" for i in range(replicas)]
+    assert orchestrator["spec"]["volumeClaimTemplates"], "each shard keeps its own store"
+    base = {_key(d): d for d in render(K8S / "base")}
+    shard_1 = [d for d in docs if d["metadata"]["name"].endswith("-worker-1")]
+    assert {d["kind"] for d in shard_1} == {"Service", "Deployment", "PodDisruptionBudget"}
+    for doc in shard_1:  # the base workers, but for name, labels and orchestrator
+        assert _shard_neutral(doc) == base[_key(_shard_neutral(doc))]
+        for container in containers(doc) if doc["kind"] == "Deployment" else []:
+            assert env_of(container)["INZWA_CONTROL_ENDPOINT"] == shards[1]["control"]
+            assert "orchestrator-1" in env_of(container)["INZWA_RESULTS_ENDPOINT"]
