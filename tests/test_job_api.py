@@ -128,7 +128,8 @@ def test_health_is_open_and_metrics_need_an_admin(gateway: GatewayThread) -> Non
     health = httpx.get(f"{gateway.http}/api/v1/health", timeout=TIMEOUT)
     assert health.status_code == 200 and health.json()["ready"] is True, health.text
     assert httpx.get(f"{gateway.http}/api/v1/metrics", timeout=TIMEOUT).status_code == 401
-    assert httpx.get(f"{gateway.http}/api/v1/metrics", headers=auth(ALICE), timeout=TIMEOUT).status_code == 403
+    user = httpx.get(f"{gateway.http}/api/v1/metrics", headers=auth(ALICE), timeout=TIMEOUT)
+    assert user.status_code == 403
     metrics = httpx.get(f"{gateway.http}/api/v1/metrics", headers=auth(ADMIN), timeout=TIMEOUT)
     assert metrics.status_code == 200 and "inzwa_llm_token_interval_ms" in metrics.text
     assert httpx.post(f"{gateway.http}/api/v1/interaction/start", json={"text": "hi"},

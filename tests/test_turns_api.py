@@ -100,7 +100,8 @@ def test_compressed_uploads_are_decoded_and_answered_in_ogg_opus(fake_stack: Sta
 
 
 @pytest.mark.parametrize(("request_args", "status", "code"), [
-    ({"content": b"not audio at all" * 20, "headers": {"Content-Type": "audio/wav"}}, 415, "unsupported_audio"),
+    ({"content": b"not audio at all" * 20, "headers": {"Content-Type": "audio/wav"}}, 415,
+     "unsupported_audio"),
     ({"content": b"", "headers": {"Content-Type": "audio/wav"}}, 422, "empty_audio"),
     ({"json": {"text": "   "}}, 422, "empty_text"),
     ({"json": {"text": "hi", "session_id": "not-a-uuid"}}, 422, "bad_session_id"),
