@@ -177,7 +177,9 @@ async def list_all_shards(shards: Shards, ask: Ask, principal: str, *, admin: bo
     if not answered:
         failed = next((r for r in replies if isinstance(r, SessionListReply)), None)
         return failed
-    merged = sorted((s for r in answered for s in r.sessions),
-                    key=lambda s: (s.last_active, s.session_id), reverse=True)
-    return SessionListReply(sessions=merged[offset:offset + limit],
-                            total=sum(r.total for r in answered))
+    unique = {s.session_id: s for r in answered for s in r.sessions}
+    merged = sorted(unique.values(), key=lambda s: (s.last_active, s.session_id), reverse=True)
+    # Shards that share one store (PostgreSQL) all list the same sessions: counted once.
+    shared = len(unique) < sum(len(r.sessions) for r in answered)
+    total = max(r.total for r in answered) if shared else sum(r.total for r in answered)
+    return SessionListReply(sessions=merged[offset:offset + limit], total=total)

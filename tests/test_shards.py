@@ -8,6 +8,7 @@ The two-shard stack itself (real processes, an orchestrator killed) is tests/tes
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -18,9 +19,19 @@ from collections import Counter
 import pytest
 from pydantic import ValidationError
 
-from common.frames import ChatJob, JobCancel, SessionEnd, SessionList, StackStatus, TextIn
+from common.frames import (
+    ChatJob,
+    Frame,
+    JobCancel,
+    SessionEnd,
+    SessionList,
+    SessionListReply,
+    SessionSummary,
+    StackStatus,
+    TextIn,
+)
 from common.settings import Settings
-from gateway.shards import Shards, owner, rank
+from gateway.shards import Shard, Shards, list_all_shards, owner, rank
 from tests.stack import ROOT
 
 KEYS = [str(uuid.UUID(int=i * 7919 + 1)) for i in range(4000)]
@@ -125,3 +136,29 @@ def test_one_shard_is_the_configured_endpoints_with_no_bookkeeping() -> None:
     assert shards.place("any", sticky=True) is shards.first
     assert shards.route(SessionEnd(session_id="any")) is shards.first
     assert not shards.placed
+
+
+def _listing(shards: Shards, stores: dict[str, list[SessionSummary]], offset: int = 0,
+             limit: int = 3) -> SessionListReply | None:
+    """list_all_shards over shards whose stores hold `stores` (answered as a store would)."""
+    async def ask(request: Frame, _timeout: float | None, shard: Shard) -> SessionListReply:
+        assert isinstance(request, SessionList) and request.offset == 0
+        rows = sorted(stores[shard.name], key=lambda s: s.last_active, reverse=True)
+        return SessionListReply(sessions=rows[:request.limit], total=len(rows))
+    return asyncio.run(list_all_shards(shards, ask, "p", admin=False, limit=limit, offset=offset))
+
+
+def test_the_session_listing_merges_every_shards_store_newest_first() -> None:
+    shards = Shards(_settings("a", "b"))
+    _up(shards, "a")
+    _up(shards, "b")
+    rows = {name: [SessionSummary(session_id=f"{name}{i}", last_active=float(t))
+                   for i, t in enumerate(times)] for name, times in (("a", [5, 1, 3]), ("b", [4, 2]))}
+    page = _listing(shards, rows, offset=1, limit=3)
+    assert page is not None and page.total == 5
+    assert [s.session_id for s in page.sessions] == ["b0", "a2", "b1"]  # 4, 3, 2 after the 5
+    shared = _listing(shards, {"a": rows["a"], "b": rows["a"]})  # one PostgreSQL for both
+    assert shared is not None and shared.total == 3
+    assert [s.session_id for s in shared.sessions] == ["a0", "a2", "a1"]
+    shards.all["b"].status_at = 0.0  # a silent shard is not asked; the others still answer
+    assert [s.session_id for s in _listing(shards, rows).sessions] == ["a0", "a2", "a1"]  # type: ignore[union-attr]
