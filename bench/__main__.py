@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 
 from asr_worker.wer import corpus_wer
+from bench.jobs import jobs_figures, print_jobs
 from bench.realtime import compare as realtime_compare
-from bench.rest import rest_figures
+from bench.rest import cache_figures, rest_figures
+from bench.store import store_figures
 from common.audio import pcm16_to_float
 from common.languages import registry as languages
 from common.models import resolve
@@ -170,7 +172,9 @@ def stack_figures(rounds: int, only_transports: bool = False, only_realtime: boo
             single = asyncio.run(sessions(stack.url, rounds * len(questions()), 1))
             concurrent = asyncio.run(sessions(stack.url, rounds * 2, 4))
             rest = rest_figures(stack.http, FIXTURES / "q_en_capital.wav")
+            figures["tts_cache"] = cache_figures(stack.http)  # cold (never seen) vs cached (issue 13)
             figures["realtime"] = realtime_figures(stack, rounds)
+            figures["jobs"] = jobs_figures(stack, questions(), rounds)  # job API vs /ws/audio
         finally:
             stack.stop()
     return {"one_session": turn_figures(single), "four_sessions": turn_figures(concurrent), "rest": rest,
@@ -263,19 +267,23 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"{'figure':<40}{'p50':>10}{'p95':>10}")
     print_transports(report["stack"]["transports"])
     print_realtime(report["stack"]["realtime"])
+    print_jobs(report["stack"]["jobs"])
     for scope in ("one_session", "four_sessions"):
         for name, value in report["stack"][scope].items():
             if isinstance(value, dict):
                 print(f"{scope + '.' + name:<40}{value['p50']!s:>10}{value['p95']!s:>10}")
     for name, value in report["stack"]["rest"].items():
         print(f"{'rest.' + name:<40}{value['p50']!s:>10}")
+    from bench.store import print_figures
+
+    print_figures({"tts_cache": report["stack"]["tts_cache"], "store": report["store"]})
     asr = report["asr"]
     print(f"asr latency ratio (stock / inzwa)       {asr['latency_ratio_p50']:>10}")
     print(f"wer stock / inzwa                       {asr['stock_wer']:>10}{asr['inzwa_wer']:>10}")
     print(f"ttfa ratio (sequential / streaming)     {report['ttfa_ratio_p50']:>10}")
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=2, help="passes over the question clips")
     parser.add_argument("--only-transports", action="store_true",
@@ -285,7 +293,19 @@ def main() -> None:
     parser.add_argument("--only-latency", action="store_true",
                         help="only issue 15's figures: v2v at 1/4/8 sessions, length, end of turn "
                              "(bench/latency.py, bench/results/latency.json)")
-    args = parser.parse_args()
+    parser.add_argument("--only-caches", action="store_true",
+                        help="only /v1/tts cold vs cached and the store's write latency "
+                             "(bench/store.py, bench/results/conversations.json)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments()
+    if args.only_caches:
+        from bench.store import conversations_main
+
+        conversations_main()
+        return
     if args.only_latency:
         from bench import latency
 
@@ -309,6 +329,7 @@ def main() -> None:
                               "stack": stack_figures(args.rounds)}
     report["asr"] = asr_comparison(settings)
     report["sequential"] = sequential_baseline(settings)
+    report["store"] = store_figures()  # per-turn write latency, 4 sessions at once (issue 13)
     streaming = report["stack"]["one_session"]["v2v_ms"]["p50"]
     baseline = report["sequential"]["with_end_of_turn_ms"]["p50"]
     report["ttfa_ratio_p50"] = round(baseline / streaming, 2) if streaming else None
