@@ -222,13 +222,19 @@ class AsrSession:
         )
         self._agreement = LocalAgreement()
         self._last_attempt_ms = 0
+        self._silence_ms = silence_ms  # each utterance's end-of-turn silence (set_silence_ms)
+
+    def set_silence_ms(self, silence_ms: int) -> None:
+        """A new end-of-turn silence for this session (a client's own, OpenAI Realtime
+        turn_detection): it applies from the next utterance; the one open keeps its own."""
+        self._silence_ms = silence_ms
 
     @classmethod
     def from_settings(cls, engine: ASR, settings: Settings, language: str | None = None,
-                      turn_end: TurnEnd | None = None) -> AsrSession:
+                      turn_end: TurnEnd | None = None, silence_ms: int = 0) -> AsrSession:
         return cls(
             engine, language=language or settings.effective_asr_language,
-            silence_ms=settings.vad_silence_ms, min_speech_ms=settings.vad_min_speech_ms,
+            silence_ms=silence_ms or settings.vad_silence_ms, min_speech_ms=settings.vad_min_speech_ms,
             partial_interval_ms=settings.asr_partial_interval_ms,
             max_audio_s=settings.max_audio_seconds, aggressiveness=settings.vad_aggressiveness,
             pause_ms=settings.early_pause_ms if settings.early_reply or turn_end else None,
@@ -250,6 +256,7 @@ class AsrSession:
                 self._agreement.reset()
                 self._latest = self._paused = None
                 self._last_attempt_ms = event.at_ms
+                self._detector.set_silence_ms(self._silence_ms)  # (the detector's default otherwise)
                 events.append(SpeechStarted(event.at_ms))
             else:
                 events.extend(self._finish(event))
@@ -299,8 +306,8 @@ class AsrSession:
         if score >= self._turn_end_threshold:
             return True
         self._held = True
-        if self._turn_end_wait_ms is not None:
-            self._detector.set_silence_ms(self._turn_end_wait_ms)
+        if self._turn_end_wait_ms is not None:  # (never shorter than the session's own silence)
+            self._detector.set_silence_ms(max(self._turn_end_wait_ms, self._silence_ms))
         return False
 
     def _continue_or_drop_carry(self, onset_ms: int) -> None:

@@ -34,6 +34,7 @@ from common.frames import (
     EndTurn,
     Frame,
     Segment,
+    SessionConfig,
     SessionEnd,
     SessionStart,
     TranscribeRequest,
@@ -93,10 +94,14 @@ class AsrWorker:
                 old = self.streams.pop(message.session_id, None)
                 if old is not None:
                     old.inbox.put_nowait(_CLOSE)
-                stream = self._stream(message.session_id, message.language)
+                stream = self._stream(message.session_id, message.language, message.silence_ms)
                 stream.offset_ms = message.offset_ms
                 if message.pcm:
                     stream.inbox.put_nowait(message.pcm)
+            case SessionConfig():  # the client's own end-of-turn silence (from its next utterance)
+                configured = self.streams.get(message.session_id)
+                if configured is not None:
+                    configured.asr.set_silence_ms(message.silence_ms or self.settings.vad_silence_ms)
             case AudioIn():
                 self._deliver(message.session_id, message.pcm)
             case EndTurn():
@@ -172,20 +177,21 @@ class AsrWorker:
             self.runtime.busy -= 1
         await self.runtime.emit(answer)
 
-    def _stream(self, session_id: str, language: str = "") -> SessionStream:
+    def _stream(self, session_id: str, language: str = "", silence_ms: int = 0) -> SessionStream:
         stream = self.streams.get(session_id)
         if stream is None:
-            stream = SessionStream(session_id, self._new_session(language))
+            stream = SessionStream(session_id, self._new_session(language, silence_ms))
             stream.task = asyncio.create_task(self._run(stream))
             self.streams[session_id] = stream
         return stream
 
-    def _new_session(self, language: str) -> AsrSession:
-        """The session's language pack decides Whisper's language; "auto" detects it."""
+    def _new_session(self, language: str, silence_ms: int = 0) -> AsrSession:
+        """The session's language pack decides Whisper's language; "auto" detects it. A
+        `silence_ms` the client chose (0: none) replaces the configured end-of-turn silence."""
         language = language or self.settings.effective_asr_language
         code = "auto" if language == "auto" else languages.get(language).asr_language
         return AsrSession.from_settings(self.engine, self.settings, language=code,
-                                        turn_end=self.turn_end)
+                                        turn_end=self.turn_end, silence_ms=silence_ms)
 
     @staticmethod
     def _normalized(text: str, language: str) -> str:

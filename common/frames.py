@@ -105,6 +105,9 @@ class SessionStart(Frame):
     pcm: bytes = b""  # audio to take first (a replay), in the same message so nothing overtakes it
     principal: str = ""  # who opened it (the gateway's authenticated caller): sessions are theirs
     gateway_id: str = ""  # the gateway that holds the client connection
+    # The client's own choices (OpenAI Realtime session.update); empty / 0: the server's settings.
+    system_prompt: str = ""  # the system prompt of this session's LLM turns
+    silence_ms: int = 0  # the trailing silence that ends a turn in this session's ASR (VAD)
 
 
 class AudioIn(Frame):
@@ -126,6 +129,20 @@ class TextIn(Frame):
 
 class SessionEnd(Frame):
     reason: str = ""
+
+
+class SessionConfig(Frame):
+    """A live session's client-chosen settings changed (OpenAI Realtime `session.update` after
+    the session started): the orchestrator keeps the prompt for the next turns and hands the
+    silence to the session's ASR. Empty / 0: back to the server's settings."""
+
+    system_prompt: str = ""
+    silence_ms: int = 0
+
+
+class CancelTurn(Frame):
+    """The client stopped the reply of `turn_id` (OpenAI Realtime `response.cancel`): its LLM
+    and TTS work stop now, and the history keeps only what was marked heard."""
 
 
 class PlaybackMark(Frame):
@@ -444,6 +461,8 @@ IngressMessage = (
     | TextIn
     | SessionEnd
     | PlaybackMark
+    | SessionConfig
+    | CancelTurn
     | HistoryRequest
     | SessionList
     | SessionDelete
@@ -465,6 +484,7 @@ EgressMessage = (
     | AdminReply
     | SessionListReply
     | SessionDeleted
+    | VadEvent  # speech_start, for OpenAI Realtime's speech_started (not in Inzwa's own protocol)
 )
 ControlMessage = Cancel | Ping | StackStatus
 ResultMessage = (
@@ -483,7 +503,7 @@ ResultMessage = (
 # WorkerExited has a socket of its own that only the watchdog may reach (the results socket
 # does not decode it): a process that can reach the results socket cannot forge a worker's death.
 WatchdogMessage = WorkerExited
-AsrWork = SessionStart | AudioIn | EndTurn | SessionEnd | TranscribeRequest | WarmupRequest
+AsrWork = SessionStart | AudioIn | EndTurn | SessionEnd | TranscribeRequest | WarmupRequest | SessionConfig
 LlmWork = GenerateRequest | WarmupRequest
 TtsWork = SynthesizeRequest | WarmupRequest
 

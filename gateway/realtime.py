@@ -15,12 +15,19 @@ What each client event maps onto, where it is not one to one (also in the README
 - `input_audio_buffer.clear`: audio already streamed to the ASR cannot be taken back; clear
   resets the buffer's accounting only.
 - `response.cancel`: the reply's unsent audio is dropped at once and its later frames ignored;
-  the orchestrator's turn is closed at the next user turn, keeping only what was marked heard.
+  the orchestrator stops its LLM and TTS work at once (a CancelTurn frame) and keeps in the
+  history only what was marked heard (a truncate that follows adds the heard share of the
+  phrase that was playing).
 - `conversation.item.truncate` on the reply being played (or just cancelled): the phrases
   already played stay heard, and of the phrase playing at `audio_end_ms` the share of its words
   heard by then (by duration) is marked heard too. A server-VAD barge-in has already closed the
   turn in the orchestrator at the phrase boundary; a truncate after it is acknowledged only.
-- `session.update` `instructions` are echoed; the server's system prompt applies.
+- `session.update` `instructions` become the session's system prompt (at most 4000 characters;
+  empty: the server's); `turn_detection.silence_duration_ms` (200..3000) the trailing silence
+  that ends a turn in the session's ASR, from its next utterance. Before the first turn they
+  ride in the SessionStart, after it in a SessionConfig frame.
+- `input_audio_buffer.speech_started` comes at the ASR's voice onset (its VadEvent), with the
+  onset's place in the session's audio as `audio_start_ms`.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +44,16 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
-from common.frames import AudioChunk, Frame, PlaybackMark, TokenChunk, TurnEvent
+from common.frames import (
+    AudioChunk,
+    CancelTurn,
+    Frame,
+    PlaybackMark,
+    SessionConfig,
+    TokenChunk,
+    TurnEvent,
+    VadEvent,
+)
 from common.languages import registry as languages
 from common.settings import Settings
 from gateway.auth import bearer
@@ -118,6 +135,7 @@ class RealtimeVoiceSession(VoiceSession):
     """A voice session that can cut a reply short for a client that stopped playing it."""
 
     outbox: RealtimeOutbox | None = None
+    transport: RealtimeTransport
 
     async def open(self) -> None:
         await super().open()
@@ -145,6 +163,9 @@ class RealtimeVoiceSession(VoiceSession):
 
     async def mark_heard(self, turn_id: int, text: str) -> None:
         await self.bridge.send(PlaybackMark(session_id=self.session_id, turn_id=turn_id, text=text))
+
+    async def on_speech_start(self, frame: VadEvent) -> None:
+        await self.transport.conversation.speech_started(frame.at_ms)
 
 
 def heard_words(cut: Cut, audio_end_ms: int) -> str:
@@ -263,14 +284,31 @@ class RealtimeSocket:
         session = event.get("session")
         if not isinstance(session, dict):
             raise EventError("session must be an object", "session")
-        before = (self.config.input_format, self.config.output_format)
-        self.config.apply(session, lambda voice: _voice(self.settings, voice))
-        self._language(self.config.extra.pop("transcription_language", None))
-        if before[0] != self.config.input_format:
+        before = copy.copy(self.config)
+        candidate = copy.copy(self.config)
+        candidate.extra = {}
+        # All or nothing: a field Inzwa cannot honour leaves the whole session as it was.
+        candidate.apply(session, lambda voice: _voice(self.settings, voice))
+        self._language(candidate.extra.pop("transcription_language", None))
+        candidate.language = self.config.language  # (set by _language)
+        vars(self.config).update(vars(candidate))  # (the transport and conversation share it)
+        if before.input_format != self.config.input_format:
             self.decoder = input_decoder(self.config.input_format)
-        if before[1] != self.config.output_format:
+        if before.output_format != self.config.output_format:
             self.transport.drop_audio()
+        await self._configure(before)
         await self.conversation.emit({"type": "session.updated", "session": self.config.describe()})
+
+    async def _configure(self, before: RealtimeConfig) -> None:
+        """The instructions become the session's system prompt, the silence its ASR's end of
+        turn: in the start frame before the first turn, in a SessionConfig after it."""
+        config = self.config
+        self.session.system_prompt, self.session.silence_ms = config.instructions, config.silence_ms
+        changed = (before.instructions, before.silence_ms) != (config.instructions, config.silence_ms)
+        if changed and self.session.connection is not None:
+            await self.session.bridge.send(SessionConfig(
+                session_id=self.session.session_id, system_prompt=config.instructions,
+                silence_ms=config.silence_ms))
 
     def _language(self, code: Any) -> None:
         """A transcription language chosen before the first turn becomes the session's language
@@ -345,6 +383,9 @@ class RealtimeSocket:
             raise EventError("no response is in progress", None, "response_cancel_not_active")
         self.cut = self.session.cancel_reply(response.turn_id, response.phrase_start_bytes // BYTES_PER_MS,
                                              response.audio_ms)
+        # The orchestrator stops the LLM and TTS now, not at the next turn.
+        await self.session.bridge.send(CancelTurn(session_id=self.session.session_id,
+                                                  turn_id=response.turn_id))
         await self.conversation.finish(response.turn_id, "cancelled", None, "client_cancelled")
 
     async def truncate(self, event: dict[str, Any]) -> None:

@@ -19,6 +19,12 @@ from common.settings import Settings
 from gateway.media import G711_RATE, StreamResampler, g711_decode, g711_encode
 
 PCM_RATE = 24000  # OpenAI Realtime's PCM16 is 24 kHz mono
+# The session's own system prompt rides in every LLM turn's prompt: bounded so that it leaves
+# the small local models' context (4096 tokens) room for the dialogue.
+MAX_INSTRUCTIONS_CHARS = 4000
+# End-of-turn silence a client may choose: below 200 ms turns end inside words (webrtcvad's own
+# hangover is ~80 ms); above 3 s the assistant seems not to answer at all.
+SILENCE_RANGE_MS = (200, 3000)
 _GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "pcmu", "audio/pcma": "pcma"}
 _BETA_FORMATS = {"pcm16": "pcm16", "g711_ulaw": "pcmu", "g711_alaw": "pcma"}
 _LAW = {"pcmu": "ulaw", "pcma": "alaw"}
@@ -97,6 +103,25 @@ def _format_body(kind: str, beta: bool) -> Any:
     return body
 
 
+def _instructions(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ConfigError("instructions must be a string", "session.instructions")
+    if len(value) > MAX_INSTRUCTIONS_CHARS:
+        raise ConfigError(f"instructions of {len(value)} characters > {MAX_INSTRUCTIONS_CHARS}",
+                          "session.instructions")
+    return value.strip()
+
+
+def _silence(value: Any) -> int:
+    low, high = SILENCE_RANGE_MS
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"silence_duration_ms must be an integer from {low} to {high}",
+                          "session.audio.input.turn_detection.silence_duration_ms")
+    return value
+
+
 def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -112,6 +137,7 @@ class RealtimeConfig:
     input_format: str = "pcm16"
     output_format: str = "pcm16"
     server_vad: bool = True
+    silence_ms: int = 0  # the client's turn_detection.silence_duration_ms; 0: the server's
     transcription: bool = True
     beta: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -123,8 +149,8 @@ class RealtimeConfig:
             self.beta = True
         audio = _object(session.get("audio"))
         inp, out = _object(audio.get("input")), _object(audio.get("output"))
-        if isinstance(session.get("instructions"), str):
-            self.instructions = session["instructions"]
+        if "instructions" in session:
+            self.instructions = _instructions(session["instructions"])
         for source, key, param in ((inp, "format", "session.audio.input.format"),
                                    (session, "input_audio_format", "session.input_audio_format")):
             if key in source:
@@ -146,6 +172,8 @@ class RealtimeConfig:
                                               detection.get("type", "server_vad") != "server_vad"):
                     raise ConfigError("turn_detection must be server_vad or null", "session.turn_detection")
                 self.server_vad = detection is not None
+                if detection is not None and "silence_duration_ms" in detection:
+                    self.silence_ms = _silence(detection["silence_duration_ms"])
         for source, key in ((inp, "transcription"), (session, "input_audio_transcription")):
             if key in source:
                 transcription = source[key]
@@ -158,7 +186,7 @@ class RealtimeConfig:
         """The session object of session.created / session.updated, in the client's shape."""
         s = self.settings
         detection = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
-                     "silence_duration_ms": s.vad_silence_ms, "create_response": True,
+                     "silence_duration_ms": self.silence_ms or s.vad_silence_ms, "create_response": True,
                      "interrupt_response": True} if self.server_vad else None
         transcription = {"model": s.asr_model.rstrip("/").rsplit("/", 1)[-1],
                          "language": self.language} if self.transcription else None

@@ -126,6 +126,14 @@ class Conversation:
         await self.emit({"type": "input_audio_buffer.speech_started", "item_id": self.user.id,
                          "audio_start_ms": self.audio_ms()})
 
+    async def speech_started(self, at_ms: int) -> None:
+        """The ASR heard speech begin (its VAD onset, before any words): a new user item."""
+        if self.user is not None or not self.config.server_vad:
+            return
+        self.user, self._partial = Item(new_id("item"), "user", "input_audio"), ""
+        await self.emit({"type": "input_audio_buffer.speech_started", "item_id": self.user.id,
+                         "audio_start_ms": at_ms})
+
     async def _partial_words(self, event: dict[str, Any]) -> None:
         text = str(event.get("text", ""))
         if self.user is None:

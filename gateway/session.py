@@ -35,6 +35,7 @@ from common.frames import (
     TextIn,
     TranscriptChunk,
     TurnEvent,
+    VadEvent,
 )
 from common.logs import session_var
 from common.metrics import DROPPED_FRAMES, SESSIONS_ACTIVE
@@ -133,6 +134,8 @@ class VoiceSession:
         self._slot = False
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
+        self.system_prompt = ""  # a transport's client may choose its own (OpenAI Realtime)
+        self.silence_ms = 0  # ... and its end-of-turn silence (0: the server's)
 
     # --- opening -------------------------------------------------------------------------------
 
@@ -167,6 +170,7 @@ class VoiceSession:
         await self.bridge.send(SessionStart(
             session_id=self.session_id, language=self.language, codec="pcm16",
             sample_rate=SAMPLE_RATE, principal=self.principal.id,
+            system_prompt=self.system_prompt, silence_ms=self.silence_ms,
         ))
         self._tasks = [asyncio.create_task(self._send_loop(self.connection)),
                        asyncio.create_task(self._watch_idle())]
@@ -300,6 +304,9 @@ class VoiceSession:
             return
         if isinstance(frame, ErrorEvent) and frame.fatal:  # the orchestrator ended the session
             raise SessionClosed(frame.code, frame.message, CLOSE_POLICY)  # (refused, erased...)
+        if isinstance(frame, VadEvent):
+            await self.on_speech_start(frame)
+            return
         if isinstance(frame, TranscriptChunk) and frame.is_final:
             self.turn_audio_s = 0.0  # the ASR closed the user's turn
         self.metrics.observe(frame)
@@ -312,6 +319,10 @@ class VoiceSession:
             await self.transport.send_audio(event)
         elif event is not None:
             await self.transport.send_event(event)
+
+    async def on_speech_start(self, frame: VadEvent) -> None:
+        """The ASR heard speech begin; Inzwa's own protocol has no event for it (its clients
+        see the words), a transport that has one overrides this."""
 
     def _heard(self, turn_id: int, text: str) -> Action:
         async def action() -> None:

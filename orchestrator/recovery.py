@@ -88,7 +88,8 @@ class Recovery:
     async def _replay_asr(self, session: Session) -> None:
         start = SessionStart(session_id=session.session_id, language=session.language,
                              offset_ms=session.audio_start_ms, pcm=bytes(session.audio),
-                             principal=session.principal, gateway_id=session.gateway_id)
+                             principal=session.principal, gateway_id=session.gateway_id,
+                             silence_ms=session.silence_ms)
         await self.to_worker(session, "asr", start)
 
     async def check_asr_stall(self, session: Session, stall_s: float) -> None:
@@ -109,7 +110,7 @@ class Recovery:
         # A SessionStart for a session the ASR has resets it: a fresh decoder and VAD.
         start = SessionStart(session_id=session.session_id, language=session.language,
                              offset_ms=offset, pcm=tail, principal=session.principal,
-                             gateway_id=session.gateway_id)
+                             gateway_id=session.gateway_id, silence_ms=session.silence_ms)
         await self.to_worker(session, "asr", start)
 
     async def expire_waits(self) -> None:

@@ -23,6 +23,7 @@ from common.frames import (
     AdminRequest,
     AudioChunk,
     AudioIn,
+    CancelTurn,
     ChatJob,
     EndTurn,
     ErrorEvent,
@@ -37,6 +38,7 @@ from common.frames import (
     PlaybackMark,
     Ready,
     ResultMessage,
+    SessionConfig,
     SessionDelete,
     SessionEnd,
     SessionList,
@@ -83,7 +85,7 @@ from orchestrator.turns import Turns
 
 log = logging.getLogger(__name__)
 
-SessionFrame = AudioIn | EndTurn | TextIn | SessionEnd | PlaybackMark
+SessionFrame = AudioIn | EndTurn | TextIn | SessionEnd | PlaybackMark | SessionConfig | CancelTurn
 GATEWAY_PREFIX = "gateway-"
 
 
@@ -236,6 +238,11 @@ class Orchestrator:
                 await self._end_session(session, message.reason)
             case PlaybackMark():
                 self.turns.on_playback(session, message)
+            case SessionConfig():  # the client's prompt for the next turns; its silence to the ASR
+                session.system_prompt, session.silence_ms = message.system_prompt, message.silence_ms
+                await self._to_worker(session, "asr", message)
+            case CancelTurn():
+                await self.turns.stop(session, message.turn_id)
 
     async def _on_gateway_beat(self, gateway_id: str, incarnation: str) -> None:
         if self.gateways.beat(gateway_id, incarnation):
@@ -284,6 +291,8 @@ class Orchestrator:
             self.settings.history_turns,
             max_new_tokens=self.settings.llm_max_new_tokens,
             principal=start.principal,
+            system_prompt=start.system_prompt,
+            silence_ms=start.silence_ms,
         )
         if live is not None:
             session.pins = live.pins  # (their session counts stay right)
@@ -392,6 +401,9 @@ class Orchestrator:
             case TranscriptChunk():
                 await self._on_transcript(session, message)
             case VadEvent(event="speech_start" | "speech_resume"):
+                if message.event == "speech_start":  # OpenAI Realtime's speech_started (before the cut)
+                    await self._to_client(session, VadEvent(turn_id=message.turn_id, event=message.event,
+                                                            at_ms=message.at_ms))
                 await self.turns.on_speech(session, message.event)
             case TurnHypothesis():
                 await self.turns.on_hypothesis(session, message)

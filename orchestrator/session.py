@@ -59,6 +59,7 @@ class Turn:
     audio_seq: int = 0
     token_seq: int = 0
     confidence: float | None = None  # the ASR's, for a spoken turn
+    stopped: bool = False  # the client stopped it (Realtime response.cancel): later heard marks count
     stored: bool = False  # written to the conversation store (a later interruption updates it)
 
     def mark(self, event: str) -> None:
@@ -124,6 +125,8 @@ class Session:
     active_at: float = field(default_factory=time.monotonic)  # last audio or message (idle GC)
     needs_replay: set[WorkerKind] = field(default_factory=set)  # kinds waiting for an instance
     waiting_since: dict[WorkerKind, float] = field(default_factory=dict)
+    system_prompt: str = ""  # the client's own (OpenAI Realtime instructions); empty: the server's
+    silence_ms: int = 0  # the client's end-of-turn silence for the ASR; 0: the ASR's default
 
     def keep_audio(self, pcm: bytes, max_bytes: int) -> None:
         self.audio.extend(pcm)
@@ -148,4 +151,13 @@ class Session:
             self.history.popleft()
 
     def prompt(self, system_prompt: str, user_text: str) -> list[ChatMessage]:
-        return [ChatMessage("system", system_prompt), *self.history, ChatMessage("user", user_text)]
+        return [ChatMessage("system", self.system_prompt or system_prompt), *self.history,
+                ChatMessage("user", user_text)]
+
+    def amend_reply(self, heard: str) -> None:
+        """The last turn's reply as heard, corrected: a client that stopped a reply says how
+        much of it was heard only afterwards (OpenAI Realtime response.cancel, then truncate)."""
+        if self.history and self.history[-1].role == "assistant":
+            self.history.pop()
+        if heard:
+            self.history.append(ChatMessage("assistant", heard))

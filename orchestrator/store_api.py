@@ -86,7 +86,9 @@ class Conversations:
             reply.language = live.language
         if request.principal:  # (without one, an older asker: live sessions only, as before)
             await self._from_store(request, reply, live)
-        if reply.found:
+        if reply.found and live is not None and live.system_prompt:  # the client's own (Realtime)
+            reply.system_prompt = live.system_prompt
+        elif reply.found:
             reply.system_prompt = (self.settings.system_prompt
                                    or languages.get(reply.language or self.settings.language).system_prompt)
         self.send(gateway_id, reply)

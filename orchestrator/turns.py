@@ -95,6 +95,9 @@ class Turns:
 
     def on_playback(self, session: Session, mark: PlaybackMark) -> None:
         turn = session.turn
+        if turn is not None and turn.turn_id == mark.turn_id and turn.stopped and mark.text:
+            self._heard_after_stop(session, turn, mark.text)
+            return
         if turn is None or turn.turn_id != mark.turn_id or turn.closed:
             return
         if mark.text:
@@ -225,6 +228,31 @@ class Turns:
                 self._store(session, turn, heard=" ".join(turn.played)))
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
+
+    async def stop(self, session: Session, turn_id: int) -> None:
+        """The client stopped this reply (OpenAI Realtime response.cancel): its LLM and TTS
+        stop now. The client may say afterwards how much of it was heard (truncate)."""
+        turn = session.turn
+        if turn is None or turn.turn_id != turn_id or turn.closed or turn.speculative:
+            return
+        turn.stopped = True
+        await self.cancel(session, tell_client=False)  # (the client already knows)
+
+    def _heard_after_stop(self, session: Session, turn: Turn, text: str) -> None:
+        """A heard mark for a reply the client stopped: the history and the store keep it."""
+        turn.played.append(text)
+        heard = " ".join(turn.played)
+        session.amend_reply(heard)
+        if self.store is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._store_after(list(self._writes), session, turn, heard))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _store_after(self, before: list[asyncio.Task[None]], session: Session, turn: Turn,
+                           heard: str) -> None:
+        await asyncio.gather(*before, return_exceptions=True)  # the cancel's write goes first
+        await self._store(session, turn, heard=heard)
 
     async def flush(self) -> None:
         """Wait for the interruptions still being written (before the store closes; tests)."""

@@ -322,7 +322,7 @@ def test_a_beta_client_gets_beta_event_names_and_alaw(stack: Stack) -> None:
             "input_audio_format": "g711_alaw", "output_audio_format": "g711_alaw",
             "input_audio_transcription": {"model": "whisper-1"}, "turn_detection": None}})
         updated = await events.wait("session.updated")
-        assert updated.session.output_audio_format == "g711_alaw"  # type: ignore[union-attr]
+        assert updated.session.output_audio_format == "g711_alaw"
         await ask(connection, "What is the capital of Zimbabwe?")
         done = await events.wait("response.done")
         assert done.response.status == "completed"
@@ -333,3 +333,112 @@ def test_a_beta_client_gets_beta_event_names_and_alaw(stack: Stack) -> None:
         assert_speech(stack, alaw_decode(alaw), 8000, transcript)
 
     asyncio.run(session(stack, body))
+
+
+# --- the session's own settings and the client's cancel, on the fake stack ---------------------------
+# (real processes, scripted engines: what is under test is the protocol and the pipeline's
+# reaction to it, not the models)
+
+PIRATE = "You are a pirate. Answer in one sentence."
+# A long typed message: the fake LLM echoes it, so the reply runs to its token cap (80 tokens at
+# 50/s: 1.6 s of generation) while its first phrase ("You said Tell me,") is already playing.
+LONG_ASK = "Tell me, please, a long story. " + "The lion ran to the river and the hare followed him. " * 8
+
+
+def history_of(stack: Stack, created: Any) -> dict[str, Any]:
+    session_id = created.session.id.removeprefix("sess_")
+    reply = httpx.get(f"{stack.http}/v1/sessions/{session_id}", timeout=10)
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+def test_instructions_are_the_sessions_system_prompt(fake_stack: Stack) -> None:
+    async def body(connection: Any, events: Events) -> None:
+        created = await events.wait("session.created")
+        await connection.session.update(session={"type": "realtime", "instructions": PIRATE})
+        await events.wait("session.updated")
+        await connection.session.update(session={"type": "realtime", "instructions": "x" * 4001})
+        error = await events.wait("error")
+        assert (error.error.code, error.error.param) == ("invalid_value", "session.instructions")
+        await ask(connection, "Hello there.")  # the session starts with its prompt
+        assert (await events.wait("response.done")).response.status == "completed"
+        history = await asyncio.to_thread(history_of, fake_stack, created)
+        assert history["system_prompt"] == PIRATE  # (the too-long update changed nothing)
+        mark = len(events.seen)
+        await connection.session.update(session={"type": "realtime", "instructions": "Speak Shona."})
+        updated = await events.wait("session.updated", after=mark)
+        assert updated.session.instructions == "Speak Shona."
+        history = await asyncio.to_thread(history_of, fake_stack, created)
+        assert history["system_prompt"] == "Speak Shona."  # a live session changes its prompt
+
+    asyncio.run(session(fake_stack, body))
+
+
+def test_silence_duration_is_the_sessions_own_and_bounded(fake_stack: Stack) -> None:
+    def detection(ms: Any) -> dict[str, Any]:
+        return {"type": "realtime", "audio": {"input": {"turn_detection": {
+            "type": "server_vad", "silence_duration_ms": ms}}}}
+
+    async def body(connection: Any, events: Events) -> None:
+        await events.wait("session.created")
+        for wrong in (150, 3001, "800"):
+            mark = len(events.seen)
+            await connection.send({"type": "session.update", "session": detection(wrong)})
+            error = await events.wait("error", after=mark)
+            assert error.error.param == "session.audio.input.turn_detection.silence_duration_ms", wrong
+        await connection.session.update(session=detection(1500))
+        updated = await events.wait("session.updated")
+        assert updated.session.audio.input.turn_detection.silence_duration_ms == 1500
+        assert len(events.of("session.updated")) == 1  # the refused updates changed nothing
+
+    asyncio.run(session(fake_stack, body))
+
+
+def test_response_cancel_stops_the_reply_in_the_pipeline_at_once(fake_stack: Stack) -> None:
+    async def body(connection: Any, events: Events) -> dict[str, Any]:
+        created = await events.wait("session.created")
+        await ask(connection, LONG_ASK)
+        await events.wait("response.output_audio.delta")
+        await connection.response.cancel()
+        assert (await events.wait("response.done")).response.status == "cancelled"
+        await asyncio.sleep(2.0)  # longer than the rest of the reply would take to generate
+        # No next turn: the orchestrator closed the cut one at the cancel.
+        return await asyncio.to_thread(history_of, fake_stack, created)
+
+    history = asyncio.run(session(fake_stack, body))
+    assert history["history"][0] == {"role": "user", "content": LONG_ASK.strip()}, history
+    reply = history["messages"][-1]
+    assert reply["role"] == "assistant" and reply["heard"] is not None, reply  # interrupted
+    assert "tts_end" not in reply["timings"], reply  # its synthesis stopped...
+    assert len(reply["content"].split()) < 40, reply  # ...and so did its generation (cap: 80)
+
+
+def vad_onset_ms(pcm16k: bytes) -> int:
+    """Where the ASR's voice activity detector (webrtcvad, the server's settings) opens speech."""
+    from asr_worker.vad import SpeechStart, TurnDetector
+    from common.settings import Settings
+
+    settings = Settings()
+    detector = TurnDetector(settings.vad_aggressiveness, silence_ms=settings.vad_silence_ms,
+                            min_speech_ms=settings.vad_min_speech_ms)
+    return next(e.at_ms for e in detector.feed(pcm16k) if isinstance(e, SpeechStart))
+
+
+def test_speech_started_comes_at_the_voice_onset(fake_stack: Stack, fixtures_dir: Path) -> None:
+    quiet = bytes(2 * 24000)  # 1 s before the question, 2 s after it
+    audio = quiet + clip_pcm(fixtures_dir / "q_en_capital.wav", 24000) + quiet * 2
+    onset = vad_onset_ms(resample_pcm16(audio, 24000, 16000))
+
+    async def body(connection: Any, events: Events) -> None:
+        await events.wait("session.created")
+        await stream(connection, audio, 960, 0.02)
+        started = await events.wait("input_audio_buffer.speech_started")
+        assert abs(started.audio_start_ms - onset) <= 40, (started.audio_start_ms, onset)
+        delta = await events.wait("conversation.item.input_audio_transcription.delta")
+        assert events.seen.index(started) < events.seen.index(delta)
+        assert delta.item_id == started.item_id
+        stopped = await events.wait("input_audio_buffer.speech_stopped")
+        assert stopped.item_id == started.item_id and stopped.audio_end_ms > started.audio_start_ms
+        assert len(events.of("input_audio_buffer.speech_started")) == 1
+
+    asyncio.run(session(fake_stack, body))

@@ -1,0 +1,185 @@
+"""The per-session settings and the client's cancel behind OpenAI Realtime, in-process.
+
+The real orchestrator (tests/harness.py): a session's own system prompt is the one its LLM turns
+are sent, before and after a `SessionConfig`; its end-of-turn silence reaches the ASR; the ASR's
+speech onset is forwarded to the gateway before the cut it causes; a `CancelTurn` stops the
+LLM and TTS at once and the history keeps what was heard, a heard mark after it included. And
+the real ASR session (fake recogniser, real webrtcvad): the session's silence decides when the
+turn ends, from the next utterance when it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from asr_worker.engines.fake import FakeAsr
+from asr_worker.session import AsrSession, Transcript
+from asr_worker.worker import AsrWorker
+from common.audio import read_wav
+from common.frames import (
+    Cancel,
+    CancelTurn,
+    GatewayHeartbeat,
+    GenerateRequest,
+    HistoryReply,
+    HistoryRequest,
+    PlaybackMark,
+    SessionConfig,
+    SessionStart,
+    TurnEvent,
+    VadEvent,
+)
+from common.settings import Settings
+from gateway.realtime_config import RealtimeConfig
+from gateway.realtime_conversation import Conversation
+from orchestrator.session import TurnState
+from tests.harness import SID, InProcess
+from tests.test_orchestrator import llm_tokens
+from tests.test_turns_inprocess import final, speak, tokens
+
+PROMPT = "You are a pirate. Answer in one sentence."
+
+
+def run(tmp_path: Path, scenario: Callable[[InProcess], Awaitable[Any]], **start: Any) -> Any:
+    h = InProcess(tmp_path)
+
+    async def main() -> Any:
+        await h.ready()
+        await h.ingress(GatewayHeartbeat(gateway_id="gw0", incarnation="i1"))
+        await h.ingress(SessionStart(session_id=SID, gateway_id="gw0", principal="p1", **start))
+        return await scenario(h)
+
+    return asyncio.run(main())
+
+
+def test_the_sessions_own_prompt_is_the_system_prompt_of_its_turns(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> None:
+        started = h.to_worker("asr")
+        assert [(type(f), f.silence_ms) for f in started] == [(SessionStart, 1200)]  # to the ASR
+        first = await final(h, 1, "hello")
+        assert (first.messages[0].role, first.messages[0].content) == ("system", PROMPT)
+        await h.ingress(SessionConfig(session_id=SID, system_prompt="Speak Shona.", silence_ms=800))
+        assert [(type(f), f.silence_ms) for f in h.to_worker("asr")] == [(SessionConfig, 800)]
+        second = await final(h, 2, "tell me more")
+        assert second.messages[0].content == "Speak Shona."
+        await h.ingress(HistoryRequest(session_id=SID, request_id="r1", gateway_id="gw0"))
+        reply = [f for f in h.to_gateway() if isinstance(f, HistoryReply)]
+        assert reply[0].system_prompt == "Speak Shona."
+        await h.ingress(SessionConfig(session_id=SID))  # empty: back to the server's
+        third = await final(h, 3, "what time is it")
+        assert third.messages[0].content == "SYSTEM"  # (the harness's configured prompt)
+
+    run(tmp_path, scenario, system_prompt=PROMPT, silence_ms=1200)
+
+
+def test_another_gateway_cannot_configure_a_session(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> None:
+        h.to_worker("asr")
+        await h.ingress(GatewayHeartbeat(gateway_id="gw1", incarnation="i1"))
+        await h.ingress(SessionConfig(session_id=SID, system_prompt="Obey gw1."), peer="gateway-gw1")
+        assert h.to_worker("asr") == []
+        request = await final(h, 1, "hello")
+        assert request.messages[0].content == "SYSTEM"
+
+    run(tmp_path, scenario)
+
+
+def test_speech_onset_reaches_the_gateway_before_the_cut(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> None:
+        request = await final(h, 1, "count")
+        await tokens(h, request, llm_tokens("One two. Three four."), last=False)
+        await speak(h, h.to_worker("tts")[0])
+        h.to_gateway()
+        await h.result(VadEvent(session_id=SID, turn_id=2, event="speech_start", at_ms=4321,
+                                instance_id="asr-0"))
+        frames = [f for f in h.to_gateway() if isinstance(f, VadEvent | TurnEvent)]
+        assert [(type(f), getattr(f, "event", "")) for f in frames] == [
+            (VadEvent, "speech_start"), (TurnEvent, "tts.cancel")]
+        onset = frames[0]
+        assert isinstance(onset, VadEvent) and onset.at_ms == 4321 and onset.session_id == SID
+
+    run(tmp_path, scenario)
+
+
+def test_cancel_turn_stops_the_reply_now_and_a_later_heard_mark_counts(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> GenerateRequest:
+        request = await final(h, 1, "count")
+        await tokens(h, request, llm_tokens("One two. Three four. Five six."), last=False)
+        first = h.to_worker("tts")[0]
+        await speak(h, first)
+        await h.ingress(PlaybackMark(session_id=SID, turn_id=1, text=first.text))
+        h.published()
+        await h.ingress(CancelTurn(session_id=SID, turn_id=1))
+        cancels = [(c.session_id, c.turn_id) for c in h.published() if isinstance(c, Cancel)]
+        assert cancels == [(SID, 1)]  # the LLM and TTS workers stop now, not at the next turn
+        assert h.orchestrator.sessions[SID].turn.state is TurnState.CANCELLED  # type: ignore[union-attr]
+        await h.ingress(CancelTurn(session_id=SID, turn_id=1))  # twice: nothing more
+        assert h.published() == []
+        # The client's truncate: two words of the phrase that was playing were heard.
+        await h.ingress(PlaybackMark(session_id=SID, turn_id=1, text="Three"))
+        await h.orchestrator.turns.flush()
+        stored = await h.orchestrator.store.messages(SID)
+        assert [(m.role, m.heard) for m in stored][-1] == ("assistant", "One two. Three")
+        return await final(h, 2, "go on")
+
+    nxt = run(tmp_path, scenario)
+    assert [(m.role, m.content) for m in nxt.messages[1:]] == [
+        ("user", "count"), ("assistant", "One two. Three"), ("user", "go on")]
+
+
+# --- the ASR session's end-of-turn silence --------------------------------------------------------
+
+def _final_at(session: AsrSession, pcm: bytes) -> list[int]:
+    """Stream ms (from the start of `pcm`) at which each final came, fed in 20 ms frames."""
+    out = []
+    for index, at in enumerate(range(0, len(pcm), 640)):
+        if any(isinstance(e, Transcript) and e.is_final for e in session.feed(pcm[at: at + 640])):
+            out.append((index + 1) * 20)
+    return out
+
+
+def test_the_sessions_silence_decides_when_its_turn_ends(fixtures_dir: Path) -> None:
+    speech = read_wav(fixtures_dir / "q_en_capital.wav")[0]
+    utterance = speech + b"\0" * 32 * 2500  # 2.5 s of quiet after the question
+    settings = Settings(_env_file=None, turn_end="silence", vad_silence_ms=400)  # type: ignore[call-arg]
+    worker = AsrWorker(FakeAsr("what is the capital of zimbabwe"), settings)
+    server = _final_at(worker._new_session("en"), utterance)
+    own = _final_at(worker._new_session("en", silence_ms=1500), utterance)
+    assert len(server) == len(own) == 1
+    assert 1000 <= own[0] - server[0] <= 1200, (server, own)  # 1500 - 400, on the frame grid
+    # Changed in the session: the utterance open keeps its own, the next one ends later.
+    session = worker._new_session("en")
+    first = _final_at(session, utterance)
+    session.set_silence_ms(1500)
+    second = _final_at(session, utterance)
+    assert first == server and 1000 <= second[0] - first[0] <= 1200, (first, second)
+
+
+# --- the gateway's Realtime conversation ------------------------------------------------------------
+
+def test_speech_started_is_told_at_the_onset_once_per_utterance() -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def emit(event: dict[str, Any]) -> None:
+            sent.append(event)
+
+        config = RealtimeConfig(Settings(), "gpt-realtime", "alloy", "en")
+        conversation = Conversation(config, emit)
+        await conversation.speech_started(1300)  # the ASR's onset, before any words
+        await conversation.on_event({"type": "asr.partial", "text": "what is", "start_ms": 1250})
+        await conversation.on_event({"type": "asr.final", "text": "what is it", "end_ms": 3600})
+        config.server_vad = False  # manual turns: no VAD events
+        await conversation.speech_started(5000)
+        return sent
+
+    sent = asyncio.run(scenario())
+    kinds = [e["type"] for e in sent]
+    assert kinds[:2] == ["input_audio_buffer.speech_started",
+                         "conversation.item.input_audio_transcription.delta"], kinds
+    assert kinds.count("input_audio_buffer.speech_started") == 1
+    assert sent[0]["audio_start_ms"] == 1300
+    assert {e.get("item_id") for e in sent[:3]} == {sent[0]["item_id"]}
