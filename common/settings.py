@@ -207,6 +207,7 @@ class Settings(BaseSettings):
     response_cache_entries: int = Field(default=5000, ge=0)  # chat replies at llm_temperature 0; 0: off
     response_cache_ttl_s: float = Field(default=1800.0, ge=0)
     tts_loaded_voices: int = Field(default=3, ge=1)  # voices a TTS worker keeps loaded (LRU)
+    tts_voices: dict[str, str] = Field(default_factory=dict)  # a language's own voice: {"sn": "<model>"}
     # --- whole turns and the job API (jobs area, issues 13 and 14): gateway/whole_turn.py ---
     turn_job_ttl_s: float = Field(default=300.0, gt=0)  # a finished job's result is kept this long
     turn_jobs_max: int = Field(default=1000, ge=1)  # jobs held by one gateway (oldest finished go)

@@ -43,7 +43,7 @@ from common.plane_auth import gateway_identity
 from common.settings import Settings
 from common.transport import Plane
 from gateway.playback import Outbox, SessionClosed
-from gateway.shards import Shard, Shards, list_all_shards
+from gateway.shards import Shard, Shards, admin_all_shards, list_all_shards
 
 CLOSE_RESTART = 1012  # WebSocket close code: service restart
 
@@ -165,6 +165,8 @@ class Bridge:
         return reply if isinstance(reply, SessionDeleted) else None
 
     async def admin(self, action: AdminAction) -> AdminReply | ErrorEvent | None:
+        if not self.shards.single:  # every shard's workers (models merged)
+            return await admin_all_shards(self.shards, self.ask, action)
         reply = await self.ask(AdminRequest(action=action))
         return reply if isinstance(reply, AdminReply | ErrorEvent) else None
 
@@ -231,6 +233,11 @@ class Bridge:
         for connection in list(self.connections.values()):
             if shard is None or self.shards.single or connection.shard == shard.name:
                 connection.outbox.fail(failure)
+        if shard is not None and not self.shards.single:  # its REST jobs fail now, not at timeout
+            for job_id, queue in list(self.jobs.items()):
+                if self.shards.placed.get(job_id) is shard:
+                    queue.put_nowait(ErrorEvent(session_id=job_id, code=failure.code,
+                                                message=failure.message))
 
     async def _on_control(self, shard: Shard, message: ControlMessage) -> None:
         if isinstance(message, StackStatus):

@@ -22,11 +22,18 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+import msgspec
+
 from common.frames import (
     WORKER_KINDS,
+    AdminAction,
+    AdminReply,
+    AdminRequest,
     ControlMessage,
     EgressMessage,
+    ErrorEvent,
     Frame,
+    ModelEntry,
     SessionEnd,
     SessionList,
     SessionListReply,
@@ -183,3 +190,27 @@ async def list_all_shards(shards: Shards, ask: Ask, principal: str, *, admin: bo
     shared = len(unique) < sum(len(r.sessions) for r in answered)
     total = max(r.total for r in answered) if shared else sum(r.total for r in answered)
     return SessionListReply(sessions=merged[offset:offset + limit], total=total)
+
+
+async def admin_all_shards(shards: Shards, ask: Ask, action: AdminAction
+                           ) -> AdminReply | ErrorEvent | None:
+    """An admin action on every live shard (a warm-up warms every shard's workers), the models
+    merged: one entry per model with the instances of all shards, and a worker kind missing on
+    any shard is missing. None when no shard answered."""
+    live = [shard for shard in shards.all.values() if shards.alive(shard)]
+    replies = await asyncio.gather(*(ask(AdminRequest(action=action), None, s) for s in live))
+    error = next((r for r in replies if isinstance(r, ErrorEvent)), None)
+    answered = [r for r in replies if isinstance(r, AdminReply)]
+    if error is not None or not answered:
+        return error
+    merged: dict[tuple[str, ...], ModelEntry] = {}
+    for entry in (e for reply in answered for e in reply.models):
+        key = (entry.role, entry.name, entry.version, entry.sha256, entry.device, entry.engine)
+        if key in merged:
+            same = merged[key]
+            same.instances = [*same.instances, *entry.instances]
+            same.warmup_ms = {**same.warmup_ms, **entry.warmup_ms}
+        else:
+            merged[key] = msgspec.structs.replace(entry)
+    missing = sorted({kind for reply in answered for kind in reply.missing})
+    return AdminReply(models=list(merged.values()), missing=missing)

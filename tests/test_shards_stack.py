@@ -121,6 +121,18 @@ def check_spread(shards: TwoShards, ids: dict[str, list[str]]) -> None:
         assert not {_internal(c) for c in ids[name]} & stored_ids(shards.store(other))
 
 
+def check_rest(shards: TwoShards) -> None:
+    """REST on a sharded gateway: the models of both shards (one instance of each kind per
+    shard, merged), and chat jobs answered by whichever shard takes them."""
+    body = httpx.get(f"{shards.a.http}/v1/models", timeout=10).json()
+    instances = {m["role"]: len(m["instances"]) for m in body["models"]}
+    assert instances == {"asr": 2, "llm": 2, "tts": 2}, body
+    for _ in range(2):
+        reply = httpx.post(f"{shards.a.http}/v1/chat", timeout=30, json={
+            "messages": [{"role": "user", "content": "What is the capital of Zimbabwe?"}]})
+        assert reply.status_code == 200, reply.text
+
+
 def check_resumed(shards: TwoShards, ids: dict[str, list[str]]) -> None:
     """supervisord restarted the killed orchestrator; a client reconnecting with its session id
     lands on the same shard and finds its conversation there (the turn before the kill)."""
@@ -151,6 +163,7 @@ def test_sessions_spread_over_both_shards_a_killed_orchestrator_ends_only_its_ow
         try:
             await asyncio.gather(*(turn(ws) for name in NAMES for ws in sessions[name]))
             check_spread(shards, ids)
+            check_rest(shards)
             await kill_one_shard(shards, sessions)
         finally:
             for ws in [*sessions["a"], *sessions["b"]]:

@@ -10,6 +10,7 @@ from common.settings import get_settings
 from common.worker import serve_serial
 from tts_worker.cache import make_cache
 from tts_worker.registry import load_engine
+from tts_worker.voices import VoiceLibrary, settings_loader
 from tts_worker.worker import TtsWorker
 
 
@@ -20,7 +21,9 @@ async def main() -> None:
     voice.warmup()
     cache = make_cache(entries=settings.tts_cache_entries, max_bytes=settings.tts_cache_bytes,
                        ttl_s=settings.tts_cache_ttl_s, redis_url=settings.redis_url)
-    worker = TtsWorker(voice, settings.audio_frame_ms, settings.max_text_chars, cache)
+    voices = VoiceLibrary(settings.tts_model, voice, settings_loader(settings, load_engine),
+                          capacity=settings.tts_loaded_voices, by_language=settings.tts_voices)
+    worker = TtsWorker(voice, settings.audio_frame_ms, settings.max_text_chars, cache, voices)
     await serve_serial("tts", settings, TtsWork, worker, voice.info())
 
 

@@ -21,6 +21,7 @@ from common.metrics import TTS_FIRST_AUDIO_MS, TTS_PHRASES, TTS_RTF
 from common.worker import SerialWorker, iterate_in_thread
 from tts_worker.cache import AudioCache, SharedAudioCache, audio_key
 from tts_worker.interface import SAMPLE_RATES, TTS, PhonemeSymbols, PhonemeVoice
+from tts_worker.voices import VoiceLibrary
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +36,33 @@ def trained_symbols(config: Any) -> set[str]:
     return symbols
 
 
+def speeds(voice: TTS) -> bool:
+    """Whether the voice takes a per-request `speed` (an engine says so with `speeds = True`)."""
+    return bool(getattr(voice, "speeds", False))
+
+
 class TtsWorker(SerialWorker[SynthesizeRequest]):
     def __init__(self, voice: TTS, frame_ms: int, max_text_chars: int = 2000,
-                 cache: AudioCache | SharedAudioCache | None = None) -> None:
+                 cache: AudioCache | SharedAudioCache | None = None,
+                 voices: VoiceLibrary | None = None) -> None:
         super().__init__()
         self.voice = voice
+        self.voices = voices  # other voices (a language's own), loaded on demand (LRU)
+        self._voice_name = voices.default_name if voices is not None else ""
         self.frame_ms = frame_ms
         self.max_text_chars = max_text_chars
         self.cache = cache if cache is not None and cache.enabled else None
-        self._phonemizers: dict[str, Phonemizer | None] = {}
+        self._phonemizers: dict[tuple[str, str], Phonemizer | None] = {}  # (voice, language)
         self._model_id = ""
 
     def _cache_key(self, request: SynthesizeRequest) -> str:
         if not self._model_id:  # the weights' sha256; a remote voice's name and version
             info = self.voice.info()
             self._model_id = info.get("sha256") or f"{info.get('name', '')}:{info.get('version', '')}"
-        return audio_key(request.text, voice=request.voice, language=request.language or "en",
-                         sample_rate=request.sample_rate, frame_ms=self.frame_ms, model=self._model_id)
+        voice = request.voice if request.speed == 1.0 else f"{request.voice}@{request.speed:g}"
+        return audio_key(request.text, voice=voice, language=request.language or "en",
+                         sample_rate=request.sample_rate, frame_ms=self.frame_ms,
+                         model=f"{self._voice_name}/{self._model_id}")  # (the voice that speaks it)
 
     async def _replay(self, request: SynthesizeRequest, frames: list[bytes]) -> int:
         """A cached phrase: the same frames a synthesis made, at once."""
@@ -68,13 +79,13 @@ class TtsWorker(SerialWorker[SynthesizeRequest]):
         """The session language's G2P onto a phoneme voice (None: the voice's own espeak
         voice, or a text voice, which needs none)."""
         pack = languages.get(language or "en")
-        if pack.code not in self._phonemizers:
+        if (self._voice_name, pack.code) not in self._phonemizers:
             made: Phonemizer | None = None
             voice = self.voice
             if pack.phonemizer is not None and isinstance(voice, PhonemeSymbols):
                 made = pack.phonemizer(voice.phonemizer, trained_symbols(voice.config))
-            self._phonemizers[pack.code] = made
-        return self._phonemizers[pack.code]
+            self._phonemizers[self._voice_name, pack.code] = made
+        return self._phonemizers[self._voice_name, pack.code]
 
     def refusal(self, request: SynthesizeRequest) -> str | None:
         """Why a phrase is not synthesized (None: it is fine)."""
@@ -82,17 +93,22 @@ class TtsWorker(SerialWorker[SynthesizeRequest]):
             return f"text longer than {self.max_text_chars} characters"
         if request.sample_rate not in SAMPLE_RATES:
             return f"sample_rate must be one of {', '.join(map(str, SAMPLE_RATES))}"
+        if request.speed != 1.0 and not (0.25 <= request.speed <= 4.0 and speeds(self.voice)):
+            return "this voice speaks at speed 1.0 only" if speeds(self.voice) is False else \
+                "speed must be from 0.25 to 4.0"
         return None
 
     def _stream(self, request: SynthesizeRequest, phonemizer: Phonemizer | None) -> Any:
         """The engine's frames; a phoneme voice gets the language's G2P, a text voice the text."""
         voice = self.voice
+        # Only a voice that can change its rate is handed one (the others were refused above).
+        rate: dict[str, Any] = {"speed": request.speed} if request.speed != 1.0 else {}
         if isinstance(voice, PhonemeVoice):
             return voice.synthesize_stream(request.text, sample_rate=request.sample_rate,
                                            frame_ms=self.frame_ms, language=request.language,
-                                           phonemizer=phonemizer)
+                                           phonemizer=phonemizer, **rate)
         return voice.synthesize_stream(request.text, sample_rate=request.sample_rate,
-                                       frame_ms=self.frame_ms, language=request.language)
+                                       frame_ms=self.frame_ms, language=request.language, **rate)
 
     def warm(self) -> None:
         self.voice.warmup()
@@ -119,12 +135,22 @@ class TtsWorker(SerialWorker[SynthesizeRequest]):
     async def failed(self, request: SynthesizeRequest) -> None:
         await self._emit(request, 1_000_000, b"", final=True)
 
+    async def _use_voice(self, request: SynthesizeRequest) -> None:
+        """Speak this phrase with its voice. (Requests are served one at a time: the current
+        voice is the worker's until the next phrase.)"""
+        if self.voices is None:
+            return
+        name, voice = await self.voices.get(self.voices.name_for(request.voice, request.language))
+        if name != self._voice_name:
+            self.voice, self._voice_name, self._model_id = voice, name, ""
+
     async def _synthesize(self, request: SynthesizeRequest) -> int:
         runtime = self.runtime
         assert runtime is not None
         seq = 0
         if runtime.is_cancelled(request.session_id, request.turn_id):
             return seq
+        await self._use_voice(request)
         key = self._cache_key(request) if self.cache is not None else ""
         cached = await self.cache.fetch(key) if self.cache is not None else None
         if cached is not None:
