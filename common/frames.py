@@ -275,6 +275,35 @@ class SessionSummary(msgspec.Struct, array_like=True, omit_defaults=True, gc=Fal
     live: bool = False
 
 
+class HandoffTrigger(msgspec.Struct, omit_defaults=True, gc=False):
+    """A trigger that fired for a handoff (handoff area, issue 14); a map on the wire and in JSON."""
+
+    kind: str  # explicit | frustration | fallbacks | low_confidence | repeated | client | api
+    evidence: str = ""  # the words or figures that fired it (content: shown to operators only)
+    score: float = 0.0
+    at: float = 0.0  # epoch seconds
+
+
+class HandoffInfo(msgspec.Struct, omit_defaults=True, gc=False):
+    """A handoff with its context, for operators and `GET /v1/sessions/{id}` (handoff area)."""
+
+    session_id: str
+    state: str = "requested"  # requested | accepted | ended
+    reason: str = ""  # the first trigger's kind
+    language: str = ""
+    requested: float = 0.0  # epoch seconds
+    accepted: float | None = None
+    ended: float | None = None
+    outcome: str = ""  # released | timeout | caller_left
+    operator: str = ""  # the operator principal that accepted it
+    triggers: list[HandoffTrigger] = []
+    history: list[ChatMessage] = []  # the dialogue so far (to operators)
+    confidences: list[float] = []  # the ASR confidences of the latest user turns
+    timings: dict[str, float] = {}  # the last assistant turn's stage timings, ms
+    turns: list[int] = []  # the turns the operator spoke (who handled which turns)
+    live: bool = False  # the caller is connected now
+
+
 class HistoryReply(Frame):
     found: bool = False
     turns: int = 0
@@ -284,6 +313,7 @@ class HistoryReply(Frame):
     stored: list[StoredMessage] = []  # the stored conversation's latest messages (`principal` asked)
     session: SessionSummary | None = None
     stored_total: int = 0  # how many messages are stored (more than `stored` when it was capped)
+    handoffs: list[HandoffInfo] = []  # the session's handoffs to operators (handoff area)
 
 
 class SessionListReply(Frame):
@@ -454,6 +484,54 @@ class WorkerError(Frame):
     message: str = ""
 
 
+# --- human handoff (handoff area, issue 14): callers, operators and the orchestrator ---------------
+
+
+class HandoffAsk(Frame):
+    """Gateway -> orchestrator: hand `session_id` to a person (the client's `{"type":"handoff"}`,
+    or `POST /api/v1/handoff`). Answered (when `request_id` is set) with a HandoffEvent or an
+    ErrorEvent; the session's client gets `handoff.started` either way."""
+
+    reason: str = ""
+    principal: str = ""  # the asker: the session's owner, unless `admin`
+    admin: bool = False  # an admin or operator (the gateway checked): any live session
+    gateway_id: str = ""
+
+
+OperatorAction = Literal["hello", "accept", "say", "release", "bye"]
+
+
+class OperatorRequest(Frame):
+    """Gateway -> orchestrator, from an operator socket (WS /v1/operator). `session_id` is the
+    caller's session the action is about (none for hello/bye)."""
+
+    operator_id: str = ""  # the operator connection (made by the gateway)
+    principal: str = ""  # the operator's principal id (stored with the turns it handled)
+    action: OperatorAction | Literal[""] = ""
+    text: str = ""  # `say`: spoken to the caller
+    gateway_id: str = ""
+
+
+class HandoffEvent(Frame):
+    """Orchestrator -> a caller's client: handoff.started / handoff.accepted / handoff.ended."""
+
+    event: Literal["handoff.started", "handoff.accepted", "handoff.ended", ""] = ""
+    reason: str = ""  # started: the trigger; ended: released | timeout | ...
+
+
+class OperatorEvent(Frame):
+    """Orchestrator -> an operator connection (`session_id` is the operator's connection id):
+    handoff.queue, handoff.requested, handoff.accepted, handoff.taken, handoff.ended,
+    transcript, error."""
+
+    event: str = ""
+    target: str = ""  # the caller's session it is about
+    handoffs: list[HandoffInfo] = []
+    text: str = ""  # transcript: what the caller said; error: why
+    confidence: float = 0.0
+    code: str = ""  # error: a machine-readable reason
+
+
 IngressMessage = (
     SessionStart
     | AudioIn
@@ -472,6 +550,8 @@ IngressMessage = (
     | TranscribeJob
     | JobCancel
     | AdminRequest
+    | HandoffAsk
+    | OperatorRequest
 )
 EgressMessage = (
     TranscriptChunk
@@ -484,6 +564,8 @@ EgressMessage = (
     | AdminReply
     | SessionListReply
     | SessionDeleted
+    | HandoffEvent
+    | OperatorEvent
     | VadEvent  # speech_start, for OpenAI Realtime's speech_started (not in Inzwa's own protocol)
 )
 ControlMessage = Cancel | Ping | StackStatus

@@ -112,6 +112,10 @@ LLM_TOTAL_MS = Histogram(
 )
 LLM_TOKENS = Counter("inzwa_llm_tokens_total", "Tokens generated (pieces sent by the LLM worker)")
 
+# Human handoff (handoff area, issue 14): triggers that fired, by kind, and handoffs by outcome
+# (requested, accepted, released, timeout, caller_left).
+HANDOFF_TRIGGERS = Counter("inzwa_handoff_triggers_total", "Handoff triggers that fired, by kind", ["kind"])
+HANDOFFS = Counter("inzwa_handoffs_total", "Handoffs to a human operator, by outcome", ["outcome"])
 
 DROP_REASONS = ("client_too_slow", "partial_skipped_congestion", "superseded_partial",
                 # the plane: a peer's outbound queue was full / the peer did not take frames in

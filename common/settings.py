@@ -212,6 +212,22 @@ class Settings(BaseSettings):
     turn_job_ttl_s: float = Field(default=300.0, gt=0)  # a finished job's result is kept this long
     turn_jobs_max: int = Field(default=1000, ge=1)  # jobs held by one gateway (oldest finished go)
 
+    # --- human handoff (handoff area, issue 14): orchestrator/triggers.py, orchestrator/handoff.py ---
+    handoff_enabled: bool = True  # off: no trigger fires and handoff requests are refused
+    handoff_explicit: bool = True  # the pack's "I want to talk to a person" patterns
+    handoff_frustration: bool = True  # the frustration classifier ...
+    handoff_frustration_threshold: float = Field(default=0.8, ge=0.0, le=1.0)  # ... P(frustrated) >= this
+    handoff_frustration_turns: int = Field(default=2, ge=1)  # ... in this many turns in a row
+    handoff_fallbacks: int = Field(default=3, ge=0)  # fallback replies in a row (LLM timeout...); 0: off
+    # ASR confidence and repeats are off by default: their thresholds depend on the deployment's
+    # ASR model and line quality (a scripted or noisy line repeats itself without anyone being stuck).
+    handoff_low_confidence: float = Field(default=0.35, ge=0.0, le=1.0)  # a final under this is "low"
+    handoff_low_confidence_turns: int = Field(default=0, ge=0)  # low finals in a row; 0: off
+    handoff_repeats: int = Field(default=0, ge=0)  # the same question asked this many times; 0: off
+    handoff_timeout_s: float = Field(default=120.0, gt=0)  # no operator accepted by then: ...
+    handoff_timeout_action: Literal["continue", "end"] = "continue"  # ... the assistant goes on, or ends
+    operator_api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)  # WS /v1/operator
+
     # --- process supervision ---
     run_dir: Path = Path(".run")
     drain_timeout_s: float = 8.0  # on SIGTERM a worker finishes in-flight work this long at most
@@ -269,7 +285,8 @@ class Settings(BaseSettings):
             raise ValueError("gateway_id: 1-32 letters, digits, '_' or '-'")
         return value
 
-    @field_validator("cors_allowed_origins", "api_keys", "admin_api_keys", mode="before")
+    @field_validator("cors_allowed_origins", "api_keys", "admin_api_keys", "operator_api_keys",
+                     mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):  # a comma-separated list, or a JSON array

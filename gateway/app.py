@@ -22,6 +22,7 @@ from gateway.errors import ApiError
 from gateway.guard import Guard
 from gateway.observe import RequestObserver
 from gateway.openai_rest import add_openai_routes
+from gateway.operator import add_handoff_routes, handoff_json
 from gateway.page import add_page_routes
 from gateway.responses import OrjsonResponse
 from gateway.rest import add_rest_routes
@@ -32,7 +33,8 @@ from gateway.turns_api import add_turn_routes
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    logs.register_secrets([*settings.api_keys, *settings.admin_api_keys, settings.jwt_secret])
+    logs.register_secrets([*settings.api_keys, *settings.admin_api_keys, *settings.operator_api_keys,
+                           settings.jwt_secret])
     bridge = Bridge(settings)
     guard = Guard(settings)
 
@@ -66,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_page_routes(app, settings)  # the browser page: /, /static, /client-config
     add_rtc_routes(app, bridge, settings, guard)  # POST /rtc/session (WebRTC), when enabled
     add_openai_routes(app, bridge, settings, guard)  # /v1/audio/*, /v1/chat/completions, /v1/realtime
+    add_handoff_routes(app, bridge, settings, guard)  # WS /v1/operator, POST /api/v1/handoff
     add_turn_routes(app, bridge, settings, guard)  # /v1/turns and the job API under /api/v1
 
     @app.websocket("/ws/audio")
@@ -173,6 +176,7 @@ def _history_body(session_id: str, reply: HistoryReply) -> dict[str, object]:
         body["store_id"] = reply.session.session_id
     body["messages"] = [_fields(m) | {"models": [_fields(x) for x in m.models]} for m in reply.stored]
     body["messages_total"] = reply.stored_total  # (only the latest messages are listed)
+    body["handoffs"] = [handoff_json(h) for h in reply.handoffs]  # who handled which turns
     return body
 
 

@@ -43,6 +43,7 @@ class Principal:
     id: str
     admin: bool = False
     anonymous: bool = False
+    operator: bool = False  # may take handoffs (WS /v1/operator): INZWA_OPERATOR_API_KEYS, JWT scope operator
 
 
 class AuthError(Exception):
@@ -57,7 +58,8 @@ class AuthError(Exception):
 
 def auth_configured(settings: Settings) -> bool:
     """True when any credential is set, which switches the gateway to authenticated mode."""
-    return bool(settings.api_keys or settings.admin_api_keys or settings.jwt_secret)
+    return bool(settings.api_keys or settings.admin_api_keys or settings.operator_api_keys
+                or settings.jwt_secret)
 
 
 def is_loopback(host: str) -> bool:
@@ -184,11 +186,11 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
 
 
-def _has_admin_scope(claims: dict[str, Any]) -> bool:
+def _has_admin_scope(claims: dict[str, Any], name: str = "admin") -> bool:
     scope = claims.get("scope")
     scopes = claims.get("scopes")
-    in_scope = isinstance(scope, str) and "admin" in scope.split()
-    in_scopes = isinstance(scopes, list) and "admin" in scopes
+    in_scope = isinstance(scope, str) and name in scope.split()
+    in_scopes = isinstance(scopes, list) and name in scopes
     return in_scope or in_scopes
 
 
@@ -200,6 +202,7 @@ class Authenticator:
         self._configured = auth_configured(settings)
         self._keys = [(_digest(key), key_id(key), False) for key in settings.api_keys if key]
         self._keys += [(_digest(key), key_id(key), True) for key in settings.admin_api_keys if key]
+        self._operator_keys = [(_digest(key), key_id(key)) for key in settings.operator_api_keys if key]
         self._local = _digest(local_token) if local_token else None
         self._jwt_secret = settings.jwt_secret
         self._audience = settings.jwt_audience
@@ -218,7 +221,7 @@ class Authenticator:
         if not token:
             raise AuthError(401, "missing_credentials",
                             "missing credentials: send 'Authorization: Bearer <key>'")
-        principal = self._match_key(token)
+        principal = self._match_key(token) or self._match_operator_key(token)
         if principal is not None:
             return principal
         if self._jwt_secret:
@@ -247,6 +250,12 @@ class Authenticator:
                 found = Principal(id=ident, admin=admin)
         return found
 
+    def _match_operator_key(self, token: str) -> Principal | None:
+        """An operator key (handoff area): every one compared, as in `_match_key`."""
+        presented = _digest(token)
+        found = [ident for digest, ident in self._operator_keys if hmac.compare_digest(presented, digest)]
+        return Principal(id=found[0], operator=True) if found else None
+
     def _decode_jwt(self, token: str) -> Principal:
         claims = self._verified_claims(token)
         sub = claims.get("sub")
@@ -260,7 +269,8 @@ class Authenticator:
             # A long-lived token is a stolen token's long life: issuers must mint short ones.
             raise AuthError(401, "token_lifetime_too_long",
                             f"the token's lifetime (exp - iat) is over {self._max_ttl_s:g} s")
-        return Principal(id="jwt:" + sub, admin=_has_admin_scope(claims))
+        return Principal(id="jwt:" + sub, admin=_has_admin_scope(claims),
+                         operator=_has_admin_scope(claims, "operator"))
 
     def _verified_claims(self, token: str) -> dict[str, Any]:
         try:

@@ -14,6 +14,7 @@ heartbeats the orchestrator so that its sessions end if this process dies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -76,6 +77,7 @@ class Bridge:
         self._plane: Plane | None = None
         self._pending: dict[str, asyncio.Future[EgressMessage]] = {}
         self.jobs: dict[str, asyncio.Queue[EgressMessage]] = {}
+        self.operators: dict[str, asyncio.Queue[EgressMessage]] = {}  # WS /v1/operator (gateway/operator.py)
 
     async def start(self) -> None:
         s = self.settings
@@ -204,6 +206,11 @@ class Bridge:
         if future is not None:
             if not future.done():
                 future.set_result(frame)
+            return
+        operator = self.operators.get(frame.session_id)
+        if operator is not None:  # an operator socket's events (bounded: a stalled one loses them)
+            with contextlib.suppress(asyncio.QueueFull):
+                operator.put_nowait(frame)
             return
         job = self.jobs.get(frame.session_id)
         if job is not None:

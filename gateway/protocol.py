@@ -14,7 +14,15 @@ from typing import Any, Literal
 
 import msgspec
 
-from common.frames import AudioChunk, ErrorEvent, Frame, TokenChunk, TranscriptChunk, TurnEvent
+from common.frames import (
+    AudioChunk,
+    ErrorEvent,
+    Frame,
+    HandoffEvent,
+    TokenChunk,
+    TranscriptChunk,
+    TurnEvent,
+)
 from common.languages import registry as languages
 from gateway.security import check_control_depth
 
@@ -49,7 +57,13 @@ class TextMessage(msgspec.Struct, tag="text", tag_field="type"):
     text: str = ""
 
 
-ClientMessage = Start | EndTurnMessage | TextMessage
+class HandoffMessage(msgspec.Struct, tag="handoff", tag_field="type"):
+    """The caller asks for a person (handoff area, issue 14): `handoff.started` follows."""
+
+    reason: str = ""
+
+
+ClientMessage = Start | EndTurnMessage | TextMessage | HandoffMessage
 _client_decoder = msgspec.json.Decoder(ClientMessage)
 
 
@@ -153,6 +167,8 @@ def event_for(frame: Frame) -> dict[str, Any] | bytes | None:
             return event
         case ErrorEvent():
             return error_event(frame.code, frame.message)
+        case HandoffEvent():  # handoff.started / .accepted / .ended, with why
+            return {"type": frame.event, "reason": frame.reason}
     return None
 
 

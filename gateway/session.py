@@ -29,6 +29,7 @@ from common.frames import (
     EndTurn,
     ErrorEvent,
     Frame,
+    HandoffAsk,
     PlaybackMark,
     SessionEnd,
     SessionStart,
@@ -50,6 +51,7 @@ from gateway.playback import SessionClosed
 from gateway.protocol import (
     CLOSE_POLICY,
     EndTurnMessage,
+    HandoffMessage,
     ProtocolError,
     Start,
     TextMessage,
@@ -208,6 +210,9 @@ class VoiceSession:
                 await self.bridge.send(EndTurn(session_id=self.session_id))
             elif isinstance(message, TextMessage):
                 await self._on_text(message.text)
+            elif isinstance(message, HandoffMessage):  # a person, please (handoff area)
+                await self.bridge.send(HandoffAsk(session_id=self.session_id, reason=message.reason[:200],
+                                                  principal=self.principal.id if self.principal else ""))
             else:
                 raise ProtocolError("already_started", "this session has already started")
         except ProtocolError as exc:

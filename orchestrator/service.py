@@ -29,11 +29,13 @@ from common.frames import (
     ErrorEvent,
     Frame,
     GatewayHeartbeat,
+    HandoffAsk,
     Heartbeat,
     HistoryRequest,
     IngressMessage,
     JobCancel,
     Leaving,
+    OperatorRequest,
     Ping,
     PlaybackMark,
     Ready,
@@ -74,6 +76,7 @@ from common.settings import Settings
 from common.transport import Plane, Sender
 from orchestrator.admin import Admin
 from orchestrator.gateways import Gateways
+from orchestrator.handoff import Handoffs
 from orchestrator.idle import IDLE_REASON, idle_message, idle_sessions, metric_reason
 from orchestrator.jobs import Jobs
 from orchestrator.recovery import Recovery
@@ -108,6 +111,8 @@ class Orchestrator:
                                  self._to_client, settings.request_timeout_s)
         self.jobs = Jobs(settings, self.registry, self._to_gateway, self._publish)
         self.admin = Admin(self.registry, self._to_gateway, settings.request_timeout_s)
+        self.handoffs = Handoffs(settings, self.store, self.sessions, self.turns, self._to_client,
+                                 self.gateways.send, self._end_session)  # human handoff (issue 14)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -119,6 +124,7 @@ class Orchestrator:
             log.critical("conversation store unusable: %s", exc)
             raise
         await self.conversations.purge(force=True)
+        await self.handoffs.restore()  # handoffs a previous run left open
         plane = self._plane = Plane(self.settings, "orchestrator")
         try:
             s = self.settings
@@ -166,6 +172,7 @@ class Orchestrator:
         await self.jobs.expire()
         await self.admin.expire()
         await self.conversations.purge()
+        await self.handoffs.expire()
         await self._end_idle()
         for session in list(self.sessions.values()):
             await self.turns.check_timeouts(session)
@@ -214,6 +221,10 @@ class Orchestrator:
                 await self.jobs.cancel(message.session_id, gateway_id)
             case AdminRequest():
                 await self.admin.handle(message, replies_to)
+            case HandoffAsk():
+                await self.handoffs.ask(message, replies_to)
+            case OperatorRequest():
+                await self.handoffs.on_operator(message, replies_to)
             case _:
                 await self._on_session_frame(message, gateway_id)
 
@@ -256,6 +267,7 @@ class Orchestrator:
                     code=reason, fatal=True, message="the gateway stopped answering; the session ended"))
             await self._end_session(session, reason)
         await self.jobs.cancel_gateway(gateway_id)
+        await self.handoffs.drop_gateway(gateway_id)
 
     async def _on_text(self, session: Session, message: TextIn) -> None:
         """A typed turn: shown to the client as the user's final words, then answered exactly
@@ -268,7 +280,8 @@ class Orchestrator:
         await self._to_client(session, final)
         log.info("user turn (typed)", extra={"session_id": session.session_id,
                                              "text": content(final.text)})
-        await self.turns.start(session, final.text)
+        if not await self.handoffs.on_user_turn(session, final.text, None):  # (handoff area)
+            await self.turns.start(session, final.text)
 
     async def _start_session(self, start: SessionStart, gateway_id: str) -> None:
         self.gateways.seen(gateway_id)
@@ -300,6 +313,7 @@ class Orchestrator:
         if not await self._resume(session, gateway_id):
             return
         self.sessions[start.session_id] = session
+        await self.handoffs.on_session_start(session)
         log.info("session started", extra={"session_id": start.session_id, "gateway_id": gateway_id})
         await self._to_worker(session, "asr", start)
 
@@ -350,6 +364,7 @@ class Orchestrator:
         if self.sessions.get(session.session_id) is not session:
             return
         del self.sessions[session.session_id]
+        await self.handoffs.on_session_end(session)
         SESSIONS_ENDED.labels(metric_reason(reason)).inc()
         try:
             await self.store.end_session(session.session_id, reason)
@@ -405,7 +420,7 @@ class Orchestrator:
                     await self._to_client(session, VadEvent(turn_id=message.turn_id, event=message.event,
                                                             at_ms=message.at_ms))
                 await self.turns.on_speech(session, message.event)
-            case TurnHypothesis():
+            case TurnHypothesis() if not self.handoffs.holds(session.session_id):
                 await self.turns.on_hypothesis(session, message)
             case TokenChunk():
                 await self.turns.on_token(session, message)
@@ -484,7 +499,8 @@ class Orchestrator:
         if chunk.is_final:
             session.audio_heard_until(chunk.end_ms)
             log.info("user turn", extra={"session_id": session.session_id, "text": content(chunk.text)})
-            await self.turns.on_final(session, chunk)
+            if not await self.handoffs.on_user_turn(session, chunk.text, chunk.confidence):
+                await self.turns.on_final(session, chunk)
 
     async def _on_worker_error(self, error: WorkerError) -> None:
         session = self.sessions.get(error.session_id)

@@ -59,6 +59,7 @@ class Turn:
     audio_seq: int = 0
     token_seq: int = 0
     confidence: float | None = None  # the ASR's, for a spoken turn
+    fallback: str = ""  # a fallback reply's reason (llm_timeout, unavailable, cannot_help): handoff signal
     stopped: bool = False  # the client stopped it (Realtime response.cancel): later heard marks count
     stored: bool = False  # written to the conversation store (a later interruption updates it)
 
@@ -125,6 +126,7 @@ class Session:
     active_at: float = field(default_factory=time.monotonic)  # last audio or message (idle GC)
     needs_replay: set[WorkerKind] = field(default_factory=set)  # kinds waiting for an instance
     waiting_since: dict[WorkerKind, float] = field(default_factory=dict)
+    fallbacks: int = 0  # fallback replies in a row (a handoff trigger, orchestrator/triggers.py)
     system_prompt: str = ""  # the client's own (OpenAI Realtime instructions); empty: the server's
     silence_ms: int = 0  # the client's end-of-turn silence for the ASR; 0: the ASR's default
 
@@ -144,7 +146,8 @@ class Session:
         self.audio_start_ms += cut * 1000 // BYTES_PER_MS
 
     def remember(self, user_text: str, assistant_text: str) -> None:
-        self.history.append(ChatMessage("user", user_text))
+        if user_text:  # (an operator may speak first during a handoff: no user words before it)
+            self.history.append(ChatMessage("user", user_text))
         if assistant_text:
             self.history.append(ChatMessage("assistant", assistant_text))
         while len(self.history) > 2 * self.history_turns:

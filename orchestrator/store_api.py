@@ -26,6 +26,7 @@ from common.frames import (
 )
 from common.languages import registry as languages
 from common.settings import Settings
+from orchestrator.handoff_store import HandoffStore, infos
 from orchestrator.session import Session
 from orchestrator.store import ConversationStore, SessionRecord, StoreError, history_text
 
@@ -101,12 +102,14 @@ class Conversations:
                 return
             messages = await self.store.messages(request.session_id)
             models = await self.store.turn_models(request.session_id)
+            handoffs = await HandoffStore(self.store).of_session(request.session_id)  # (handoff area)
         except StoreError:
             log.exception("conversation store unavailable", extra={"session_id": request.session_id})
             return
         reply.found = True
         reply.session = _summary(record, live is not None)
         reply.stored_total = len(messages)
+        reply.handoffs = infos(handoffs, live is not None)
         messages = messages[-MAX_STORED_MESSAGES:]
         reply.stored = [StoredMessage(
             m.turn_id, m.role, m.text, m.heard, m.language, m.confidence, m.timings, m.created,

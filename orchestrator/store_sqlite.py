@@ -50,6 +50,19 @@ MIGRATIONS: list[str] = [
         version TEXT NOT NULL DEFAULT '', sha256 TEXT NOT NULL DEFAULT '',
         PRIMARY KEY (session_id, turn_id, kind));
     """,
+    # 3: handoffs to human operators (handoff area, issue 14; orchestrator/handoff_store.py):
+    # state, triggers and their evidence, the operator, and the turns the operator spoke
+    """
+    CREATE TABLE handoffs (
+        session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+        language TEXT NOT NULL DEFAULT '', triggers TEXT NOT NULL DEFAULT '[]',
+        confidences TEXT NOT NULL DEFAULT '[]', operator TEXT NOT NULL DEFAULT '',
+        operator_conn TEXT NOT NULL DEFAULT '', turns TEXT NOT NULL DEFAULT '[]',
+        requested REAL NOT NULL, accepted REAL, ended REAL, outcome TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (session_id, seq));
+    CREATE INDEX handoffs_open ON handoffs (state);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -120,7 +120,7 @@ class Turns:
         if pack.blocks_input(user_text):  # the safety filter: a polite refusal, no LLM call
             log.info("input blocked by the safety filter", extra={"session_id": session.session_id})
             TURNS.labels("refused").inc()
-            turn.request_id = ""
+            turn.request_id, turn.fallback = "", "cannot_help"
             await self.on_token(session, TokenChunk(turn_id=turn_id, token=pack.fallback("cannot_help")))
             return
         turn.request = GenerateRequest(
@@ -168,6 +168,7 @@ class Turns:
     async def _speak_fallback(self, session: Session, turn: Turn, reason: str) -> None:
         text = languages.get(session.language).fallback(reason)
         TURNS.labels(f"{reason}_fallback").inc()
+        turn.fallback = reason  # (counted for the handoff trigger)
         turn.request, turn.request_id = None, ""  # late tokens of the old request are ignored
         await self.on_token(session, TokenChunk(turn_id=turn.turn_id, token=text))
 
@@ -315,6 +316,7 @@ class Turns:
             return
         log.warning("output blocked by the safety filter", extra={"session_id": session.session_id})
         TURNS.labels("output_blocked").inc()
+        turn.fallback = "cannot_help"
         if turn.request_id:
             await self.publish(Cancel(session_id=session.session_id, turn_id=turn.turn_id,
                                       request_id=turn.request_id))
@@ -371,6 +373,7 @@ class Turns:
         """All audio is forwarded; the history is written when the gateway says it was sent."""
         turn.to(TurnState.FORWARDED)
         TURNS.labels("completed").inc()
+        session.fallbacks = session.fallbacks + 1 if turn.fallback else 0  # (a handoff signal)
         turn.mark("tts_end")
         if not turn.speculative:  # (a speculative one is stored when committed)
             await self._store(session, turn)  # before tts.end: a committed turn is never lost
