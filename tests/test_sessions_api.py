@@ -13,24 +13,29 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import websockets
 
+from gateway.client import load_clip
 from tests.conftest import FAKE_ENGINES
 from tests.gateway_thread import running_gateway
 from tests.stack import Stack
 
 WS_TIMEOUT_S = 30
 TURN_TIMEOUT_S = 60
+FRAME_BYTES = 640  # 20 ms of PCM16 mono at 16 kHz
+SPOKEN = "remember the word pineapple"  # what the fake ASR hears in any speech
+CLIP = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "speech" / "q_en_capital.wav"
 
 
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running = Stack(tmp_path_factory.mktemp("sessions-stack"), **FAKE_ENGINES,
-                    INZWA_FAKE_TTS_MS_PER_CHAR="10", INZWA_LOG_CONTENT="true",
+                    INZWA_FAKE_TTS_MS_PER_CHAR="10", INZWA_LOG_CONTENT="true", INZWA_FAKE_ASR_TEXT=SPOKEN,
                     INZWA_RESTART_BUDGET="20", INZWA_RATE_REQUESTS_PER_MINUTE="0",
                     INZWA_RATE_CONCURRENT_SESSIONS="0")
     try:
@@ -40,9 +45,21 @@ def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         running.stop()
 
 
-async def typed_turns(url: str, session_id: str, texts: list[str], token: str = "") -> list[str]:
-    """Open (or resume) `session_id`, say each text and wait for its whole spoken reply; the
-    replies' texts (tts.end)."""
+async def say(ws: Any, turn: str | bytes) -> None:
+    """A typed turn (text), or a spoken one: the clip's PCM in 20 ms frames at real time, then
+    end_turn."""
+    if isinstance(turn, str):
+        await ws.send(json.dumps({"type": "text", "text": turn}))
+        return
+    for offset in range(0, len(turn), FRAME_BYTES):
+        await ws.send(turn[offset:offset + FRAME_BYTES])
+        await asyncio.sleep(0.02)
+    await ws.send(json.dumps({"type": "end_turn"}))
+
+
+async def typed_turns(url: str, session_id: str, texts: list[str | bytes], token: str = "") -> list[str]:
+    """Open (or resume) `session_id`, say each turn (typed text or spoken PCM) and wait for its
+    whole spoken reply; the replies' texts (tts.end)."""
     replies = []
     async with websockets.connect(url, open_timeout=WS_TIMEOUT_S, close_timeout=5) as ws:
         start: dict[str, Any] = {"type": "start", "codec": "pcm16", "sample_rate": 16000,
@@ -53,7 +70,7 @@ async def typed_turns(url: str, session_id: str, texts: list[str], token: str = 
         started = json.loads(await ws.recv())
         assert started["type"] == "session.started", started
         for text in texts:
-            await ws.send(json.dumps({"type": "text", "text": text}))
+            await say(ws, text)
             async with asyncio.timeout(TURN_TIMEOUT_S):
                 while True:
                     message = await ws.recv()
@@ -94,9 +111,8 @@ def prompts(stack: Stack, turn_id: int) -> list[str]:
 
 
 def test_a_conversation_survives_orchestrator_and_gateway_kills(own_stack: Stack) -> None:
-    chosen = str(uuid.uuid4())
-    first = asyncio.run(typed_turns(own_stack.url, chosen, ["Remember the word pineapple.",
-                                                            "My name is Tariro."]))
+    chosen = str(uuid.uuid4())  # turn 1 spoken (a fixture clip), turn 2 typed
+    first = asyncio.run(typed_turns(own_stack.url, chosen, [load_clip(CLIP), "My name is Tariro."]))
     assert len(first) == 2
     kill_and_wait(own_stack, "orchestrator")
     asyncio.run(typed_turns(own_stack.url, chosen, ["What did I tell you?"]))
@@ -109,7 +125,8 @@ def test_a_conversation_survives_orchestrator_and_gateway_kills(own_stack: Stack
     assert [(m["turn_id"], m["role"]) for m in messages] == [
         (t, role) for t in (1, 2, 3) for role in ("user", "assistant")]
     assert [m["content"] for m in messages if m["role"] == "user"] == [
-        "Remember the word pineapple.", "My name is Tariro.", "What did I tell you?"]
+        SPOKEN, "My name is Tariro.", "What did I tell you?"]
+    assert messages[0]["confidence"] is not None  # the ASR's, for the spoken turn
     for reply in (m for m in messages if m["role"] == "assistant"):
         assert reply["content"] and reply["heard"] is None
         timings = reply["timings"]
