@@ -355,6 +355,8 @@ class Orchestrator:
         closes it with 1008), the live state goes, the stored history stays."""
         limit = self.settings.session_idle_s
         for session in idle_sessions(list(self.sessions.values()), limit, time.monotonic()):
+            if self.handoffs.holds(session.session_id):
+                continue  # waiting for or talking with a person: the handoff has its own timeout
             log.info("session idle: ended", extra={"session_id": session.session_id})
             await self._to_client(session, ErrorEvent(code=IDLE_REASON, fatal=True,
                                                       message=idle_message(limit)))

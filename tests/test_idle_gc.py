@@ -19,11 +19,12 @@ from typing import Any
 import httpx
 import websockets
 
-from common.frames import AudioIn, ErrorEvent, GatewayHeartbeat, HistoryReply, HistoryRequest
+from common.frames import AudioIn, ErrorEvent, GatewayHeartbeat, HandoffAsk, HistoryReply, HistoryRequest
 from common.metrics import SESSIONS_ENDED
 from tests.harness import SID, InProcess
 from tests.stack import Stack
 from tests.test_store import run, whole_turn
+from tests.test_turns_inprocess import speak
 
 WS_TIMEOUT_S = 30
 
@@ -72,6 +73,21 @@ def test_idle_zero_means_sessions_never_idle_out(tmp_path: Path) -> None:
         return SID in h.orchestrator.sessions
 
     assert run(InProcess(tmp_path, session_idle_s=0, heartbeat_interval_s=10), scenario) is True
+
+
+def test_a_session_handed_to_a_person_is_not_idled_out(tmp_path: Path) -> None:
+    """Waiting for (or listening to) an operator is not idleness: the handoff has its own timeout."""
+    async def scenario(h: InProcess) -> tuple[bool, bool]:
+        await h.ingress(HandoffAsk(session_id=SID, principal="p1", gateway_id="gw0"))
+        for phrase in h.to_worker("tts"):  # the handover phrase is said: no reply in progress
+            await speak(h, phrase)
+        session = h.orchestrator.sessions[SID]
+        await asyncio.sleep(0.35)
+        await h.orchestrator.tick()
+        return session.turn is not None and session.turn.active, SID in h.orchestrator.sessions
+
+    busy_and_alive = run(InProcess(tmp_path, session_idle_s=0.3, heartbeat_interval_s=10), scenario)
+    assert busy_and_alive == (False, True)  # no reply in progress, and still live
 
 
 def test_the_sessions_of_a_gateway_that_stopped_heartbeating_end_the_same_way(tmp_path: Path) -> None:
