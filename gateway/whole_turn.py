@@ -40,6 +40,7 @@ from common.frames import (
     Transcription,
     TurnEvent,
 )
+from common.languages import registry as languages
 from common.settings import Settings
 from gateway.auth import Principal
 from gateway.bridge import Bridge, scoped_session_id
@@ -196,7 +197,9 @@ class TurnRunner:
             await job.update(end=True)
 
     async def _transcribe(self, job: TurnJob, said: TurnInput) -> str:
-        frame = TranscribeJob(pcm=said.pcm, language=said.language or "auto")
+        # No language given: the ASR worker's own (as for a voice session), not "auto", whose
+        # language detection would cost a second pass over the clip.
+        frame = TranscribeJob(pcm=said.pcm, language=said.language)
         result = await self.jobs.first(frame.session_id, await self.jobs.start(frame))
         await self.jobs.end(frame.session_id, finished=True)
         if not isinstance(result, Transcription):
@@ -222,8 +225,9 @@ class TurnRunner:
         queue: asyncio.Queue[EgressMessage] = asyncio.Queue()
         self.bridge.jobs[internal] = queue  # the session's frames, unpaced, to this turn only
         try:
+            heard_in = job.language if job.language in languages.codes() else ""  # the ASR's guess
             await self.bridge.send(SessionStart(
-                session_id=internal, language=said.language or self.settings.language,
+                session_id=internal, language=said.language or heard_in or self.settings.language,
                 codec="pcm16", sample_rate=16000, principal=principal.id))
             await self.bridge.send(TextIn(session_id=internal, text=job.transcript))
             await self._collect(job, internal, queue)
