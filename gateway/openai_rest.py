@@ -9,7 +9,8 @@ What is OpenAI's and what is not (also in the README):
 - transcriptions: `prompt` and `temperature` are accepted and not used (the ASR job takes no
   prompt); `stream=true` sends one `transcript.text.delta` per segment once the clip is
   transcribed (a clip is transcribed whole), then `transcript.text.done`.
-- speech: 24 kHz mono like OpenAI's; `speed` other than 1.0 is refused (no time-stretching here).
+- speech: 24 kHz mono like OpenAI's; `speed` (0.25..4.0) is the voice's own speaking rate (Piper:
+  VITS `length_scale` per request), never a time-stretch; a voice without one refuses all but 1.0.
 - chat: `temperature` is accepted and not used (the LLM worker's setting applies); `stop` is
   applied here, on the text; `usage.prompt_tokens` is an estimate (the LLM worker reports no
   prompt count), `completion_tokens` counts the tokens the worker streamed.
@@ -119,9 +120,8 @@ def _add_speech_route(router: APIRouter, jobs: Jobs, settings: Settings, guard: 
         check_text(body.input, min(settings.openai_max_speech_chars, settings.max_text_chars), "input")
         if not body.input.strip():
             raise ApiError(422, "empty_input", "input has nothing to say")
-        if body.speed != 1.0:
-            raise ApiError(422, "unsupported_speed", "only speed 1.0 is supported by this server")
-        job = SpeakJob(text=body.input, language=settings.language, voice=voice, sample_rate=SPEECH_RATE)
+        job = SpeakJob(text=body.input, language=settings.language, voice=voice, sample_rate=SPEECH_RATE,
+                       speed=body.speed)  # the voice's own rate (Piper: length_scale), no stretching
         return await _speech_body(jobs, job, SpeechEncoder(body.response_format, SPEECH_RATE,
                                                            settings.opus_bitrate))
 

@@ -74,7 +74,8 @@ def work_for(frame: JobFrame, settings: Settings) -> tuple[WorkerKind, GenerateR
                                           max_new_tokens=frame.max_new_tokens)
         case SpeakJob():
             return "tts", SynthesizeRequest(**ids, text=frame.text, language=frame.language,
-                                            voice=frame.voice, sample_rate=frame.sample_rate)
+                                            voice=frame.voice, sample_rate=frame.sample_rate,
+                                            speed=frame.speed)
         case TranscribeJob():
             return "asr", TranscribeRequest(**ids, pcm=frame.pcm, language=frame.language)
 

@@ -198,6 +198,46 @@ def test_speech_streams_audio_that_decodes(client: openai.OpenAI, fmt: str) -> N
     assert rms_dbfs(samples.tobytes()) > SILENCE_DBFS
 
 
+def test_speed_is_the_voices_own_speaking_rate(client: openai.OpenAI) -> None:
+    """Piper's length_scale per request: the same words take far less (more) time at speed 2
+    (0.5). Not exactly half (twice): the voice's stochastic durations and its pauses do not all
+    scale; measured with joe-medium 0.61 and 1.76 of the time at 1.0 (four runs, 0.60..0.63
+    and 1.71..1.81). A speed outside OpenAI's range is a bad request."""
+    text = "The weather in Harare today is sunny and warm, with a light breeze."
+
+    def seconds(speed: float) -> float:
+        audio = client.audio.speech.create(model="tts-1", voice="alloy", input=text,
+                                           response_format="pcm", speed=speed)
+        samples = decode(audio.content, "pcm")[1]
+        assert rms_dbfs(samples.tobytes()) > SILENCE_DBFS
+        return samples.size / 24000
+
+    normal, fast, slow = seconds(1.0), seconds(2.0), seconds(0.5)
+    assert 0.4 < fast / normal < 0.75, (normal, fast)
+    assert 1.45 < slow / normal < 2.5, (normal, slow)
+    with pytest.raises(openai.BadRequestError):
+        client.audio.speech.create(model="tts-1", voice="alloy", input=text, speed=4.5)
+
+
+def test_a_voice_without_a_rate_refuses_any_speed_but_one() -> None:
+    from common.frames import SynthesizeRequest
+    from tts_worker.worker import TtsWorker
+
+    class FixedRate:  # a voice that says nothing of a speaking rate
+        def info(self) -> dict[str, str]:
+            return {}
+
+        def warmup(self) -> None:
+            pass
+
+        def synthesize_stream(self, text: str, **options: object) -> Iterator[bytes]:
+            yield b""
+
+    worker = TtsWorker(FixedRate(), 20)
+    assert worker.refusal(SynthesizeRequest(text="hi", speed=1.0)) is None
+    assert worker.refusal(SynthesizeRequest(text="hi", speed=2.0)) == "this voice speaks at speed 1.0 only"
+
+
 def test_speech_with_an_unknown_model_is_not_found(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as raised:
         client.audio.speech.create(model="tts-9000", voice="alloy", input="hello")

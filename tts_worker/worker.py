@@ -93,9 +93,10 @@ class TtsWorker(SerialWorker[SynthesizeRequest]):
             return f"text longer than {self.max_text_chars} characters"
         if request.sample_rate not in SAMPLE_RATES:
             return f"sample_rate must be one of {', '.join(map(str, SAMPLE_RATES))}"
-        if request.speed != 1.0 and not (0.25 <= request.speed <= 4.0 and speeds(self.voice)):
-            return "this voice speaks at speed 1.0 only" if speeds(self.voice) is False else \
-                "speed must be from 0.25 to 4.0"
+        if not 0.25 <= request.speed <= 4.0:
+            return "speed must be from 0.25 to 4.0"
+        if request.speed != 1.0 and not speeds(self.voice):
+            return "this voice speaks at speed 1.0 only"
         return None
 
     def _stream(self, request: SynthesizeRequest, phonemizer: Phonemizer | None) -> Any:

@@ -26,6 +26,8 @@ def create(settings: Settings) -> FakeTts:
 
 
 class FakeTts:
+    speeds = True  # a per-request speaking rate: the audio is 1/speed as long
+
     def __init__(self, *, ms_per_char: int = 60, rtf: float = 0.05) -> None:
         self.ms_per_char = ms_per_char
         self.rtf = rtf
@@ -47,8 +49,9 @@ class FakeTts:
 
     def synthesize_stream(
         self, text: str, *, sample_rate: int = 16000, frame_ms: int = 20, language: str = "",
+        speed: float = 1.0,
     ) -> Iterator[bytes]:
-        total = int(self.duration_s(text) * NATIVE_RATE)
+        total = int(self.duration_s(text) / speed * NATIVE_RATE)
         framer = Framer(NATIVE_RATE, sample_rate, frame_ms)
         step = int(CHUNK_S * NATIVE_RATE)
         for start in range(0, total, step):

@@ -73,13 +73,18 @@ class OpenAITts:
         for _ in self.synthesize_stream("Hello."):
             pass
 
+    speeds = True  # OpenAI's speech API takes `speed` (0.25..4.0); passed on as it is
+
     def synthesize_stream(
         self, text: str, *, sample_rate: int = 16000, frame_ms: int = 20, language: str = "",
+        speed: float = 1.0,
     ) -> Iterator[bytes]:
         if not text.strip():
             return
-        body = {"model": self.model, "input": text, "voice": self.voice,
-                "response_format": self.response_format}
+        body: dict[str, object] = {"model": self.model, "input": text, "voice": self.voice,
+                                   "response_format": self.response_format}
+        if speed != 1.0:
+            body["speed"] = speed
         with self._client.stream("POST", "audio/speech", json=body) as response:
             if response.status_code >= 400:
                 detail = response.read().decode(errors="replace")[:200]

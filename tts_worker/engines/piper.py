@@ -132,6 +132,9 @@ class PiperVoice:
         missing = {"input", "input_lengths"} - self._input_names
         if missing:
             raise ValueError(f"not a Piper VITS model: inputs {sorted(missing)} are missing")
+        # A speaking rate per request is VITS's length_scale, an input of the model (exports
+        # without the `scales` input have theirs baked in).
+        self.speeds = "scales" in self._input_names
 
     @classmethod
     def load(
@@ -190,8 +193,8 @@ class PiperVoice:
             log.debug("phonemes missing from the voice's map were skipped: %s", dict(skipped))
         return ids
 
-    def _infer(self, phonemes: str) -> np.ndarray:
-        """Float32 audio at the native rate for one sentence's IPA."""
+    def _infer(self, phonemes: str, speed: float = 1.0) -> np.ndarray:
+        """Float32 audio at the native rate for one sentence's IPA, `speed` times as fast."""
         ids = self.phoneme_ids(phonemes)
         feed: dict[str, np.ndarray] = {
             "input": np.array([ids], dtype=np.int64),
@@ -200,20 +203,21 @@ class PiperVoice:
         if "scales" in self._input_names:
             cfg = self.config
             feed["scales"] = np.array(
-                [cfg.noise_scale, cfg.length_scale, cfg.noise_w], dtype=np.float32
+                [cfg.noise_scale, cfg.length_scale / speed, cfg.noise_w], dtype=np.float32
             )
         if "sid" in self._input_names:  # multi-speaker voices: the first speaker
             feed["sid"] = np.array([0], dtype=np.int64)
         audio = self.session.run(None, feed)[0]
         return limit_peak(np.asarray(audio, dtype=np.float32).reshape(-1))
 
-    def _sentences(self, text: str, phonemizer: Phonemizer | None = None) -> Iterator[np.ndarray]:
+    def _sentences(self, text: str, phonemizer: Phonemizer | None = None,
+                   speed: float = 1.0) -> Iterator[np.ndarray]:
         """Audio per sentence, a short silence after each but the last so that sentences
         join without a click or a fade."""
         sentences = (phonemizer or self.phonemizer).phonemize(text)
         gap = np.zeros(self.sample_rate * self.sentence_gap_ms // 1000, dtype=np.float32)
         for index, phonemes in enumerate(sentences):
-            audio = self._infer(phonemes)
+            audio = self._infer(phonemes, speed)
             yield np.concatenate([audio, gap]) if index < len(sentences) - 1 else audio
 
     def synthesize(self, text: str) -> np.ndarray:
@@ -223,7 +227,7 @@ class PiperVoice:
 
     def synthesize_stream(
         self, text: str, *, sample_rate: int = 16000, frame_ms: int = 20, language: str = "",
-        phonemizer: Phonemizer | None = None,
+        phonemizer: Phonemizer | None = None, speed: float = 1.0,
     ) -> Iterator[bytes]:
         """PCM16 frames of `frame_ms`, sentence by sentence: the first frames come out as
         soon as the first sentence is synthesized. `phonemizer` (a language's G2P) replaces
@@ -234,7 +238,7 @@ class PiperVoice:
 
             text = registry.get(language or "en").speech_text(text)
         framer = Framer(self.sample_rate, sample_rate, frame_ms)
-        for audio in self._sentences(text, phonemizer):
+        for audio in self._sentences(text, phonemizer, speed):
             yield from framer.push(audio)
         yield from framer.flush()
 
