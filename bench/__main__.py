@@ -296,11 +296,19 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--only-caches", action="store_true",
                         help="only /v1/tts cold vs cached and the store's write latency "
                              "(bench/store.py, bench/results/conversations.json)")
+    parser.add_argument("--only-handoff", action="store_true",
+                        help="only the handoff triggers' cost per transcript (bench/handoff.py, "
+                             "bench/results/handoff.json)")
     return parser.parse_args()
 
 
 def main() -> None:
     args = arguments()
+    if args.only_handoff:
+        from bench.handoff import main as handoff_main
+
+        handoff_main()
+        return
     if args.only_caches:
         from bench.store import conversations_main
 
@@ -330,6 +338,9 @@ def main() -> None:
     report["asr"] = asr_comparison(settings)
     report["sequential"] = sequential_baseline(settings)
     report["store"] = store_figures()  # per-turn write latency, 4 sessions at once (issue 13)
+    from bench.handoff import handoff_figures
+
+    report["handoff"] = handoff_figures()  # trigger cost per final transcript (issue 14)
     streaming = report["stack"]["one_session"]["v2v_ms"]["p50"]
     baseline = report["sequential"]["with_end_of_turn_ms"]["p50"]
     report["ttfa_ratio_p50"] = round(baseline / streaming, 2) if streaming else None
