@@ -44,7 +44,7 @@ from common.plane_auth import gateway_identity
 from common.settings import Settings
 from common.transport import Plane
 from gateway.playback import Outbox, SessionClosed
-from gateway.shards import Shard, Shards, admin_all_shards, list_all_shards
+from gateway.shards import Shard, Shards, admin_all_shards, find_on_shards, list_all_shards
 
 CLOSE_RESTART = 1012  # WebSocket close code: service restart
 
@@ -148,7 +148,12 @@ class Bridge:
         """The orchestrator's view of a session's dialogue; None if it did not answer. Without
         `principal` it is found only for a live session this gateway holds; with it, for the
         caller's own session, live or stored; with `admin` (the route checked) any session."""
-        reply = await self.ask(HistoryRequest(session_id=session_id, admin=admin, principal=principal))
+        request = HistoryRequest(session_id=session_id, admin=admin, principal=principal)
+        if self.shards.single:
+            reply = await self.ask(request)
+        else:
+            reply = await find_on_shards(self.shards, self.ask, request,
+                                         lambda r: isinstance(r, HistoryReply) and r.found)
         return reply if isinstance(reply, HistoryReply) else None
 
     async def list_sessions(self, principal: str, *, admin: bool, limit: int,
@@ -163,7 +168,12 @@ class Bridge:
     async def delete_session(self, session_id: str, principal: str, *,
                              admin: bool) -> SessionDeleted | None:
         """Erase the caller's conversation (any, for an admin); `found` False when none was."""
-        reply = await self.ask(SessionDelete(session_id=session_id, principal=principal, admin=admin))
+        request = SessionDelete(session_id=session_id, principal=principal, admin=admin)
+        if self.shards.single:
+            reply = await self.ask(request)
+        else:
+            reply = await find_on_shards(self.shards, self.ask, request,
+                                         lambda r: isinstance(r, SessionDeleted) and r.found)
         return reply if isinstance(reply, SessionDeleted) else None
 
     async def admin(self, action: AdminAction) -> AdminReply | ErrorEvent | None:

@@ -214,3 +214,24 @@ async def admin_all_shards(shards: Shards, ask: Ask, action: AdminAction
             merged[key] = msgspec.structs.replace(entry)
     missing = sorted({kind for reply in answered for kind in reply.missing})
     return AdminReply(models=list(merged.values()), missing=missing)
+
+
+async def find_on_shards(shards: Shards, ask: Ask, request: Frame,
+                         found: Callable[[EgressMessage], bool]) -> EgressMessage | None:
+    """A request about one stored session (history, erasure), asked where it should be first (its
+    live placement, else its owner), then on every other live shard: a fresh session placed on
+    another shard while its owner was down is stored there. The first reply that `found` it;
+    else a store's error if one failed, None if a shard did not answer (an absence that cannot
+    be vouched for is a 503, never a 404), or the first "not found"."""
+    first = shards.route(request)
+    others = [s for s in shards.all.values() if s is not first and shards.alive(s)]
+    replies: list[EgressMessage | None] = []
+    for shard in [first, *others]:
+        reply = await ask(request, None, shard)
+        if reply is not None and found(reply):
+            return reply
+        replies.append(reply)
+    failed = [r for r in replies if r is not None and bool(getattr(r, "error", False))]
+    if failed or None in replies:
+        return failed[0] if failed else None
+    return replies[0]

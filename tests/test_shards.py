@@ -22,6 +22,8 @@ from pydantic import ValidationError
 from common.frames import (
     ChatJob,
     Frame,
+    HistoryReply,
+    HistoryRequest,
     JobCancel,
     SessionEnd,
     SessionList,
@@ -31,7 +33,7 @@ from common.frames import (
     TextIn,
 )
 from common.settings import Settings
-from gateway.shards import Shard, Shards, list_all_shards, owner, rank
+from gateway.shards import Shard, Shards, find_on_shards, list_all_shards, owner, rank
 from tests.stack import ROOT
 
 KEYS = [str(uuid.UUID(int=i * 7919 + 1)) for i in range(4000)]
@@ -162,3 +164,31 @@ def test_the_session_listing_merges_every_shards_store_newest_first() -> None:
     assert [s.session_id for s in shared.sessions] == ["a0", "a2", "a1"]
     shards.all["b"].status_at = 0.0  # a silent shard is not asked; the others still answer
     assert [s.session_id for s in _listing(shards, rows).sessions] == ["a0", "a2", "a1"]  # type: ignore[union-attr]
+
+
+def _find(shards: Shards, held_by: dict[str, bool], key: str) -> HistoryReply | None:
+    """find_on_shards over shards whose stores hold `key` or not (answered as a store would)."""
+    async def ask(request: Frame, _timeout: float | None, shard: Shard) -> HistoryReply | None:
+        if not shards.alive(shard):
+            return None  # as Bridge.send drops a frame for a silent shard
+        return HistoryReply(session_id=key, found=held_by[shard.name])
+    request = HistoryRequest(session_id=key)
+    reply = asyncio.run(find_on_shards(shards, ask, request,
+                                       lambda r: isinstance(r, HistoryReply) and r.found))
+    assert reply is None or isinstance(reply, HistoryReply)
+    return reply
+
+
+def test_a_stored_session_is_found_on_its_owner_or_where_it_was_placed() -> None:
+    shards = Shards(_settings(*THREE))
+    for name in THREE:
+        _up(shards, name)
+    key = KEYS[2]
+    first, second, third = rank(key, THREE)
+    # placed on its second choice while its owner was not ready; the session has ended since
+    found = _find(shards, {first: False, second: True, third: False}, key)
+    assert found is not None and found.found
+    nowhere = _find(shards, dict.fromkeys(THREE, False), key)
+    assert nowhere is not None and not nowhere.found  # every store said so: a 404
+    shards.all[first].status_at = 0.0  # the owner is down: its store cannot vouch
+    assert _find(shards, dict.fromkeys(THREE, False), key) is None  # a 503, never a 404
