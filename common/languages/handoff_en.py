@@ -173,4 +173,13 @@ CALM = (
     "what did you say",
     "sorry I did not hear you",
     "never mind the weather what about the news",
+    # hard negatives: words anger uses too, said calmly
+    "play it again",
+    "try again please",
+    "stop the music",
+    "stop please",
+    "okay stop there",
+    "that was a great story",
+    "it works now thank you",
+    "three times a day",
 )
