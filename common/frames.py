@@ -125,6 +125,9 @@ class TextIn(Frame):
     ASR had heard it, with the same safety filter and limits as speech."""
 
     text: str = ""
+    # A transcript the gateway had transcribed itself (POST /v1/turns, the job API): the ASR's
+    # confidence, stored with the turn as for speech. None: really typed.
+    confidence: float | None = None
 
 
 class SessionEnd(Frame):

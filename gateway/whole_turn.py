@@ -229,7 +229,8 @@ class TurnRunner:
             await self.bridge.send(SessionStart(
                 session_id=internal, language=said.language or heard_in or self.settings.language,
                 codec="pcm16", sample_rate=16000, principal=principal.id))
-            await self.bridge.send(TextIn(session_id=internal, text=job.transcript))
+            await self.bridge.send(TextIn(session_id=internal, text=job.transcript,
+                                          confidence=job.confidence if said.pcm else None))
             await self._collect(job, internal, queue)
         finally:
             self.bridge.jobs.pop(internal, None)

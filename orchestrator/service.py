@@ -275,13 +275,15 @@ class Orchestrator:
         if not message.text.strip():
             return
         # The id `turns.start` is about to give the reply, so the client pairs them as for speech.
-        final = TranscriptChunk(text=message.text.strip(), is_final=True, confidence=1.0,
+        heard = message.confidence  # a transcript made at the gateway keeps its ASR confidence
+        final = TranscriptChunk(text=message.text.strip(), is_final=True,
+                                confidence=1.0 if heard is None else heard,
                                 language=session.language, turn_id=session.turns + 1)
         await self._to_client(session, final)
         log.info("user turn (typed)", extra={"session_id": session.session_id,
                                              "text": content(final.text)})
         if not await self.handoffs.on_user_turn(session, final.text, None):  # (handoff area)
-            await self.turns.start(session, final.text)
+            await self.turns.start(session, final.text, confidence=heard)
 
     async def _start_session(self, start: SessionStart, gateway_id: str) -> None:
         self.gateways.seen(gateway_id)

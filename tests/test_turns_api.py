@@ -84,6 +84,10 @@ def test_an_audio_turn_answers_as_json_with_base64_audio(fake_stack: Stack, fixt
     assert audible(samples) and len(samples) * 2 == body["audio_bytes"]
     stages = [body["timings_ms"][k] for k in ("asr_final", "first_token", "first_audio", "total")]
     assert stages == sorted(stages) and stages[0] > 0, body["timings_ms"]
+    stored = httpx.get(f"{fake_stack.http}/v1/sessions/{body['session_id']}", timeout=TIMEOUT).json()
+    user = [m for m in stored["messages"] if m["role"] == "user"]
+    assert isinstance(body["confidence"], float)  # the ASR's, stored with the turn:
+    assert [m["confidence"] for m in user] == [body["confidence"]], stored["messages"]
 
 
 @pytest.mark.parametrize("kind", ["webm", "mp3"])
