@@ -1,8 +1,8 @@
 """Two shards on one machine: two orchestrators with their own workers, one gateway (real
-processes, fake engines; tests/shards.py). Sessions spread over both shards by their id; kill -9
-of one orchestrator ends only its own sessions (1012) while the other shard's sessions go on
-talking; once the killed orchestrator is back, its sessions resume from its own store.
-"""
+processes, fake engines, the plane TCP with CURVE; tests/shards.py). Sessions spread over both
+shards by their id; kill -9 of one orchestrator ends only its own sessions (1012) while the other
+shard's sessions go on talking; once the killed orchestrator is back, its sessions resume from
+its own store."""
 
 from __future__ import annotations
 
@@ -34,7 +34,9 @@ TIMEOUT_S = 30.0
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory):
-    running = TwoShards(tmp_path_factory.mktemp("shards"), **FAKE_ENGINES, INZWA_RESTART_BUDGET="20",
+    # TCP with CURVE, as shards on several hosts would be (ipc works the same way on one box)
+    running = TwoShards(tmp_path_factory.mktemp("shards"), tmp_path_factory.mktemp("keys"),
+                        **FAKE_ENGINES, INZWA_RESTART_BUDGET="20",
                         INZWA_FAKE_TTS_MS_PER_CHAR=str(FAKE_TTS_MS_PER_CHAR),
                         INZWA_FAKE_LLM_REPLY="Harare is the capital.", INZWA_PLAYBACK_SPEED="4",
                         INZWA_RATE_REQUESTS_PER_MINUTE="0", INZWA_RATE_CONCURRENT_SESSIONS="0")
