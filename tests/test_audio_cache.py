@@ -8,6 +8,7 @@ import time
 import uuid
 
 import httpx
+import pytest
 
 from common.frames import AudioChunk, SynthesizeRequest
 from common.metrics import CACHE_BYTES, CACHE_EVICTIONS, CACHE_HITS, CACHE_MISSES
@@ -143,6 +144,7 @@ def metric_total(stack: Stack, name: str) -> float:
                if line.startswith(name + "{") and 'cache="audio"' in line)
 
 
+@pytest.mark.e2e
 def test_a_second_identical_tts_request_is_served_from_the_cache(fake_stack: Stack) -> None:
     body = {"text": f"Cache check number {uuid.uuid4().int % 100000}.", "format": "wav"}
     hits, misses = (metric_total(fake_stack, f"inzwa_cache_{n}_total") for n in ("hits", "misses"))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import websockets
 
 from common.frames import AudioIn, ErrorEvent, GatewayHeartbeat, HandoffAsk, HistoryReply, HistoryRequest
@@ -133,6 +134,7 @@ async def silent_session(url: str, session_id: str) -> tuple[list[dict[str, Any]
         return events, ws.close_code, time.monotonic() - silent_from
 
 
+@pytest.mark.e2e
 def test_a_silent_client_is_closed_with_a_reason_and_its_history_kept(deterministic_stack: Stack) -> None:
     stack, chosen = deterministic_stack, str(uuid.uuid4())
     before = metric(stack, "inzwa_sessions_ended_total", 'reason="idle_timeout"')

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from common.frames import ChatJob, ChatMessage, GatewayHeartbeat, GenerateRequest, TokenChunk
 from common.metrics import CACHE_HITS, CACHE_MISSES
@@ -84,6 +85,7 @@ def metric(stack: Stack, name: str) -> float:
                if line.startswith(name + "{") and 'cache="response"' in line)
 
 
+@pytest.mark.e2e
 def test_a_second_identical_chat_is_served_from_the_cache(deterministic_stack: Stack) -> None:
     stack = deterministic_stack
     body = {"messages": [{"role": "user", "content": f"Cache check {uuid.uuid4().hex[:8]}."}]}

@@ -25,6 +25,8 @@ from tests.conftest import FAKE_ENGINES
 from tests.gateway_thread import running_gateway
 from tests.stack import Stack
 
+pytestmark = pytest.mark.e2e
+
 WS_TIMEOUT_S = 30
 TURN_TIMEOUT_S = 60
 FRAME_BYTES = 640  # 20 ms of PCM16 mono at 16 kHz
