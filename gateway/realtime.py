@@ -22,10 +22,11 @@ What each client event maps onto, where it is not one to one (also in the README
   already played stay heard, and of the phrase playing at `audio_end_ms` the share of its words
   heard by then (by duration) is marked heard too. A server-VAD barge-in has already closed the
   turn in the orchestrator at the phrase boundary; a truncate after it is acknowledged only.
-- `session.update` `instructions` become the session's system prompt (at most 4000 characters;
-  empty: the server's); `turn_detection.silence_duration_ms` (200..3000) the trailing silence
-  that ends a turn in the session's ASR, from its next utterance. Before the first turn they
-  ride in the SessionStart, after it in a SessionConfig frame.
+- `session.update` `instructions` (at most 4000 characters) join the session's system prompt
+  below the server's own, which always comes first (as a REST chat's system messages do);
+  `turn_detection.silence_duration_ms` (200..3000) is the trailing silence that ends a turn in
+  the session's ASR, from its next utterance. Before the first turn they ride in the
+  SessionStart, after it in a SessionConfig frame.
 - `input_audio_buffer.speech_started` comes at the ASR's voice onset (its VadEvent), with the
   onset's place in the session's audio as `audio_start_ms`.
 """

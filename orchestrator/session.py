@@ -154,8 +154,13 @@ class Session:
             self.history.popleft()
 
     def prompt(self, system_prompt: str, user_text: str) -> list[ChatMessage]:
-        return [ChatMessage("system", self.system_prompt or system_prompt), *self.history,
+        return [ChatMessage("system", self.system(system_prompt)), *self.history,
                 ChatMessage("user", user_text)]
+
+    def system(self, server_prompt: str) -> str:
+        """The server's prompt first, always; the client's own instructions below it, never
+        replacing it (as a REST chat's system messages: orchestrator/jobs.py)."""
+        return f"{server_prompt}\n\n{self.system_prompt}" if self.system_prompt else server_prompt
 
     def amend_reply(self, heard: str) -> None:
         """The last turn's reply as heard, corrected: a client that stopped a reply says how

@@ -87,11 +87,11 @@ class Conversations:
             reply.language = live.language
         if request.principal:  # (without one, an older asker: live sessions only, as before)
             await self._from_store(request, reply, live)
-        if reply.found and live is not None and live.system_prompt:  # the client's own (Realtime)
-            reply.system_prompt = live.system_prompt
-        elif reply.found:
+        if reply.found:
             reply.system_prompt = (self.settings.system_prompt
                                    or languages.get(reply.language or self.settings.language).system_prompt)
+            if live is not None:  # with the client's own instructions (OpenAI Realtime)
+                reply.system_prompt = live.system(reply.system_prompt)
         self.send(gateway_id, reply)
 
     async def _from_store(self, request: HistoryRequest, reply: HistoryReply,

@@ -352,7 +352,7 @@ def history_of(stack: Stack, created: Any) -> dict[str, Any]:
     return dict(reply.json())
 
 
-def test_instructions_are_the_sessions_system_prompt(fake_stack: Stack) -> None:
+def test_instructions_join_the_sessions_system_prompt(fake_stack: Stack) -> None:
     async def body(connection: Any, events: Events) -> None:
         created = await events.wait("session.created")
         await connection.session.update(session={"type": "realtime", "instructions": PIRATE})
@@ -363,13 +363,14 @@ def test_instructions_are_the_sessions_system_prompt(fake_stack: Stack) -> None:
         await ask(connection, "Hello there.")  # the session starts with its prompt
         assert (await events.wait("response.done")).response.status == "completed"
         history = await asyncio.to_thread(history_of, fake_stack, created)
-        assert history["system_prompt"] == PIRATE  # (the too-long update changed nothing)
+        server_prompt, _, own = history["system_prompt"].rpartition("\n\n")
+        assert server_prompt and own == PIRATE  # below the server's (the too-long update changed nothing)
         mark = len(events.seen)
         await connection.session.update(session={"type": "realtime", "instructions": "Speak Shona."})
         updated = await events.wait("session.updated", after=mark)
         assert updated.session.instructions == "Speak Shona."
         history = await asyncio.to_thread(history_of, fake_stack, created)
-        assert history["system_prompt"] == "Speak Shona."  # a live session changes its prompt
+        assert history["system_prompt"] == f"{server_prompt}\n\nSpeak Shona."  # changed live
 
     asyncio.run(session(fake_stack, body))
 
