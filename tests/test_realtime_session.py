@@ -1,11 +1,12 @@
 """The per-session settings and the client's cancel behind OpenAI Realtime, in-process.
 
-The real orchestrator (tests/harness.py): a session's own system prompt is the one its LLM turns
-are sent, before and after a `SessionConfig`; its end-of-turn silence reaches the ASR; the ASR's
-speech onset is forwarded to the gateway before the cut it causes; a `CancelTurn` stops the
-LLM and TTS at once and the history keeps what was heard, a heard mark after it included. And
-the real ASR session (fake recogniser, real webrtcvad): the session's silence decides when the
-turn ends, from the next utterance when it changes.
+The real orchestrator (tests/harness.py): a session's own instructions are in the system prompt
+its LLM turns are sent (below the server's), before and after a `SessionConfig`; its
+end-of-turn silence reaches the ASR; the ASR's speech onset is forwarded to the gateway before
+the cut it causes; a `CancelTurn` stops the LLM and TTS at once and the history keeps what was
+heard, a heard mark after it included. And the real ASR session (fake recogniser, real
+webrtcvad): the session's silence decides when the turn ends, from the next utterance when it
+changes; and the gateway's conversation tells speech_started at the onset.
 """
 
 from __future__ import annotations
@@ -60,17 +61,18 @@ def test_the_sessions_own_prompt_is_the_system_prompt_of_its_turns(tmp_path: Pat
         started = h.to_worker("asr")
         assert [(type(f), f.silence_ms) for f in started] == [(SessionStart, 1200)]  # to the ASR
         first = await final(h, 1, "hello")
-        assert (first.messages[0].role, first.messages[0].content) == ("system", PROMPT)
+        # The server's prompt ("SYSTEM" here) first, always; the session's own below it.
+        assert (first.messages[0].role, first.messages[0].content) == ("system", f"SYSTEM\n\n{PROMPT}")
         await h.ingress(SessionConfig(session_id=SID, system_prompt="Speak Shona.", silence_ms=800))
         assert [(type(f), f.silence_ms) for f in h.to_worker("asr")] == [(SessionConfig, 800)]
         second = await final(h, 2, "tell me more")
-        assert second.messages[0].content == "Speak Shona."
+        assert second.messages[0].content == "SYSTEM\n\nSpeak Shona."
         await h.ingress(HistoryRequest(session_id=SID, request_id="r1", gateway_id="gw0"))
         reply = [f for f in h.to_gateway() if isinstance(f, HistoryReply)]
-        assert reply[0].system_prompt == "Speak Shona."
+        assert reply[0].system_prompt == "SYSTEM\n\nSpeak Shona."
         await h.ingress(SessionConfig(session_id=SID))  # empty: back to the server's
         third = await final(h, 3, "what time is it")
-        assert third.messages[0].content == "SYSTEM"  # (the harness's configured prompt)
+        assert third.messages[0].content == "SYSTEM"  # the server's alone
 
     run(tmp_path, scenario, system_prompt=PROMPT, silence_ms=1200)
 
