@@ -51,6 +51,7 @@ ToClient = Callable[[Session, Frame], Awaitable[None]]
 SendGateway = Callable[[str, Frame], object]
 EndSession = Callable[[Session, str], Awaitable[None]]
 END_WAIT_S = 30.0  # timeout action "end": the farewell's playback is awaited at most this long
+RESTORED_GRACE = 10  # handoff timeouts a restored handoff waits for its caller to come back
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Handoff:
     record: HandoffRecord
     pending: list[str] = field(default_factory=list)  # the caller's words since the operator spoke
     deadline: float = math.inf  # monotonic: no operator by then -> timeout (while the caller is here)
+    restored_at: float | None = None  # monotonic: read back after a restart, its caller not yet back
 
 
 @dataclass
@@ -152,6 +154,7 @@ class Handoffs:
         if handoff is None:
             return
         record = handoff.record
+        handoff.restored_at = None
         if record.state == "accepted" and record.operator_conn not in self.operators:
             record.state, record.operator, record.operator_conn = "requested", "", ""
             await self._save(record)
@@ -183,11 +186,13 @@ class Handoffs:
             if message.request_id and error is not None:
                 error.session_id, error.request_id = message.session_id, message.request_id
                 self.send(gateway_id, error)
+            elif session is not None and error is not None and mine:  # the client's own ask
+                await self.to_client(session, error)
             return
         kind = "api" if message.request_id else "client"
         trigger = HandoffTrigger(kind, message.reason[:200], 1.0, time.time())
         handoff = await self.start(session, kind, trigger)
-        if message.request_id:
+        if message.request_id:  # (the answer's reason carries the handoff's state)
             self.send(gateway_id, HandoffEvent(session_id=session.session_id, request_id=message.request_id,
                                                event="handoff.started", reason=handoff.record.state))
 
@@ -323,6 +328,7 @@ class Handoffs:
         """Handoffs no operator accepted in time (their caller connected): the caller is told in
         their language; the assistant goes on, or the session ends (handoff_timeout_action)."""
         now = time.monotonic()
+        await self._forget_gone(now)
         due = [h for h in self.active.values() if h.record.state == "requested" and h.deadline <= now]
         for handoff in due:
             session = self.sessions.get(handoff.record.session_id)
@@ -337,6 +343,14 @@ class Handoffs:
             turn_id = await self._speak(session, phrase, heard)
             if end:
                 self._spawn(self._end_after(session, turn_id))
+
+    async def _forget_gone(self, now: float) -> None:
+        """Handoffs read back after a restart whose caller did not come back within
+        RESTORED_GRACE timeouts: the caller is gone."""
+        grace = RESTORED_GRACE * self.settings.handoff_timeout_s
+        for handoff in list(self.active.values()):
+            if handoff.restored_at is not None and now - handoff.restored_at > grace:
+                await self._end(handoff, "caller_left")
 
     async def _end_after(self, session: Session, turn_id: int) -> None:
         """End the session once its farewell has been played (or END_WAIT_S at most)."""
@@ -362,7 +376,7 @@ class Handoffs:
             log.exception("conversation store: open handoffs not restored")
             return
         for record in records:
-            self.active[record.session_id] = Handoff(record)
+            self.active[record.session_id] = Handoff(record, restored_at=time.monotonic())
         if records:
             log.info("open handoffs restored", extra={"count": len(records)})
 

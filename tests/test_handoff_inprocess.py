@@ -184,3 +184,24 @@ def test_handoff_requests_are_checked_and_survive_a_restart(tmp_path: Path) -> N
     restarted = InProcess(tmp_path)
     asyncio.run(restarted.orchestrator.handoffs.restore())
     run(restarted, after)
+
+
+def test_a_restored_handoff_whose_caller_never_comes_back_is_closed(tmp_path: Path) -> None:
+    async def before(h: InProcess) -> None:
+        await final(h, "I want to talk to a person")
+        assert h.orchestrator.handoffs.holds(SID)
+
+    async def later() -> None:
+        restarted = InProcess(tmp_path, handoff_timeout_s=0.01)
+        handoffs = restarted.orchestrator.handoffs
+        await handoffs.restore()
+        assert handoffs.holds(SID)
+        await asyncio.sleep(0.2)  # ten timeouts, and the caller has not reconnected
+        await restarted.orchestrator.tick()
+        assert not handoffs.holds(SID)
+        [record] = await handoffs.db.of_session(SID)
+        assert (record.state, record.outcome) == ("ended", "caller_left")
+        await restarted.orchestrator.store.close()
+
+    run(InProcess(tmp_path), before)
+    asyncio.run(later())
