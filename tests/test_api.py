@@ -555,8 +555,9 @@ def api_schema(stack: Stack) -> schemathesis.BaseSchema:
 def test_fuzzing_covers_every_operation(api_schema: schemathesis.BaseSchema) -> None:
     live = {(result.ok().method.upper(), result.ok().path) for result in api_schema.get_all_operations()}
     from tests.test_openai_rest import OPENAI_FUZZED  # fuzzed there, with their own cost bounds
+    from tests.test_turns_api import TURNS_FUZZED  # fuzzed there, on the fake stack
 
-    assert live == set(FUZZED) | set(OPENAI_FUZZED)
+    assert live == set(FUZZED) | set(OPENAI_FUZZED) | set(TURNS_FUZZED)
 
 
 def bound_cost(case: schemathesis.Case) -> None:

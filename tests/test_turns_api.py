@@ -18,6 +18,10 @@ from urllib.parse import unquote
 import httpx
 import numpy as np
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
 
 from common.audio import read_wav
 from common.settings import Settings
@@ -28,6 +32,11 @@ pytestmark = pytest.mark.e2e
 
 CLIP = "q_en_capital.wav"
 TIMEOUT = httpx.Timeout(60.0)
+# The operations of gateway/turns_api.py, fuzzed here on the fake stack (a real turn per valid
+# case would be slow on the real models); tests/test_api.py checks every live one is fuzzed.
+TURNS_FUZZED = [("POST", "/v1/turns"), ("POST", "/api/v1/interaction/start"),
+                ("GET", "/api/v1/interaction/result/{job_id}"), ("GET", "/api/v1/health"),
+                ("GET", "/api/v1/metrics")]
 
 
 def heard() -> str:
@@ -131,3 +140,30 @@ def test_a_silent_upload_is_no_speech_not_a_reply(fake_stack: Stack) -> None:
                           headers={"Content-Type": "audio/wav", "Accept": "application/json"},
                           params={"session_id": str(uuid.uuid4())})
     assert response.status_code == 422 and response.json()["error"] == "no_speech", response.text
+
+
+@pytest.fixture(scope="module")
+def turns_schema(fake_stack: Stack) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_url(f"{fake_stack.http}/openapi.json", wait_for_schema=30)
+
+
+@pytest.mark.parametrize(("method", "path"), TURNS_FUZZED, ids=[f"{m} {p}" for m, p in TURNS_FUZZED])
+def test_no_turn_request_gets_a_server_error(turns_schema: schemathesis.BaseSchema, fake_stack: Stack,
+                                             method: str, path: str) -> None:
+    """Valid and invalid requests generated from the schema: 2xx or 4xx, never a 5xx."""
+    operation = turns_schema[path][method]
+    strategy = operation.as_strategy(GenerationMode.POSITIVE)
+    if operation.body or operation.query:
+        strategy = strategy | operation.as_strategy(GenerationMode.NEGATIVE)
+    headers = fake_stack.admin_headers() if path == "/api/v1/metrics" else None
+    statuses: list[int] = []
+
+    @given(case=strategy)
+    @settings(max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck),
+              phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target])
+    def run(case: schemathesis.Case) -> None:
+        response = case.call_and_validate(checks=[not_a_server_error], timeout=60, headers=headers)
+        statuses.append(response.status_code)
+
+    run()
+    assert statuses and all(status < 500 for status in statuses), statuses
