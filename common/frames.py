@@ -108,6 +108,7 @@ class SessionStart(Frame):
     # The client's own choices (OpenAI Realtime session.update); empty / 0: the server's settings.
     system_prompt: str = ""  # the system prompt of this session's LLM turns
     silence_ms: int = 0  # the trailing silence that ends a turn in this session's ASR (VAD)
+    speed: float = 1.0  # the speaking rate of this session's replies (SynthesizeRequest.speed)
 
 
 class AudioIn(Frame):
@@ -141,6 +142,7 @@ class SessionConfig(Frame):
 
     system_prompt: str = ""
     silence_ms: int = 0
+    speed: float = 1.0
 
 
 class CancelTurn(Frame):

@@ -25,8 +25,10 @@ What each client event maps onto, where it is not one to one (also in the README
 - `session.update` `instructions` (at most 4000 characters) join the session's system prompt
   below the server's own, which always comes first (as a REST chat's system messages do);
   `turn_detection.silence_duration_ms` (200..3000) is the trailing silence that ends a turn in
-  the session's ASR, from its next utterance. Before the first turn they ride in the
-  SessionStart, after it in a SessionConfig frame.
+  the session's ASR, from its next utterance; `audio.output.speed` (0.25..1.5) the voice's own
+  speaking rate for the next phrases (Piper's length_scale). Before the first turn they ride in
+  the SessionStart, after it in a SessionConfig frame. `create_response` / `interrupt_response`
+  false are refused (Inzwa answers every turn; speech always interrupts).
 - `input_audio_buffer.speech_started` comes at the ASR's voice onset (its VadEvent), with the
   onset's place in the session's audio as `audio_start_ms`.
 """
@@ -303,13 +305,13 @@ class RealtimeSocket:
     async def _configure(self, before: RealtimeConfig) -> None:
         """The instructions become the session's system prompt, the silence its ASR's end of
         turn: in the start frame before the first turn, in a SessionConfig after it."""
-        config = self.config
-        self.session.system_prompt, self.session.silence_ms = config.instructions, config.silence_ms
-        changed = (before.instructions, before.silence_ms) != (config.instructions, config.silence_ms)
-        if changed and self.session.connection is not None:
-            await self.session.bridge.send(SessionConfig(
-                session_id=self.session.session_id, system_prompt=config.instructions,
-                silence_ms=config.silence_ms))
+        config, session = self.config, self.session
+        session.system_prompt, session.silence_ms = config.instructions, config.silence_ms
+        session.speed = config.speed
+        mine = (config.instructions, config.silence_ms, config.speed)
+        if mine != (before.instructions, before.silence_ms, before.speed) and session.connection is not None:
+            await session.bridge.send(SessionConfig(session_id=session.session_id, system_prompt=mine[0],
+                                                    silence_ms=mine[1], speed=mine[2]))
 
     def _language(self, code: Any) -> None:
         """A transcription language chosen before the first turn becomes the session's language

@@ -25,6 +25,7 @@ MAX_INSTRUCTIONS_CHARS = 4000
 # End-of-turn silence a client may choose: below 200 ms turns end inside words (webrtcvad's own
 # hangover is ~80 ms); above 3 s the assistant seems not to answer at all.
 SILENCE_RANGE_MS = (200, 3000)
+SPEED_RANGE = (0.25, 1.5)  # OpenAI Realtime's output speed range (the voice's own rate: Piper)
 _GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "pcmu", "audio/pcma": "pcma"}
 _BETA_FORMATS = {"pcm16": "pcm16", "g711_ulaw": "pcmu", "g711_alaw": "pcma"}
 _LAW = {"pcmu": "ulaw", "pcma": "alaw"}
@@ -122,6 +123,13 @@ def _silence(value: Any) -> int:
     return value
 
 
+def _speed(value: Any) -> float:
+    low, high = SPEED_RANGE
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ConfigError(f"speed must be a number from {low} to {high}", "session.audio.output.speed")
+    return float(value)
+
+
 def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -138,6 +146,7 @@ class RealtimeConfig:
     output_format: str = "pcm16"
     server_vad: bool = True
     silence_ms: int = 0  # the client's turn_detection.silence_duration_ms; 0: the server's
+    speed: float = 1.0  # the replies' speaking rate (audio.output.speed)
     transcription: bool = True
     beta: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -162,18 +171,14 @@ class RealtimeConfig:
         for source in (out, session):
             if "voice" in source:
                 self.voice = voices(source["voice"])
+            if "speed" in source:
+                self.speed = _speed(source["speed"])
         self._turns(inp, session)
 
     def _turns(self, inp: dict[str, Any], session: dict[str, Any]) -> None:
         for source in (inp, session):
             if "turn_detection" in source:
-                detection = source["turn_detection"]
-                if detection is not None and (not isinstance(detection, dict) or
-                                              detection.get("type", "server_vad") != "server_vad"):
-                    raise ConfigError("turn_detection must be server_vad or null", "session.turn_detection")
-                self.server_vad = detection is not None
-                if detection is not None and "silence_duration_ms" in detection:
-                    self.silence_ms = _silence(detection["silence_duration_ms"])
+                self._detection(source["turn_detection"])
         for source, key in ((inp, "transcription"), (session, "input_audio_transcription")):
             if key in source:
                 transcription = source[key]
@@ -181,6 +186,20 @@ class RealtimeConfig:
                 language = transcription.get("language") if isinstance(transcription, dict) else None
                 if language:
                     self.extra["transcription_language"] = language
+
+    def _detection(self, detection: Any) -> None:
+        if detection is None:
+            self.server_vad = False  # manual turns
+            return
+        if not isinstance(detection, dict) or detection.get("type", "server_vad") != "server_vad":
+            raise ConfigError("turn_detection must be server_vad or null", "session.turn_detection")
+        for key in ("create_response", "interrupt_response"):  # Inzwa always does both
+            if detection.get(key) is False:
+                raise ConfigError(f"{key} false is not supported: Inzwa answers every turn and "
+                                  "speech always interrupts a reply", f"session.turn_detection.{key}")
+        if "silence_duration_ms" in detection:
+            self.silence_ms = _silence(detection["silence_duration_ms"])
+        self.server_vad = True
 
     def describe(self) -> dict[str, Any]:
         """The session object of session.created / session.updated, in the client's shape."""
@@ -201,4 +220,4 @@ class RealtimeConfig:
                 "audio": {"input": {"format": _format_body(self.input_format, False),
                                     "transcription": transcription, "turn_detection": detection},
                           "output": {"format": _format_body(self.output_format, False),
-                                     "voice": self.voice, "speed": 1.0}}}
+                                     "voice": self.voice, "speed": self.speed}}}

@@ -138,6 +138,7 @@ class VoiceSession:
         self._tasks: list[asyncio.Task[None]] = []
         self.system_prompt = ""  # a transport's client may choose its own (OpenAI Realtime)
         self.silence_ms = 0  # ... and its end-of-turn silence (0: the server's)
+        self.speed = 1.0  # ... and the speaking rate of the replies
 
     # --- opening -------------------------------------------------------------------------------
 
@@ -172,7 +173,7 @@ class VoiceSession:
         await self.bridge.send(SessionStart(
             session_id=self.session_id, language=self.language, codec="pcm16",
             sample_rate=SAMPLE_RATE, principal=self.principal.id,
-            system_prompt=self.system_prompt, silence_ms=self.silence_ms,
+            system_prompt=self.system_prompt, silence_ms=self.silence_ms, speed=self.speed,
         ))
         self._tasks = [asyncio.create_task(self._send_loop(self.connection)),
                        asyncio.create_task(self._watch_idle())]

@@ -251,6 +251,7 @@ class Orchestrator:
                 self.turns.on_playback(session, message)
             case SessionConfig():  # the client's prompt for the next turns; its silence to the ASR
                 session.system_prompt, session.silence_ms = message.system_prompt, message.silence_ms
+                session.speed = message.speed
                 await self._to_worker(session, "asr", message)
             case CancelTurn():
                 await self.turns.stop(session, message.turn_id)
@@ -308,6 +309,7 @@ class Orchestrator:
             principal=start.principal,
             system_prompt=start.system_prompt,
             silence_ms=start.silence_ms,
+            speed=start.speed,
         )
         if live is not None:
             session.pins = live.pins  # (their session counts stay right)

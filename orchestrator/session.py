@@ -129,6 +129,7 @@ class Session:
     fallbacks: int = 0  # fallback replies in a row (a handoff trigger, orchestrator/triggers.py)
     system_prompt: str = ""  # the client's own (OpenAI Realtime instructions); empty: the server's
     silence_ms: int = 0  # the client's end-of-turn silence for the ASR; 0: the ASR's default
+    speed: float = 1.0  # the client's speaking rate for the replies (OpenAI Realtime)
 
     def keep_audio(self, pcm: bytes, max_bytes: int) -> None:
         self.audio.extend(pcm)

@@ -344,6 +344,7 @@ class Turns:
             text=phrase.text,
             language=session.language,
             sample_rate=self.settings.audio_out_sample_rate,
+            speed=session.speed,
         )
         await self.to_worker(session, "tts", request)
 

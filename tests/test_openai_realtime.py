@@ -443,3 +443,28 @@ def test_speech_started_comes_at_the_voice_onset(fake_stack: Stack, fixtures_dir
         assert len(events.of("input_audio_buffer.speech_started")) == 1
 
     asyncio.run(session(fake_stack, body))
+
+
+def test_output_speed_is_the_voices_own_rate_and_bounded(fake_stack: Stack) -> None:
+    def speaking(speed: float) -> Callable[[Any, Events], Any]:
+        async def body(connection: Any, events: Events) -> float:
+            await events.wait("session.created")
+            for wrong in ({"output": {"speed": 2.0}}, {"input": {"turn_detection": {
+                    "type": "server_vad", "create_response": False}}}):
+                mark = len(events.seen)
+                await connection.send({"type": "session.update", "session": {"type": "realtime",
+                                                                              "audio": wrong}})
+                assert (await events.wait("error", after=mark)).error.param.startswith("session.")
+            await connection.session.update(session={"type": "realtime",
+                                                     "audio": {"output": {"speed": speed}}})
+            assert (await events.wait("session.updated")).session.audio.output.speed == speed
+            await ask(connection, "Hello there.")
+            assert (await events.wait("response.done")).response.status == "completed"
+            return len(reply_pcm(events)) / 2 / 24000
+
+        return body
+
+    normal = asyncio.run(session(fake_stack, speaking(1.0)))
+    fast = asyncio.run(session(fake_stack, speaking(1.5)))
+    assert normal > 1.0, normal  # (the fake voice: 25 ms a character)
+    assert abs(fast / normal - 1 / 1.5) < 0.05, (normal, fast)

@@ -30,6 +30,7 @@ from common.frames import (
     PlaybackMark,
     SessionConfig,
     SessionStart,
+    SynthesizeRequest,
     TurnEvent,
     VadEvent,
 )
@@ -75,6 +76,20 @@ def test_the_sessions_own_prompt_is_the_system_prompt_of_its_turns(tmp_path: Pat
         assert third.messages[0].content == "SYSTEM"  # the server's alone
 
     run(tmp_path, scenario, system_prompt=PROMPT, silence_ms=1200)
+
+
+def test_the_sessions_speed_is_asked_of_the_voice(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> list[float]:
+        speeds = []
+        for turn, speed in ((1, 0.75), (2, 1.25)):
+            if turn == 2:  # changed in the live session
+                await h.ingress(SessionConfig(session_id=SID, speed=speed))
+            request = await final(h, turn, f"question {turn}")
+            await tokens(h, request, llm_tokens("One two."), last=True)
+            speeds += [r.speed for r in h.to_worker("tts") if isinstance(r, SynthesizeRequest)]
+        return speeds
+
+    assert run(tmp_path, scenario, speed=0.75) == [0.75, 1.25]
 
 
 def test_another_gateway_cannot_configure_a_session(tmp_path: Path) -> None:
