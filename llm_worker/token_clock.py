@@ -1,11 +1,12 @@
 """Token-level latency of one generation request, as Prometheus histograms.
 
-Measured in the LLM worker, where a token is born: the orchestrator and the gateway see tokens
-after the plane's queues, which would blur the intervals that tell a slow model from a slow
-hop. Each token adds one sample of its time since the request
-(`inzwa_llm_token_since_request_ms`) and, from the second on, one of its time since the token
-before (`inzwa_llm_token_interval_ms`); a request adds one first-token and one total sample. So
-for a request of N tokens the counts grow by N, N - 1, 1 and 1.
+Measured in the LLM worker, where a token is born, from the request's arrival there (a wait
+in the worker's queue counts): the orchestrator and the gateway see tokens after the plane's
+queues, which would blur the intervals that tell a slow model from a slow hop. Each token adds
+one sample of its time since the request (`inzwa_llm_token_since_request_ms`) and, from the
+second on, one of its time since the token before (`inzwa_llm_token_interval_ms`); a request
+adds one first-token and one total sample. So for a request of N tokens the counts grow by N,
+N - 1, 1 and 1.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from common.metrics import (
 
 
 class TokenClock:
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
+    def __init__(self, started: float | None = None) -> None:
+        # `started`: when the request reached the worker (perf_counter), so a request that
+        # waited in the queue behind another counts its wait; None: now.
+        self.started = time.perf_counter() if started is None else started
         self.last: float | None = None
         self.tokens = 0
 

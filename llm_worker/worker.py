@@ -35,8 +35,11 @@ class LlmWorker:
         self.runtime: WorkerRuntime | None = None
         self._queue: asyncio.Queue[LlmWork] = asyncio.Queue()
         self._running = 0
+        self._arrived: dict[int, float] = {}  # when each queued request came in (token latency)
 
     async def handle(self, request: LlmWork) -> None:
+        if isinstance(request, GenerateRequest):
+            self._arrived[id(request)] = time.perf_counter()
         await self._queue.put(request)
         self._update_busy()
 
@@ -101,13 +104,14 @@ class LlmWorker:
         return self.runtime.is_cancelled(request.session_id, request.turn_id, request.request_id)
 
     async def generate(self, request: GenerateRequest) -> None:
+        arrived = self._arrived.pop(id(request), None)  # a queued request's wait counts too
         refusal = self.refusal(request)
         if refusal is not None:
             await self._error(request, "bad_request", refusal)
             await self._emit(request, seq=0, token="", final=True)
             return
         sent = [0]  # pieces sent so far (the relay task counts, this side reads)
-        relay = asyncio.create_task(self._relay(request, sent))
+        relay = asyncio.create_task(self._relay(request, sent, arrived))
         try:
             while not relay.done():
                 if self._stopped(request):
@@ -123,13 +127,13 @@ class LlmWorker:
             await self._error(request, "llm_failed", f"generation failed: {type(exc).__name__}")
         await self._emit(request, seq=sent[0], token="", final=True)
 
-    async def _relay(self, request: GenerateRequest, sent: list[int]) -> None:
+    async def _relay(self, request: GenerateRequest, sent: list[int], arrived: float | None = None) -> None:
         if self._stopped(request):
             return
         messages: Messages = [{"role": m.role, "content": m.content} for m in request.messages]
         pieces = self.engine.stream(messages, max_new_tokens=self.max_new_tokens(request),
                                     prefix=request.prefix)
-        clock = TokenClock()  # token-level latency, from the request reaching the engine
+        clock = TokenClock(arrived)  # token-level latency, from the request's arrival
         try:
             async for piece in pieces:
                 clock.token()

@@ -49,6 +49,13 @@ def test_the_token_clock_counts_every_token_and_its_intervals() -> None:
     assert abs((whole - first) - gaps) < 0.01  # the intervals add up to first..last
 
 
+def test_a_queued_requests_wait_counts_in_its_first_token() -> None:
+    before = local("inzwa_llm_first_token_ms", "sum")
+    clock = TokenClock(time.perf_counter() - 0.05)  # it arrived 50 ms ago, behind another
+    clock.token()
+    assert local("inzwa_llm_first_token_ms", "sum") - before >= 50
+
+
 def test_a_generation_without_tokens_reports_no_total() -> None:
     before = local("inzwa_llm_total_ms", "count")
     TokenClock().done()
