@@ -468,3 +468,28 @@ def test_output_speed_is_the_voices_own_rate_and_bounded(fake_stack: Stack) -> N
     fast = asyncio.run(session(fake_stack, speaking(1.5)))
     assert normal > 1.0, normal  # (the fake voice: 25 ms a character)
     assert abs(fast / normal - 1 / 1.5) < 0.05, (normal, fast)
+
+
+def test_a_worker_killed_mid_reply_costs_the_realtime_client_only_a_delay(fake_stack: Stack) -> None:
+    """Replay after a worker death (the orchestrator's) seen through Realtime: the LLM worker
+    dies while the reply is generated, the response still completes, and its transcript deltas
+    come once each, in order, and add up to the reply."""
+    from tests.test_chaos import kill, wait_back
+
+    async def body(connection: Any, events: Events) -> tuple[str, str, int]:
+        await events.wait("session.created")
+        await ask(connection, LONG_ASK)
+        await events.wait("response.output_audio.delta")  # generation goes on for ~1.6 s
+        pid = await asyncio.to_thread(kill, fake_stack, "llm_worker")
+        before = len(events.of("response.output_audio_transcript.delta"))
+        done = await events.wait("response.done")
+        assert len(events.of("response.output_audio_transcript.delta")) > before  # (killed mid-way)
+        assert done.response.status == "completed", done
+        deltas = "".join(e.delta for e in events.of("response.output_audio_transcript.delta"))
+        return deltas, (await events.wait("response.output_audio_transcript.done")).transcript, pid
+
+    deltas, transcript, pid = asyncio.run(session(fake_stack, body))
+    wait_back(fake_stack, "llm_worker", pid)
+    assert deltas.strip() == transcript, (deltas, transcript)
+    assert transcript.startswith("You said Tell me, please, a long story.")
+    assert len(transcript.split()) >= 60, transcript  # the whole reply (80 tokens at most)
