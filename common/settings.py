@@ -210,7 +210,7 @@ class Settings(BaseSettings):
     tts_voices: dict[str, str] = Field(default_factory=dict)  # a language's own voice: {"sn": "<model>"}
     # --- whole turns and the job API (jobs area, issues 13 and 14): gateway/whole_turn.py ---
     turn_job_ttl_s: float = Field(default=300.0, gt=0)  # a finished job's result is kept this long
-    turn_jobs_max: int = Field(default=1000, ge=1)  # jobs held by one gateway (oldest finished go)
+    turn_jobs_max: int = Field(default=200, ge=1)  # jobs held per gateway, ~1 MiB of audio each
 
     # --- human handoff (handoff area, issue 14): orchestrator/triggers.py, orchestrator/handoff.py ---
     handoff_enabled: bool = True  # off: no trigger fires and handoff requests are refused
