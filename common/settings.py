@@ -224,6 +224,11 @@ class Settings(BaseSettings):
     handoff_low_confidence: float = Field(default=0.35, ge=0.0, le=1.0)  # a final under this is "low"
     handoff_low_confidence_turns: int = Field(default=0, ge=0)  # low finals in a row; 0: off
     handoff_repeats: int = Field(default=0, ge=0)  # the same question asked this many times; 0: off
+    # The LLM tier: only when the classifier is unsure (P(frustrated) in [band, threshold)) the LLM
+    # is asked, beside the reply; off by default (a small local model judges poorly, and it costs
+    # an LLM slot).
+    handoff_llm_judge: bool = False
+    handoff_llm_band: float = Field(default=0.5, ge=0.0, le=1.0)
     handoff_timeout_s: float = Field(default=120.0, gt=0)  # no operator accepted by then: ...
     handoff_timeout_action: Literal["continue", "end"] = "continue"  # ... the assistant goes on, or ends
     operator_api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)  # WS /v1/operator

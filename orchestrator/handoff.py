@@ -34,11 +34,13 @@ from common.frames import (
     OperatorEvent,
     OperatorRequest,
     TokenChunk,
+    WorkerError,
 )
 from common.languages import handoff as handoff_data
 from common.languages import registry as languages
-from common.metrics import HANDOFFS
+from common.metrics import HANDOFF_TRIGGERS, HANDOFFS
 from common.settings import Settings
+from orchestrator.handoff_judge import Judge, ToWorker
 from orchestrator.handoff_store import HandoffRecord, HandoffStore
 from orchestrator.session import Session, Turn
 from orchestrator.store import ConversationStore, StoreError, TurnRecord
@@ -70,7 +72,8 @@ class Operator:
 
 class Handoffs:
     def __init__(self, settings: Settings, store: ConversationStore, sessions: dict[str, Session],
-                 turns: Turns, to_client: ToClient, send: SendGateway, end_session: EndSession) -> None:
+                 turns: Turns, to_client: ToClient, send: SendGateway, end_session: EndSession,
+                 to_worker: ToWorker | None = None) -> None:
         self.settings = settings
         self.store = store
         self.db = HandoffStore(store)
@@ -80,10 +83,15 @@ class Handoffs:
         self.send = send
         self.end_session = end_session
         self.triggers = Triggers(settings)
+        self.judge = Judge(settings, to_worker) if to_worker is not None else None  # the LLM tier
         self.active: dict[str, Handoff] = {}  # session id -> its handoff, until it ends
         self.signals: dict[str, Signals] = {}
         self.operators: dict[str, Operator] = {}  # operator connection id -> where it is
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def judging(self, request_id: str) -> bool:
+        """A result for the LLM tier (not for a turn)."""
+        return self.judge is not None and self.judge.owns(request_id)
 
     def holds(self, session_id: str) -> bool:
         """True while the session is handed to a person: the assistant generates nothing."""
@@ -102,6 +110,8 @@ class Handoffs:
         signals = self.signals.setdefault(session.session_id, Signals())
         firing = self.triggers.evaluate(signals, session.language, text, confidence, session.fallbacks)
         if firing is None:
+            if self.judge is not None and self.judge.unsure(signals.score):
+                await self.judge.ask(session, text, signals.score)  # beside the reply, not before it
             return False
         trigger = HandoffTrigger(firing.kind, firing.evidence, round(firing.score, 3), firing.at)
         await self.start(session, firing.kind, trigger, user_text=text)
@@ -126,6 +136,17 @@ class Handoffs:
         await self._speak(session, languages.get(session.language).fallback("handover"), user_text)
         self._broadcast("handoff.requested", self.info(handoff))
         return handoff
+
+    async def on_judgment(self, result: TokenChunk | WorkerError) -> None:
+        """The LLM tier's answer: "yes" starts the handoff (the reply under way is cut)."""
+        judged = self.judge.on_result(result) if self.judge is not None else None
+        session = self.sessions.get(judged.session_id) if judged is not None else None
+        if judged is None or session is None or session.session_id in self.active:
+            return
+        HANDOFF_TRIGGERS.labels("llm").inc()
+        log.info("handoff trigger fired", extra={"kind": "llm", "score": round(judged.score, 3)})
+        trigger = HandoffTrigger("llm", judged.text, round(judged.score, 3), time.time())
+        await self.start(session, "llm", trigger)
 
     async def _caller_said(self, session: Session, handoff: Handoff, text: str,
                            confidence: float | None) -> None:
@@ -329,6 +350,8 @@ class Handoffs:
         their language; the assistant goes on, or the session ends (handoff_timeout_action)."""
         now = time.monotonic()
         await self._forget_gone(now)
+        if self.judge is not None:
+            self.judge.expire(now)
         due = [h for h in self.active.values() if h.record.state == "requested" and h.deadline <= now]
         for handoff in due:
             session = self.sessions.get(handoff.record.session_id)

@@ -112,7 +112,7 @@ class Orchestrator:
         self.jobs = Jobs(settings, self.registry, self._to_gateway, self._publish)
         self.admin = Admin(self.registry, self._to_gateway, settings.request_timeout_s)
         self.handoffs = Handoffs(settings, self.store, self.sessions, self.turns, self._to_client,
-                                 self.gateways.send, self._end_session)  # human handoff (issue 14)
+                                 self.gateways.send, self._end_session, self._to_worker)  # (issue 14)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -398,6 +398,8 @@ class Orchestrator:
                 message.session_id
             ):
                 await self.jobs.on_result(message)
+            case TokenChunk() | WorkerError() if self.handoffs.judging(message.request_id):
+                await self.handoffs.on_judgment(message)  # the handoff's LLM tier
             case WorkerError():
                 await self._on_worker_error(message)
             case Transcription():

@@ -4,7 +4,8 @@ Tiers: an explicit request (the pack's patterns: a person asked for by name), th
 frustration classifier (orchestrator/triggers_model.py), then failure signals kept per session:
 consecutive fallback replies, consecutive low-confidence transcripts, the same question asked
 again and again. The first that fires wins; each has its own switch and threshold in settings
-(`handoff_*`). An LLM judgment tier is not built: the fast tier decides alone.
+(`handoff_*`). The optional LLM tier (orchestrator/handoff_judge.py) is asked only when the
+classifier is unsure, beside the reply.
 
 Every firing is counted by kind (inzwa_handoff_triggers_total) and logged without the words
 that caused it unless content logging is on.
@@ -25,7 +26,7 @@ from orchestrator.triggers_model import NaiveBayes, normalize
 
 log = logging.getLogger(__name__)
 
-TRIGGER_KINDS = ("explicit", "frustration", "fallbacks", "low_confidence", "repeated")
+TRIGGER_KINDS = ("explicit", "frustration", "fallbacks", "low_confidence", "repeated", "llm")
 RECENT_TURNS = 6  # user turns remembered for the repeated-question signal
 REPEAT_OVERLAP = 0.8  # word-set overlap (Jaccard) that makes two turns "the same question"
 
@@ -44,6 +45,7 @@ class Signals:
 
     low_confidence: int = 0  # consecutive finals under the threshold
     frustrated: int = 0  # consecutive turns the classifier called frustrated
+    score: float = 0.0  # the classifier's P(frustrated) of the latest turn (the LLM tier asks when unsure)
     recent: deque[frozenset[str]] = field(default_factory=lambda: deque(maxlen=RECENT_TURNS))
     confidences: deque[float] = field(default_factory=lambda: deque(maxlen=20))  # for the context
 
@@ -92,7 +94,7 @@ class Triggers:
         s = self.settings
         if not s.handoff_frustration or not words:
             return None
-        score = self.frustration(language, words)
+        score = signals.score = self.frustration(language, words)
         signals.frustrated = signals.frustrated + 1 if score >= s.handoff_frustration_threshold else 0
         if signals.frustrated >= s.handoff_frustration_turns:
             signals.frustrated = 0

@@ -21,6 +21,7 @@ from common.frames import (
     PlaybackMark,
     SessionStart,
     SynthesizeRequest,
+    TokenChunk,
     TranscriptChunk,
 )
 from common.languages import handoff as handoff_data
@@ -205,3 +206,32 @@ def test_a_restored_handoff_whose_caller_never_comes_back_is_closed(tmp_path: Pa
 
     run(InProcess(tmp_path), before)
     asyncio.run(later())
+
+
+def test_the_llm_tier_is_asked_only_when_unsure_and_its_yes_hands_over(tmp_path: Path) -> None:
+    async def judged(h: InProcess, text: str, answer: str) -> list[Any]:
+        await final(h, text)
+        requests = h.to_worker("llm")
+        judge = [r for r in requests if ":judge:" in r.request_id]
+        assert len(judge) == 1 and len(requests) == 2, requests  # the reply goes on beside it
+        assert judge[0].messages[-1].content == text and judge[0].max_new_tokens <= 3
+        await h.result(TokenChunk(session_id=SID, request_id=judge[0].request_id, token=answer,
+                                  is_final=True))
+        return h.to_gateway()
+
+    async def scenario(h: InProcess) -> None:
+        out = await judged(h, "maybe later", " No")  # P(frustrated) about 0.4: unsure
+        assert not events(out, HandoffEvent) and not events(out, TokenChunk)  # nothing reaches the client
+        out = await judged(h, "I expected something else", "Yes.")  # about 0.77
+        assert [(e.event, e.reason) for e in events(out, HandoffEvent)] == [("handoff.started", "llm")]
+        assert await spoken(h) == [languages.get("en").fallback("handover")]
+
+    run(InProcess(tmp_path, handoff_llm_judge=True, handoff_llm_band=0.3), scenario)
+
+
+def test_the_llm_tier_is_off_by_default(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> None:
+        await final(h, "I expected something else")
+        assert [":judge:" in r.request_id for r in h.to_worker("llm")] == [False]
+
+    run(InProcess(tmp_path, handoff_llm_band=0.3), scenario)
