@@ -31,6 +31,7 @@ from common.frames import (
     AudioChunk,
     EgressMessage,
     ErrorEvent,
+    HandoffEvent,
     PlaybackMark,
     SessionEnd,
     SessionStart,
@@ -77,6 +78,7 @@ class TurnJob:
     audio: list[bytes] = field(default_factory=list)  # PCM16 mono at sample_rate, as it came
     timings: dict[str, float] = field(default_factory=dict)  # ms since the request
     error: ApiError | None = None
+    handoff: str = ""  # handoff.started/accepted/ended seen during the turn (handoff area)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     @property
@@ -131,6 +133,8 @@ class TurnJob:
             "reply_text": self.reply_text.strip(), "tokens": self.tokens,
             "audio_bytes": sum(len(p) for p in self.audio), "sample_rate": self.sample_rate,
             "timings_ms": dict(self.timings)}
+        if self.handoff:
+            body["handoff"] = self.handoff
         if self.error is not None:
             body["error"] = {"code": self.error.code, "message": self.error.message,
                              "status": self.error.status}
@@ -263,5 +267,7 @@ class TurnRunner:
                     await self.bridge.send(PlaybackMark(session_id=internal, turn_id=frame.turn_id,
                                                         done=True))
                     return
+                case HandoffEvent():  # a person takes over: the reply is theirs (or the handover line)
+                    job.handoff = frame.event
                 case TurnEvent(event="tts.cancel"):
                     raise ApiError(409, "turn_cancelled", "the reply was cancelled")
