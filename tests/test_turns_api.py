@@ -99,13 +99,14 @@ def test_an_audio_turn_answers_as_json_with_base64_audio(fake_stack: Stack, fixt
     assert [m["confidence"] for m in user] == [body["confidence"]], stored["messages"]
 
 
-@pytest.mark.parametrize("kind", ["webm", "mp3"])
+@pytest.mark.parametrize(("kind", "codec", "media"), [("webm", "libopus", "audio/webm"),
+                                                       ("ogg", "libopus", "audio/ogg"),
+                                                       ("mp3", "libmp3lame", "audio/mpeg")])
 def test_compressed_uploads_are_decoded_and_answered_in_ogg_opus(fake_stack: Stack, fixtures_dir: Path,
-                                                                 kind: str) -> None:
+                                                                 kind: str, codec: str, media: str) -> None:
     pcm, rate = read_wav(fixtures_dir / CLIP)
-    upload = transcode(pcm, rate, kind, "libopus" if kind == "webm" else "libmp3lame")
-    response, body = streamed_turn(fake_stack, content=upload, params={"audio_format": "opus"},
-                                   headers={"Content-Type": f"audio/{'webm' if kind == 'webm' else 'mpeg'}"})
+    response, body = streamed_turn(fake_stack, content=transcode(pcm, rate, kind, codec),
+                                   params={"audio_format": "opus"}, headers={"Content-Type": media})
     assert response.status_code == 200, body[:300]
     assert response.headers["content-type"] == "audio/ogg" and body[:4] == b"OggS"
     assert unquote(response.headers["x-transcript"]) == heard()
