@@ -303,8 +303,9 @@ class RealtimeSocket:
         await self.conversation.emit({"type": "session.updated", "session": self.config.describe()})
 
     async def _configure(self, before: RealtimeConfig) -> None:
-        """The instructions become the session's system prompt, the silence its ASR's end of
-        turn: in the start frame before the first turn, in a SessionConfig after it."""
+        """The instructions join the session's system prompt, the silence is its ASR's end of
+        turn, the speed its voice's rate: in the start frame before the first turn, in a
+        SessionConfig after it."""
         config, session = self.config, self.session
         session.system_prompt, session.silence_ms = config.instructions, config.silence_ms
         session.speed = config.speed
