@@ -426,7 +426,7 @@ def vad_onset_ms(pcm16k: bytes) -> int:
 
 
 def test_speech_started_comes_at_the_voice_onset(fake_stack: Stack, fixtures_dir: Path) -> None:
-    quiet = bytes(2 * 24000)  # 1 s before the question, 2 s after it
+    quiet = bytes(24000)  # 0.5 s before the question, 1 s after it
     audio = quiet + clip_pcm(fixtures_dir / "q_en_capital.wav", 24000) + quiet * 2
     onset = vad_onset_ms(resample_pcm16(audio, 24000, 16000))
 
