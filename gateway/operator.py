@@ -10,7 +10,8 @@ while no credential is configured. It then gets `handoff.queue` (the callers wai
     {"type":"say","session_id":...,"text":...}     spoken to the caller in the session's voice
     {"type":"release","session_id":...}            hand the caller back to the assistant
 
-and receives `transcript` events (the caller's words) while it holds a caller. The orchestrator
+and receives `transcript` events (the caller's final words; `transcript.partial` while they
+speak) while it holds a caller. The orchestrator
 (orchestrator/handoff.py) holds all state; this socket only relays, so a gateway restart or an
 orchestrator restart loses nothing: when the orchestrator comes back (a new incarnation) the
 socket says hello again and gets its queue and its accepted callers back.
@@ -83,7 +84,7 @@ def operator_event(event: OperatorEvent) -> dict[str, Any]:
         body["handoffs"] = [handoff_json(h) for h in event.handoffs]
     elif event.handoffs:
         body["handoff"] = handoff_json(event.handoffs[0])
-    if event.event == "transcript":
+    if event.event in ("transcript", "transcript.partial"):
         body |= {"text": event.text, "confidence": event.confidence}
     elif event.event == "handoff.ended":
         body["outcome"] = event.text

@@ -34,6 +34,7 @@ from common.frames import (
     OperatorEvent,
     OperatorRequest,
     TokenChunk,
+    TranscriptChunk,
     WorkerError,
 )
 from common.languages import handoff as handoff_data
@@ -147,6 +148,14 @@ class Handoffs:
         log.info("handoff trigger fired", extra={"kind": "llm", "score": round(judged.score, 3)})
         trigger = HandoffTrigger("llm", judged.text, round(judged.score, 3), time.time())
         await self.start(session, "llm", trigger)
+
+    def on_partial(self, session: Session, chunk: TranscriptChunk) -> None:
+        """The caller's words as they speak (asr.partial), to the operator holding them."""
+        handoff = self.active.get(session.session_id)
+        if handoff is not None and handoff.record.state == "accepted" and chunk.text:
+            self._to_operator(handoff.record.operator_conn, OperatorEvent(
+                event="transcript.partial", target=session.session_id, text=chunk.text,
+                confidence=round(chunk.confidence, 3)))
 
     async def _caller_said(self, session: Session, handoff: Handoff, text: str,
                            confidence: float | None) -> None:

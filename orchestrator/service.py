@@ -504,6 +504,8 @@ class Orchestrator:
 
     async def _on_transcript(self, session: Session, chunk: TranscriptChunk) -> None:
         await self._to_client(session, chunk)
+        if not chunk.is_final:
+            self.handoffs.on_partial(session, chunk)  # an operator holding the caller hears it live
         if chunk.is_final:
             session.audio_heard_until(chunk.end_ms)
             log.info("user turn", extra={"session_id": session.session_id, "text": content(chunk.text)})

@@ -95,6 +95,9 @@ async def _the_whole_handoff(h: InProcess) -> None:
     accepted = next(e for e in events(out, OperatorEvent) if e.event == "handoff.accepted")
     assert [m.content for m in accepted.handoffs[0].history][-1] == languages.get("en").fallback("handover")
     assert [e.event for e in events(out, HandoffEvent)] == ["handoff.accepted"]
+    await h.result(TranscriptChunk(session_id=SID, text="my card", confidence=0.5, instance_id="asr-0"))
+    live = [(e.event, e.text) for e in events(h.to_gateway(), OperatorEvent)]
+    assert live == [("transcript.partial", "my card")]
     await final(h, "my card was stolen")
     transcript = [e for e in events(h.to_gateway(), OperatorEvent) if e.event == "transcript"]
     assert [(t.text, t.target) for t in transcript] == [("my card was stolen", SID)]
