@@ -192,7 +192,8 @@ class Handoffs:
         await self.to_client(session, HandoffEvent(event="handoff.started", reason=record.reason))
         if record.state == "requested":
             self._broadcast("handoff.requested", self.info(handoff))
-        else:
+        else:  # its operator is still there (it said hello again after a restart)
+            await self.to_client(session, HandoffEvent(event="handoff.accepted"))
             self._to_operator(record.operator_conn, OperatorEvent(
                 event="handoff.accepted", target=session.session_id, handoffs=[self.info(handoff)]))
 

@@ -238,3 +238,32 @@ def test_the_llm_tier_is_off_by_default(tmp_path: Path) -> None:
         assert [":judge:" in r.request_id for r in h.to_worker("llm")] == [False]
 
     run(InProcess(tmp_path, handoff_llm_band=0.3), scenario)
+
+
+def test_an_accepted_handoff_comes_back_to_its_operator_after_a_restart(tmp_path: Path) -> None:
+    async def before(h: InProcess) -> None:
+        await operator(h, "hello")
+        await final(h, "I want to talk to a person")
+        await operator(h, "accept")
+        told = [e.event for e in events(h.to_gateway(), HandoffEvent)]
+        assert told == ["handoff.started", "handoff.accepted"]
+
+    async def after() -> None:
+        h = InProcess(tmp_path)
+        await h.orchestrator.handoffs.restore()
+        await h.ready()
+        await operator(h, "hello")  # the gateway's operator socket says hello again by itself
+        mine = [e for e in events(h.to_gateway(), OperatorEvent) if e.event == "handoff.accepted"]
+        assert [(e.target, e.handoffs[0].live) for e in mine] == [(SID, False)]
+        await h.start()  # the caller is back
+        out = h.to_gateway()
+        assert [e.event for e in events(out, HandoffEvent)] == ["handoff.started", "handoff.accepted"]
+        assert [e.handoffs[0].live for e in events(out, OperatorEvent)] == [True]
+        await final(h, "are you still there")
+        assert [e.text for e in events(h.to_gateway(), OperatorEvent)] == ["are you still there"]
+        await operator(h, "say", "yes I am here")
+        assert await spoken(h) == ["yes I am here"]
+        await h.orchestrator.store.close()
+
+    run(InProcess(tmp_path), before)
+    asyncio.run(after())
