@@ -5,6 +5,11 @@ No frame says where its answer goes: a gateway is answered on the endpoint confi
 explicit map for tcp), through one Sender of its own, so a slow or dead gateway only ever
 fills and drops its own queue. Gateways heartbeat over ingress; one silent for
 heartbeat_interval_s * heartbeat_liveness is gone, and so are its sessions.
+
+A gateway declared gone may only have stalled (a long GC pause, SIGSTOP, a frozen VM): its
+clients' sockets are still open. A frame sent to it then would be dropped (nothing takes it), so
+the ids of the sessions ended are kept (`orphans`, for ORPHANS_KEPT_S) and, when the same
+incarnation heartbeats again, handed back to be told that their session ended.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from common.transport import Sender
 log = logging.getLogger(__name__)
 
 Connect = Callable[[str, str], Sender]  # (gateway_id, endpoint) -> a sender to it
+ORPHANS_KEPT_S = 600.0  # how long the sessions of a silent gateway are remembered for its return
+ORPHANS_MAX = 10000  # ... and how many, per gateway
 
 
 @dataclass
@@ -32,6 +39,15 @@ class GatewayLink:
     incarnation: str = ""
 
 
+@dataclass
+class Orphans:
+    """The sessions a silent gateway held when it was declared gone."""
+
+    incarnation: str
+    since: float = field(default_factory=time.monotonic)
+    session_ids: list[str] = field(default_factory=list)
+
+
 class Gateways:
     def __init__(self, settings: Settings, connect: Connect, disconnect: Callable[[Sender], None]) -> None:
         self.settings = settings
@@ -39,6 +55,7 @@ class Gateways:
         self._connect = connect
         self._disconnect = disconnect
         self.links: dict[str, GatewayLink] = {}
+        self.orphans: dict[str, Orphans] = {}
 
     def link(self, gateway_id: str) -> GatewayLink | None:
         """The gateway's link, opened on first contact; None for a gateway with no endpoint."""
@@ -77,10 +94,28 @@ class Gateways:
 
     def reap(self) -> list[str]:
         """Forget gateways silent past their liveness; returns their ids."""
-        horizon = time.monotonic() - self.liveness_s
+        now = time.monotonic()
+        horizon = now - self.liveness_s
         silent = [g for g, link in self.links.items() if link.last_seen < horizon]
         for gateway_id in silent:
             link = self.links.pop(gateway_id)
             self._disconnect(link.sender)
+            self.orphans[gateway_id] = Orphans(link.incarnation)
             log.warning("gateway silent: its sessions end", extra={"gateway_id": gateway_id})
+        for gateway_id in [g for g, o in self.orphans.items() if o.since < now - ORPHANS_KEPT_S]:
+            del self.orphans[gateway_id]
         return silent
+
+    def orphan(self, gateway_id: str, session_id: str) -> None:
+        """A session ended because its gateway went silent: tell it if that gateway returns."""
+        orphans = self.orphans.get(gateway_id)
+        if orphans is not None and len(orphans.session_ids) < ORPHANS_MAX:
+            orphans.session_ids.append(session_id)
+
+    def returned(self, gateway_id: str, incarnation: str) -> list[str]:
+        """A heartbeat: the sessions ended while this gateway was silent, if it is the same
+        incarnation (it only stalled; its clients still wait). A new one has no such clients."""
+        orphans = self.orphans.pop(gateway_id, None)
+        if orphans is None or not orphans.incarnation or orphans.incarnation != incarnation:
+            return []
+        return orphans.session_ids

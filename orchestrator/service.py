@@ -257,15 +257,18 @@ class Orchestrator:
                 await self.turns.stop(session, message.turn_id)
 
     async def _on_gateway_beat(self, gateway_id: str, incarnation: str) -> None:
+        for session_id in self.gateways.returned(gateway_id, incarnation):  # it had only stalled
+            self.gateways.send(gateway_id, ErrorEvent(
+                session_id=session_id, code="gateway_lost", fatal=True,
+                message="the gateway stopped answering; the session ended (its history is kept)"))
         if self.gateways.beat(gateway_id, incarnation):
             log.warning("gateway restarted: its old sessions end", extra={"gateway_id": gateway_id})
             await self._end_gateway_sessions(gateway_id, "gateway_restarted")
 
     async def _end_gateway_sessions(self, gateway_id: str, reason: str) -> None:
         for session in [s for s in self.sessions.values() if s.gateway_id == gateway_id]:
-            if reason == "gateway_lost":  # a gateway only stalled gets it back and closes the client
-                await self._to_client(session, ErrorEvent(
-                    code=reason, fatal=True, message="the gateway stopped answering; the session ended"))
+            if reason == "gateway_lost":  # told if the gateway returns (orchestrator/gateways.py)
+                self.gateways.orphan(gateway_id, session.session_id)
             await self._end_session(session, reason)
         await self.jobs.cancel_gateway(gateway_id)
         await self.handoffs.drop_gateway(gateway_id)

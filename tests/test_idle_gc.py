@@ -92,22 +92,44 @@ def test_a_session_handed_to_a_person_is_not_idled_out(tmp_path: Path) -> None:
 
 
 def test_the_sessions_of_a_gateway_that_stopped_heartbeating_end_the_same_way(tmp_path: Path) -> None:
+    """Ended at once (counted, history kept); the client is told only when that same gateway
+    beats again (it had stalled: a frame sent while it is silent would be dropped)."""
     async def scenario(h: InProcess) -> dict[str, Any]:
         await whole_turn(h, 1, "hello", "Hi.")
         before = ended("gateway_lost")
         await asyncio.sleep(0.25)  # gw0 silent past 0.05 s x 2 beats; gw1 keeps beating
         await h.ingress(GatewayHeartbeat(gateway_id="gw1", incarnation="i1"))
         await h.orchestrator.tick()
-        return {"events": h.to_gateway(), "count": ended("gateway_lost") - before,
-                "live": dict(h.orchestrator.sessions), "stored": await stored(h)}
+        out = {"at_reap": h.to_gateway(), "count": ended("gateway_lost") - before,
+               "live": dict(h.orchestrator.sessions), "stored": await stored(h)}
+        await h.ingress(GatewayHeartbeat(gateway_id="gw0", incarnation="i1"))  # back, same process
+        out["back"] = h.to_gateway()
+        await h.ingress(GatewayHeartbeat(gateway_id="gw0", incarnation="i1"))
+        out["again"] = h.to_gateway()  # told once
+        return out
 
     out = run(InProcess(tmp_path, session_idle_s=60, heartbeat_interval_s=0.05, heartbeat_liveness=2),
               scenario)
     assert isinstance(out, dict) and out["live"] == {} and out["count"] == 1
-    assert [(e.code, e.fatal) for e in out["events"] if isinstance(e, ErrorEvent)] == [("gateway_lost", True)]
+    assert not [e for e in out["at_reap"] if isinstance(e, ErrorEvent)]
+    back = [e for e in out["back"] if isinstance(e, ErrorEvent)]
+    assert [(e.session_id, e.code, e.fatal) for e in back] == [(SID, "gateway_lost", True)]
+    assert not [e for e in out["again"] if isinstance(e, ErrorEvent)]
     reply = out["stored"]
     assert reply.session is not None and reply.session.end_reason == "gateway_lost"
     assert [m.content for m in reply.stored] == ["hello", "Hi."]
+
+
+def test_a_gateway_back_as_a_new_process_is_not_told_of_the_old_ones_sessions(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> list[object]:
+        await asyncio.sleep(0.25)
+        await h.orchestrator.tick()
+        h.to_gateway()
+        await h.ingress(GatewayHeartbeat(gateway_id="gw0", incarnation="i2"))  # restarted meanwhile
+        return [e for e in h.to_gateway() if isinstance(e, ErrorEvent)]
+
+    assert run(InProcess(tmp_path, session_idle_s=60, heartbeat_interval_s=0.05, heartbeat_liveness=2),
+               scenario) == []
 
 
 def metric(stack: Stack, name: str, label: str) -> float:

@@ -235,3 +235,53 @@ def test_erasing_a_live_session_closes_its_client_with_the_reason(own_stack: Sta
     events, close_code = asyncio.run(talk())
     assert [e["code"] for e in events if e["type"] == "error"] == ["session_deleted"], events
     assert close_code == 1008
+
+
+async def stall_gateway_during(url: str, session_id: str, pid: int, stall_s: float
+                               ) -> tuple[list[dict[str, Any]], int | None]:
+    """One turn, then the gateway stops (SIGSTOP) for `stall_s` and resumes; what the client got
+    after that, and its close code."""
+    async with websockets.connect(url, open_timeout=WS_TIMEOUT_S, close_timeout=5) as ws:
+        await ws.send(json.dumps({"type": "start", "codec": "pcm16", "sample_rate": 16000,
+                                  "session_id": session_id}))
+        assert json.loads(await ws.recv())["type"] == "session.started"
+        await say(ws, "Remember the word pineapple.")  # its reply proves the orchestrator holds it
+        async with asyncio.timeout(TURN_TIMEOUT_S):
+            while not (isinstance(m := await ws.recv(), str) and json.loads(m)["type"] == "tts.end"):
+                pass
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(stall_s)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        events = []
+        async with asyncio.timeout(TURN_TIMEOUT_S):
+            with contextlib.suppress(websockets.ConnectionClosed):
+                async for message in ws:
+                    if isinstance(message, str):
+                        events.append(json.loads(message))
+        return events, ws.close_code
+
+
+def test_the_sessions_of_a_gateway_that_stopped_heartbeating_end_and_keep_their_history(
+        own_stack: Stack) -> None:
+    """A gateway silent past its liveness (5 s) has its sessions ended (gateway_lost, counted,
+    history kept); one that was only stalled closes its client with a reason when it resumes."""
+    chosen, pid = str(uuid.uuid4()), own_stack.pids()["gateway"]
+
+    def lost() -> float:
+        text = httpx.get(f"{own_stack.http}/metrics", headers=own_stack.admin_headers(), timeout=10).text
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith("inzwa_sessions_ended_total{") and 'reason="gateway_lost"' in line)
+
+    before = lost()
+    events, close_code = asyncio.run(stall_gateway_during(own_stack.url, chosen, pid, stall_s=7.5))
+    # Told by the orchestrator when the gateway beats again (gateway_lost, 1008), or first by the
+    # gateway itself, which on waking finds the orchestrator's status stale (1012): either way
+    # the client is closed with a reason, not left on a session nobody serves.
+    errors = [(e["code"], close_code) for e in events if e["type"] == "error"]
+    assert errors in ([("gateway_lost", 1008)], [("orchestrator_unavailable", 1012)]), (events, close_code)
+    assert lost() - before >= 1
+    body = httpx.get(f"{own_stack.http}/v1/sessions/{chosen}", timeout=10).json()
+    assert body["end_reason"] == "gateway_lost" and body["live"] is False, body
+    assert [m["content"] for m in body["messages"] if m["role"] == "user"] == ["Remember the word pineapple."]
