@@ -202,8 +202,12 @@ def test_bad_inputs_get_clear_errors_and_a_parallel_session_is_unaffected(
 
     async def run() -> tuple[TalkResult, list[tuple[list, int | None]]]:
         healthy = asyncio.create_task(talk(fixtures_dir / "q_en_capital.wav", stack.url, timeout_s=90))
-        answers = [await _exchange(stack.url, *messages, wait=2) for messages, _ in BAD_INPUTS]
-        return await healthy, answers
+        # All at once, each on its own connection (gather keeps their order): every one waits out
+        # its read timeout, so one after another took ~27 s, and side by side they are also
+        # beside each other's sessions, not only beside the healthy one.
+        answers = await asyncio.gather(*(_exchange(stack.url, *messages, wait=2)
+                                         for messages, _ in BAD_INPUTS))
+        return await healthy, list(answers)
 
     healthy, answers = asyncio.run(run())
     for (messages, code), (replies, _) in zip(BAD_INPUTS, answers, strict=True):
