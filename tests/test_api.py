@@ -542,6 +542,7 @@ FUZZED = [  # every operation of the gateway's OpenAPI document (checked against
     ("GET", "/v1/sessions"), ("DELETE", "/v1/sessions/{session_id}"),
     ("POST", "/v1/chat"), ("POST", "/v1/tts"), ("POST", "/v1/asr"), ("GET", "/v1/models"),
     ("POST", "/v1/admin/warmup"), ("GET", "/client-config"), ("POST", "/rtc/session"),
+    ("POST", "/api/v1/handoff"),
 ]
 MAX_FUZZ_TOKENS = 8  # what a generated chat may ask of the LLM
 MAX_FUZZ_TEXT = 120  # characters a generated text to speak may have
