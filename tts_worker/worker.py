@@ -115,6 +115,7 @@ class TtsWorker(SerialWorker[SynthesizeRequest]):
         self.voice.warmup()
 
     async def process(self, request: SynthesizeRequest) -> None:
+        await self._use_voice(request)  # first: what the voice can do decides refusals (speed)
         refusal = self.refusal(request)
         if refusal is not None:
             await self._error(request, "bad_request", refusal)
@@ -151,7 +152,6 @@ class TtsWorker(SerialWorker[SynthesizeRequest]):
         seq = 0
         if runtime.is_cancelled(request.session_id, request.turn_id):
             return seq
-        await self._use_voice(request)
         key = self._cache_key(request) if self.cache is not None else ""
         cached = await self.cache.fetch(key) if self.cache is not None else None
         if cached is not None:
