@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from common.frames import ChatJob, ChatMessage, GatewayHeartbeat, GenerateRequest, TokenChunk
+from common.frames import ChatJob, ChatMessage, GatewayHeartbeat, GenerateRequest, TokenChunk, WorkerExited
 from common.metrics import CACHE_HITS, CACHE_MISSES
 from tests.harness import InProcess
 from tests.stack import Stack
@@ -77,6 +77,29 @@ def test_a_prompt_with_history_is_cached_for_its_principal_only(tmp_path: Path) 
 def test_a_sampling_llm_is_never_cached(tmp_path: Path) -> None:
     out, hits, misses = scenario(tmp_path, 0.3, [(QUESTION, "alice"), (QUESTION, "alice")])
     assert [o["llm"] for o in out] == [True, True] and (hits, misses) == (0, 0)
+
+
+def test_a_reply_finished_by_another_worker_after_a_crash_is_not_cached(tmp_path: Path) -> None:
+    """Half of it came from one instance and the rest from another: not one model's answer."""
+    async def main() -> list[bool]:
+        h = InProcess(tmp_path, llm_temperature=0.0)
+        await h.ready()
+        await h.ingress(GatewayHeartbeat(gateway_id="gw0", incarnation="i1"))
+        await h.ingress(ChatJob(session_id="j1", messages=QUESTION, language="en", gateway_id="gw0"))
+        assert h.to_worker("llm")
+        await h.result(TokenChunk(session_id="j1", request_id="j1", token="Harare ", is_final=False))
+        await h.watchdog(WorkerExited(kind="llm", program="llm_worker", instance=0))
+        await h.ready("llm")  # back: the job continues there after what was sent
+        [replay] = [f for f in h.to_worker("llm") if isinstance(f, GenerateRequest)]
+        assert replay.prefix == "Harare "
+        await h.result(TokenChunk(session_id="j1", request_id="j1", token="it is.", is_final=True))
+        h.to_gateway()
+        try:
+            return [(await ask(h, QUESTION, "", ["Harare ", "it is."]))["llm"]]
+        finally:
+            await h.orchestrator.store.close()
+
+    assert asyncio.run(main()) == [True]  # asked the LLM again: nothing was cached
 
 
 def metric(stack: Stack, name: str) -> float:
