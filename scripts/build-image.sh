@@ -6,8 +6,10 @@
 #   INZWA_IMAGE=inzwa:dev scripts/build-image.sh
 #
 # Caches live in INZWA_BUILD_CACHE (default /var/cache/inzwa-build, else ~/.cache/inzwa-build):
-# the base rootfs and the wheelhouse are keyed by what they contain, so a second run only
-# rebuilds the image layers that changed. Prints the build times and the image size.
+# the base rootfs and the wheelhouse are keyed by what they contain. The image is tagged
+# inzwa:ctx-KEY, KEY a hash of everything its build reads (Dockerfile, source, base image,
+# wheelhouse): when that tag exists the build is skipped (a warm run costs a hash of the source),
+# and otherwise Docker's layer cache rebuilds only what changed. Prints the times and the size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,38 +58,75 @@ build_base() {
     echo "base: $BASE_IMAGE built in $(elapsed "$t0") s"
 }
 
+# The dependencies the image installs (project + redis extra), not the whole pyproject.toml: its
+# tool settings and the dev extras change often and must not cost a wheelhouse rebuild.
+dependency_key() {
+    python3 - <<'PY' 2>/dev/null || sha256sum pyproject.toml | cut -c1-12
+import hashlib, json, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+wanted = [project.get("requires-python"), project["dependencies"],
+          project.get("optional-dependencies", {}).get("redis", [])]
+print(hashlib.sha256(json.dumps(wanted).encode()).hexdigest()[:12])
+PY
+}
+
 build_wheelhouse() {
-    # Keyed by the dependency list: a code change reuses it, a pyproject change rebuilds it.
-    local key wheels t0
-    key="$(sha256sum pyproject.toml | cut -c1-12)"
-    wheels="$INZWA_BUILD_CACHE/wheelhouse-$key"
+    # Keyed by the dependency list: a code change reuses it, a new dependency rebuilds it.
+    local t0
+    WHEELS_KEY="$(dependency_key)"
+    WHEELS="$INZWA_BUILD_CACHE/wheelhouse-$WHEELS_KEY"
     t0="$(now)"
-    if [ ! -f "$wheels/.complete" ]; then
-        rm -rf "$wheels" && mkdir -p "$wheels"
-        echo "wheelhouse: building (pip wheel, cached wheels reused)"
-        # pip reuses its cached llama-cpp-python wheel (built with the flags above).
-        "$PIP" wheel --disable-pip-version-check -q -w "$wheels" '.[redis]' >"$wheels.log" 2>&1 \
-            || { tail -20 "$wheels.log" >&2; exit 1; }
-        rm -f "$wheels"/inzwa-*.whl  # the project itself is installed from the build context
-        # Build backend for installing the project offline inside the image.
-        "$PIP" download --disable-pip-version-check -q -d "$wheels" --only-binary=:all: \
-            'setuptools>=68' wheel 'async-timeout>=4.0.3' >>"$wheels.log" 2>&1
-        # (async-timeout: redis needs it on Debian's Python 3.11.2, not on this host's newer one.)
-        touch "$wheels/.complete"
-        echo "wheelhouse: $(ls "$wheels" | wc -l) wheels built in $(elapsed "$t0") s"
-    else
-        echo "wheelhouse: $wheels (cached)"
+    if [ -f "$WHEELS/.complete" ]; then
+        echo "wheelhouse: $WHEELS (cached)"; return
     fi
-    # The build context must hold the wheels: hard links (same file system) or copies.
-    find deploy/docker/wheelhouse -name '*.whl' -delete
-    cp -l "$wheels"/*.whl deploy/docker/wheelhouse/ 2>/dev/null || cp "$wheels"/*.whl deploy/docker/wheelhouse/
+    rm -rf "$WHEELS" && mkdir -p "$WHEELS"
+    echo "wheelhouse: building (pip wheel, cached wheels reused)"
+    # pip reuses its cached llama-cpp-python wheel (built with the flags above).
+    "$PIP" wheel --disable-pip-version-check -q -w "$WHEELS" '.[redis]' >"$WHEELS.log" 2>&1 \
+        || { tail -20 "$WHEELS.log" >&2; exit 1; }
+    rm -f "$WHEELS"/inzwa-*.whl  # the project itself is installed from the build context
+    # Build backend for installing the project offline inside the image.
+    # (async-timeout: redis needs it on Debian's Python 3.11.2, not on this host's newer one.)
+    "$PIP" download --disable-pip-version-check -q -d "$WHEELS" --only-binary=:all: \
+        'setuptools>=68' wheel 'async-timeout>=4.0.3' >>"$WHEELS.log" 2>&1 \
+        || { tail -20 "$WHEELS.log" >&2; exit 1; }
+    touch "$WHEELS/.complete"
+    echo "wheelhouse: $(ls "$WHEELS" | wc -l) wheels built in $(elapsed "$t0") s"
+}
+
+# Everything the image build reads: the files COPY takes from the context (as .dockerignore
+# filters them; the wheelhouse by its key), the base image's id and the build's settings.
+context_key() {
+    local paths=(deploy/Dockerfile .dockerignore pyproject.toml README.md common gateway orchestrator
+                 asr_worker llm_worker tts_worker deploy bench)
+    {
+        find "${paths[@]}" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -name '*.wav' \
+            ! -path 'deploy/docker/wheelhouse/*' ! -path 'bench/results/*' -print0 \
+            | sort -z | xargs -0 sha256sum
+        docker image inspect -f '{{.Id}}' "$BASE_IMAGE"
+        echo "$WHEELS_KEY $CMAKE_ARGS"
+    } | sha256sum | cut -c1-16
 }
 
 build_image() {
-    local t0
+    local t0 key
     t0="$(now)"
-    docker build -q -f deploy/Dockerfile --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$IMAGE" . >/dev/null
-    echo "image: $IMAGE built in $(elapsed "$t0") s, $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
+    key="$(context_key)"
+    if docker image inspect "inzwa:ctx-$key" >/dev/null 2>&1; then
+        docker tag "inzwa:ctx-$key" "$IMAGE"
+        echo "image: $IMAGE = inzwa:ctx-$key (cached, $(elapsed "$t0") s)"
+        return
+    fi
+    # The build context must hold the wheels: hard links (same file system) or copies.
+    find deploy/docker/wheelhouse -name '*.whl' -delete
+    cp -l "$WHEELS"/*.whl deploy/docker/wheelhouse/ 2>/dev/null || cp "$WHEELS"/*.whl deploy/docker/wheelhouse/
+    docker build -f deploy/Dockerfile --build-arg BASE_IMAGE="$BASE_IMAGE" \
+        -t "inzwa:ctx-$key" -t "$IMAGE" . >"$INZWA_BUILD_CACHE/image.log" 2>&1 \
+        || { tail -40 "$INZWA_BUILD_CACHE/image.log" >&2; echo "image build failed (log: $INZWA_BUILD_CACHE/image.log)" >&2; exit 1; }
+    # Older ctx tags go (their unshared layers become dangling: `docker image prune` frees them).
+    docker image ls --format '{{.Repository}}:{{.Tag}}' inzwa | grep '^inzwa:ctx-' \
+        | grep -v "^inzwa:ctx-$key\$" | xargs -r docker image rm >/dev/null 2>&1 || true
+    echo "image: $IMAGE = inzwa:ctx-$key built in $(elapsed "$t0") s, $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
 }
 
 build_base
