@@ -1,4 +1,9 @@
-"""The stack's own lifecycle: orchestrator death, graceful stop, no stray processes."""
+"""The stack's own lifecycle: orchestrator death, graceful stop, no stray processes.
+
+All on the scripted fake engines (`fake_stack`, FAKE_ENGINES): supervision, readiness, replicas
+and restarts are the same processes and sockets whatever the models, and a fake stack is READY
+without loading any (the real models' turns are the e2e, accuracy and browser tests' subject).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import pytest
 import websockets
 
 from gateway.client import talk
+from tests.conftest import FAKE_ENGINES, FAKE_TTS_MS_PER_CHAR
 from tests.stack import ROOT, Stack
 
 pytestmark = pytest.mark.e2e
@@ -24,8 +30,10 @@ START = json.dumps({"type": "start", "codec": "pcm16", "sample_rate": 16000})
 
 
 def test_orchestrator_death_ends_sessions_with_try_again_and_the_stack_recovers(
-    stack: Stack, fixtures_dir: Path
+    fake_stack: Stack, fixtures_dir: Path
 ) -> None:
+    stack = fake_stack
+
     async def open_session_through_the_crash() -> tuple[list[dict], int | None]:
         async with websockets.connect(stack.url) as ws:
             await ws.send(START)
@@ -49,11 +57,12 @@ def test_orchestrator_death_ends_sessions_with_try_again_and_the_stack_recovers(
     assert result.completed and not result.errors, result.summary()
 
 
-def test_readyz_follows_the_orchestrator(stack: Stack) -> None:
+def test_readyz_follows_the_orchestrator(fake_stack: Stack) -> None:
     """An orchestrator that is gone turns /readyz off (within its liveness), and back on when
     it returns. (Stopped and started by supervisorctl rather than killed: supervisord restarts a
     killed one within a second or two and the workers re-announce at once, so a kill races
     the readiness it means to observe; kill -9 is the test above.)"""
+    stack = fake_stack
     assert stack.ctl("stop", "orchestrator").returncode == 0
     try:
         deadline = time.monotonic() + 30
@@ -67,7 +76,7 @@ def test_readyz_follows_the_orchestrator(stack: Stack) -> None:
 
 def test_run_stops_every_process_on_ctrl_c(tmp_path: Path) -> None:
     """`inzwa run` (what `make run` execs) in the foreground; SIGINT leaves nothing behind."""
-    probe = Stack(tmp_path)  # only for its free ports and environment
+    probe = Stack(tmp_path, **FAKE_ENGINES)  # only for its free ports and environment
     process = subprocess.Popen([str(Path(probe.env["INZWA_PYTHON"]).with_name("inzwa")), "run"],
                                env=probe.env, cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, start_new_session=True)
@@ -89,8 +98,8 @@ def test_run_stops_every_process_on_ctrl_c(tmp_path: Path) -> None:
 
 def test_replicas_start_announce_and_serve(tmp_path: Path, fixtures_dir: Path) -> None:
     """INZWA_*_REPLICAS start more instances of a kind (supervisord numprocs); all READY."""
-    replicated = Stack(tmp_path, INZWA_LLM_REPLICAS="2", INZWA_TTS_REPLICAS="2",
-                       INZWA_LLM_MAX_NEW_TOKENS="24")
+    replicated = Stack(tmp_path, INZWA_LLM_REPLICAS="2", INZWA_TTS_REPLICAS="2", **FAKE_ENGINES,
+                       INZWA_FAKE_TTS_MS_PER_CHAR=str(FAKE_TTS_MS_PER_CHAR), INZWA_PLAYBACK_SPEED="4")
     try:
         replicated.start()
         processes = replicated.pids(by_process=True)
@@ -112,7 +121,9 @@ def test_replicas_start_announce_and_serve(tmp_path: Path, fixtures_dir: Path) -
         replicated.stop()
 
 
-def test_a_gateway_restart_tells_clients_to_try_again(stack: Stack, fixtures_dir: Path) -> None:
+def test_a_gateway_restart_tells_clients_to_try_again(fake_stack: Stack, fixtures_dir: Path) -> None:
+    stack = fake_stack
+
     async def open_session_through_the_restart() -> int | None:
         async with websockets.connect(stack.url) as ws:
             await ws.send(START)
@@ -132,7 +143,7 @@ def test_a_gateway_restart_tells_clients_to_try_again(stack: Stack, fixtures_dir
     assert result.completed and not result.errors, result.summary()
 
 
-def test_a_killed_gateway_has_its_sessions_ended(stack: Stack, tmp_path: Path) -> None:
+def test_a_killed_gateway_has_its_sessions_ended(fake_stack: Stack, tmp_path: Path) -> None:
     """kill -9 of a real `python -m gateway`: it can say nothing, so the orchestrator must notice
     its heartbeats stop and end its sessions (seen from another gateway: an admin history
     request finds the session before the kill, and not after)."""
@@ -140,6 +151,7 @@ def test_a_killed_gateway_has_its_sessions_ended(stack: Stack, tmp_path: Path) -
     from gateway.bridge import Bridge
     from tests.stack import free_port
 
+    stack = fake_stack
     port = free_port()
     env = {**stack.env, "INZWA_PORT": str(port), "INZWA_GATEWAY_ID": "gw-doomed"}
     log = (tmp_path / "doomed.log").open("wb")
