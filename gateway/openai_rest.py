@@ -194,14 +194,16 @@ def _add_chat_route(router: APIRouter, jobs: Jobs, settings: Settings, guard: Gu
                              "and `data: [DONE]`"},
         400: {"description": "Invalid request"}, 404: {"description": "Unknown model"},
         429: {"description": "Rate limited"}})
-    async def chat_completions(body: ChatCompletionRequest, _: Principal = Depends(guard.caller)) -> Any:
+    async def chat_completions(body: ChatCompletionRequest,
+                               principal: Principal = Depends(guard.caller)) -> Any:
         """OpenAI's chat completions on the assistant's LLM (no voice)."""
         check_model(settings, "llm", body.model)
         messages = [ChatMessage("system" if m.role == "developer" else m.role, m.text())
                     for m in body.messages]
         check_text("".join(m.content for m in messages), settings.max_text_chars, "messages")
         limit = body.max_completion_tokens or body.max_tokens or 0
-        job = ChatJob(messages=messages, max_new_tokens=limit, language=settings.language)
+        job = ChatJob(messages=messages, max_new_tokens=limit, language=settings.language,
+                      principal=principal.id)  # a cached reply to a history is the caller's alone
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stops) > 4:
             raise ApiError(422, "invalid_request", "stop takes at most 4 sequences")

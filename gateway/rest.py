@@ -159,12 +159,13 @@ def _add_text_routes(router: APIRouter, jobs: Jobs, settings: Settings, guard: G
                              "events and one `done` (or `error`) event"},
         422: {"description": "Invalid request"}, 429: {"description": "Rate limited"},
         503: {"description": "No LLM worker"}})
-    async def chat(body: ChatRequest, _: Principal = caller) -> Any:
+    async def chat(body: ChatRequest, principal: Principal = caller) -> Any:
         """Chat with the assistant's LLM (history given by the caller; no voice)."""
         check_language(body.language)
         check_text("".join(m.content for m in body.messages), settings.max_text_chars, "messages")
         job = ChatJob(messages=[ChatMessage(m.role, m.content) for m in body.messages],
-                      max_new_tokens=body.max_tokens or 0, language=body.language or settings.language)
+                      max_new_tokens=body.max_tokens or 0, language=body.language or settings.language,
+                      principal=principal.id)  # a cached reply to a history is the caller's alone
         if body.stream:
             return await _chat_stream(jobs, job)
         return await _chat_reply(jobs, job)

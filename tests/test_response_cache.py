@@ -119,3 +119,20 @@ def test_a_second_identical_chat_is_served_from_the_cache(deterministic_stack: S
     assert second.json()["message"] == first.json()["message"] and first.json()["message"]["content"]
     assert metric(stack, "inzwa_cache_misses_total") - misses == 1
     assert metric(stack, "inzwa_cache_hits_total") - hits == 1
+
+
+@pytest.mark.e2e
+def test_a_chat_with_history_is_cached_for_its_caller_only(deterministic_stack: Stack) -> None:
+    """The gateway names the caller on the job: the same history hits for the same caller and
+    misses for another (the admin token is another principal than an anonymous caller)."""
+    stack = deterministic_stack
+    tag = uuid.uuid4().hex[:8]
+    body = {"messages": [{"role": "user", "content": f"My code is {tag}."},
+                         {"role": "assistant", "content": "Noted."},
+                         {"role": "user", "content": "What is my code?"}]}
+    hits, misses = (metric(stack, f"inzwa_cache_{n}_total") for n in ("hits", "misses"))
+    for headers in ({}, {}, stack.admin_headers()):
+        reply = httpx.post(f"{stack.http}/v1/chat", json=body, headers=headers, timeout=60)
+        assert reply.status_code == 200, reply.text
+    assert metric(stack, "inzwa_cache_hits_total") - hits == 1  # the anonymous caller's repeat
+    assert metric(stack, "inzwa_cache_misses_total") - misses == 2  # its first, the admin's
