@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from common.languages import registry as languages
 from common.models import resolve
 from common.settings import Settings
 from gateway.client import load_clip, talk
+from tests.conftest import FAKE_TTS_MS_PER_CHAR
 from tests.remote_servers import LlamaServer, SpeechServer
 from tests.stack import Stack
 from tests.test_turn_taking import Conversation, silence
@@ -38,25 +38,24 @@ def models_by_role(stack: Stack) -> dict[str, dict[str, object]]:
     return {model["role"]: model for model in body["models"]}
 
 
-def test_fake_engines_run_a_whole_voice_turn(tmp_path: Path, fixtures_dir: Path) -> None:
-    stack = Stack(tmp_path, INZWA_ASR_ENGINE="fake", INZWA_LLM_ENGINE="fake", INZWA_TTS_ENGINE="fake",
-                  INZWA_FAKE_ASR_TEXT=FAKE_TEXT)
-    started = time.monotonic()
-    stack.start(timeout_s=120)
-    ready_s = time.monotonic() - started
-    try:
-        result = asyncio.run(talk(fixtures_dir / "q_en_weather.wav", stack.url, timeout_s=60))
-        assert result.completed and result.errors == [], result.summary()
-        assert result.transcript == FAKE_TEXT  # the real VAD opened and closed the turn
-        echo = f"You said {FAKE_TEXT}. That is what I heard. Thank you for asking."
-        assert result.reply_text.strip() == echo
-        audio = bytes(result.reply_audio)
-        assert len(audio) / 2 / SAMPLE_RATE > 2.0 and rms_dbfs(audio) > -35.0
-        assert {role: m["engine"] for role, m in models_by_role(stack).items()} == {
-            "asr": "fake", "llm": "fake", "tts": "fake"}
-        print(f"fake stack ready in {ready_s:.1f} s")
-    finally:
-        stack.stop()
+def test_fake_engines_run_a_whole_voice_turn(fake_stack: Stack, fixtures_dir: Path) -> None:
+    """The session's fake stack (FAKE_ENGINES, started by settings alone; its own start used to
+    be timed here: it is READY in seconds, with no model loaded)."""
+    stack = fake_stack
+    assert Settings(_env_file=None).fake_asr_text == FAKE_TEXT  # the script it speaks
+    result = asyncio.run(talk(fixtures_dir / "q_en_weather.wav", stack.url, timeout_s=60))
+    assert result.completed and result.errors == [], result.summary()
+    assert result.transcript == FAKE_TEXT  # the real VAD opened and closed the turn
+    echo = f"You said {FAKE_TEXT}. That is what I heard. Thank you for asking."
+    assert result.reply_text.strip() == echo
+    audio = bytes(result.reply_audio)
+    # the fake voice's audio lasts FAKE_TTS_MS_PER_CHAR per character of each phrase: all of it
+    phrases = [e["text"].strip() for e in result.events if e["type"] == "tts.phrase"]
+    assert " ".join(phrases) == echo
+    spoken_s = sum(len(text) for text in phrases) * FAKE_TTS_MS_PER_CHAR / 1000
+    assert len(audio) / 2 / SAMPLE_RATE >= spoken_s - 0.04 * len(phrases) and rms_dbfs(audio) > -35.0
+    assert {role: m["engine"] for role, m in models_by_role(stack).items()} == {
+        "asr": "fake", "llm": "fake", "tts": "fake"}
 
 
 @pytest.fixture(scope="module")
