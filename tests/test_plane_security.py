@@ -1,6 +1,10 @@
 """Attacks on the ZeroMQ plane against real stacks, with a healthy session talking beside them.
 
-Two modes, as deployed:
+Two modes, as deployed. The stacks run the scripted fake engines (`fake_stack`, FAKE_ENGINES):
+what is under attack is the plane (sockets, keys, ZAP, frame sizes), which is the same whatever
+the models; the healthy session beside each attack is a whole voice turn through all five
+processes, and an attacker that got a forged worker or frame in would show in it as before.
+
 
 - CURVE (tcp, `INZWA_CURVE_KEYS_DIR`): an attacker that knows every endpoint and the servers'
   *public* keys, but holds no admitted key (or speaks plain ZeroMQ), gets nothing in and nothing
@@ -46,6 +50,7 @@ from common.frames import (
 )
 from common.plane_auth import create_keys
 from gateway.client import talk
+from tests.conftest import FAKE_ENGINES, FAKE_TTS_MS_PER_CHAR
 from tests.stack import Stack, free_port
 
 pytestmark = pytest.mark.e2e
@@ -59,7 +64,8 @@ def curve_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     keys = tmp_path_factory.mktemp("keys")
     create_keys(keys, ["gw0"])
     stack = Stack(tmp_path_factory.mktemp("curve"), INZWA_ZMQ_TRANSPORT="tcp",
-                  INZWA_CURVE_KEYS_DIR=str(keys), INZWA_LLM_MAX_NEW_TOKENS="24",
+                  INZWA_CURVE_KEYS_DIR=str(keys), **FAKE_ENGINES,
+                  INZWA_FAKE_TTS_MS_PER_CHAR=str(FAKE_TTS_MS_PER_CHAR), INZWA_PLAYBACK_SPEED="4",
                   INZWA_RATE_REQUESTS_PER_MINUTE="0", INZWA_RATE_CONCURRENT_SESSIONS="0")
     stack.keys = keys  # type: ignore[attr-defined]
     try:
@@ -158,18 +164,22 @@ async def attack(stack: Stack, attacker: Attacker, victim: str) -> dict[str, lis
     control = attacker.sub()
     ingress, results, egress, watchdog = (attacker.push(0), attacker.push(2),
                                           attacker.push(3, "gateway-gw0"), attacker.push(4))
-    sent = {
-        "history": await try_send(ingress, HistoryRequest(session_id=victim, reply_to=reply_at,
-                                                          gateway_id="gw0", admin=True)),
-        "ready": await try_send(results, Ready(kind="llm", instance_id="llm-evil", endpoint=work_at)),
-        "exited": await try_send(watchdog, WorkerExited(kind="llm", program="llm_worker")),
-        "inject": await try_send(egress, TranscriptChunk(session_id=victim, text="INJECTED",
-                                                         is_final=True)),
-        "error": await try_send(egress, ErrorEvent(session_id=victim, code="INJECTED", fatal=True)),
+    egress_2 = attacker.push(3, "gateway-gw0")  # a socket per attempt: they run concurrently
+    # Each attempt and each listening window on its own socket, all at once: a refused send
+    # waits out its 2 s, and one after another they cost 10 s of every run for nothing.
+    attempts = {
+        "history": try_send(ingress, HistoryRequest(session_id=victim, reply_to=reply_at,
+                                                    gateway_id="gw0", admin=True)),
+        "ready": try_send(results, Ready(kind="llm", instance_id="llm-evil", endpoint=work_at)),
+        "exited": try_send(watchdog, WorkerExited(kind="llm", program="llm_worker")),
+        "inject": try_send(egress, TranscriptChunk(session_id=victim, text="INJECTED", is_final=True)),
+        "error": try_send(egress_2, ErrorEvent(session_id=victim, code="INJECTED", fatal=True)),
     }
+    sent = dict(zip(attempts, await asyncio.gather(*attempts.values()), strict=True))
     assert sent == dict.fromkeys(sent, False), f"the plane took frames from an outsider: {sent}"
-    return {"reply": await received(reply_pull, 3.0), "work": await received(work_pull, 0.5),
-            "control": await received(control, 0.5)}
+    got = await asyncio.gather(received(reply_pull, 3.0), received(work_pull, 0.5),
+                               received(control, 0.5))
+    return dict(zip(("reply", "work", "control"), got, strict=True))
 
 
 @pytest.mark.parametrize("curve", [True, False], ids=["foreign-keys", "no-curve"])
@@ -193,7 +203,7 @@ def test_an_outsider_gets_nothing_in_or_out_while_a_session_talks(
     got, healthy, seen = asyncio.run(scenario())
     assert got == {"reply": [], "work": [], "control": []}
     assert healthy.completed and not healthy.errors, healthy.summary()
-    assert healthy.transcript and healthy.reply_text  # the real LLM answered, not a fake one
+    assert healthy.transcript and healthy.reply_text  # the stack's LLM answered, not the forged one
     assert not any("INJECTED" in event for event in seen), seen
     after = refused(curve_stack)
     if curve:  # a CURVE client with an unknown key is refused by ZAP (and counted)
@@ -241,7 +251,8 @@ def test_a_keyholder_is_admitted_so_the_refusals_above_are_the_keys(curve_stack:
 # --- ipc mode (the default): the run directory is the lock ----------------------------------------
 
 
-def test_the_ipc_plane_and_logs_are_the_service_users_alone(stack: Stack) -> None:
+def test_the_ipc_plane_and_logs_are_the_service_users_alone(fake_stack: Stack) -> None:
+    stack = fake_stack  # the default ipc plane, as the real-model stack has it
     plane = stack.run_dir / "plane"
     assert stat.S_IMODE(stack.run_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(plane.stat().st_mode) == 0o700
@@ -270,9 +281,10 @@ else:
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("python3") is None,
                     reason="needs root to run a probe as another uid")
-def test_another_user_cannot_open_a_plane_socket(stack: Stack, tmp_path: Path) -> None:
+def test_another_user_cannot_open_a_plane_socket(fake_stack: Stack, tmp_path: Path) -> None:
     import socket
 
+    stack = fake_stack
     def probe(path: Path) -> str:
         out = subprocess.run(["python3", "-c", CONNECT_AS, str(path)], user=NOBODY, group=NOBODY,
                              capture_output=True, text=True, timeout=30, cwd="/")
@@ -329,9 +341,10 @@ def push_huge(endpoint: str) -> bool:
     return asyncio.run(go())
 
 
-def test_a_huge_frame_is_refused_before_it_is_read(stack: Stack, fixtures_dir: Path) -> None:
+def test_a_huge_frame_is_refused_before_it_is_read(fake_stack: Stack, fixtures_dir: Path) -> None:
     """64 MiB at the stack's ingress socket: ZMQ_MAXMSGSIZE drops the connection, the
     orchestrator's peak memory does not grow by the frame, and a session still completes a turn."""
+    stack = fake_stack
     pid = stack.pids()["orchestrator"]
     before = peak_rss_kb(pid)
     assert push_huge(f"ipc://{stack.run_dir / 'plane' / 'ingress.sock'}")  # we are the service user
