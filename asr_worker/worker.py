@@ -31,6 +31,7 @@ from common.audio import pcm16_to_float
 from common.frames import (
     AsrWork,
     AudioIn,
+    ClearAudio,
     EndTurn,
     Frame,
     Segment,
@@ -58,6 +59,7 @@ BACKLOG_BYTES = 32 * 200  # more than 200 ms of audio queued for one session: we
 INBOX_LIMIT = 1500  # queued audio messages per session (30 s of 20 ms frames): beyond, dropped
 REPLAY_MARGIN_S = 2.0  # the orchestrator keeps max_audio_seconds plus 2 s to replay a turn
 _END_TURN = "end_turn"
+_CLEAR = "clear"  # the client took back its audio (OpenAI Realtime input_audio_buffer.clear)
 _CLOSE = "close"
 
 
@@ -68,6 +70,7 @@ class SessionStream:
     inbox: asyncio.Queue[bytes | str] = field(default_factory=asyncio.Queue)
     utterance: int = 1
     offset_ms: int = 0  # where this instance's audio starts in the session (after a replay)
+    manual: bool = False  # manual turns: every end_turn gets a final, empty if nothing was heard
     said_at: float = field(default_factory=time.monotonic)  # last frame sent for this session
     task: asyncio.Task[None] | None = None
 
@@ -95,13 +98,16 @@ class AsrWorker:
                 if old is not None:
                     old.inbox.put_nowait(_CLOSE)
                 stream = self._stream(message.session_id, message.language, message.silence_ms)
-                stream.offset_ms = message.offset_ms
+                stream.offset_ms, stream.manual = message.offset_ms, message.manual_turns
                 if message.pcm:
                     stream.inbox.put_nowait(message.pcm)
             case SessionConfig():  # the client's own end-of-turn silence (from its next utterance)
                 configured = self.streams.get(message.session_id)
                 if configured is not None:
                     configured.asr.set_silence_ms(message.silence_ms or self.settings.vad_silence_ms)
+                    configured.manual = message.manual_turns
+            case ClearAudio():  # after the audio before it, before any after it
+                self._deliver(message.session_id, _CLEAR)
             case AudioIn():
                 self._deliver(message.session_id, message.pcm)
             case EndTurn():
@@ -220,8 +226,14 @@ class AsrWorker:
                                             message=f"speech recognition failed: {type(exc).__name__}"))
 
     async def _process(self, stream: SessionStream, item: bytes | str) -> None:
-        if item == _END_TURN:
+        if item == _CLEAR:
+            stream.asr.reset()  # (cheap: drops buffers) cleared audio never becomes a transcript
+            events = []
+        elif item == _END_TURN:
             events = await asyncio.to_thread(stream.asr.end_turn)
+            if stream.manual and not any(isinstance(e, Transcript) and e.is_final for e in events):
+                # The orchestrator holds a reply the client asked for until this turn's final.
+                events.append(Transcript("", True, 0, 0, 0.0, ""))
         else:
             assert isinstance(item, bytes)
             # Partials are best effort: none while this session is behind real time or another

@@ -109,6 +109,9 @@ class SessionStart(Frame):
     system_prompt: str = ""  # the system prompt of this session's LLM turns
     silence_ms: int = 0  # the trailing silence that ends a turn in this session's ASR (VAD)
     speed: float = 1.0  # the speaking rate of this session's replies (SynthesizeRequest.speed)
+    # Manual turns (OpenAI Realtime turn_detection null): a user turn is answered only when the
+    # client asks (a Respond frame); its words wait in the orchestrator until then.
+    manual_turns: bool = False
 
 
 class AudioIn(Frame):
@@ -143,11 +146,45 @@ class SessionConfig(Frame):
     system_prompt: str = ""
     silence_ms: int = 0
     speed: float = 1.0
+    manual_turns: bool = False  # (as SessionStart's)
 
 
 class CancelTurn(Frame):
     """The client stopped the reply of `turn_id` (OpenAI Realtime `response.cancel`): its LLM
     and TTS work stop now, and the history keeps only what was marked heard."""
+
+
+class HistoryAdd(Frame):
+    """A message joins the session's dialogue history without a reply (OpenAI Realtime
+    `conversation.item.create` of an assistant, system or extra user item: frameworks sync their
+    chat context this way). `item_id` is the gateway's name for it, for a later HistoryDelete."""
+
+    role: str = ""  # "user" | "assistant" | "system"
+    text: str = ""
+    item_id: str = ""
+
+
+class HistoryDelete(Frame):
+    """A message leaves the dialogue history the LLM sees, and the stored one (OpenAI Realtime
+    `conversation.item.delete`): the `role` message of turn `turn_id`, or the one HistoryAdd
+    named `item_id`; turn 0 with role "user": the user's words held for a reply not yet asked."""
+
+    role: str = ""
+    item_id: str = ""
+
+
+class Respond(Frame):
+    """Reply now (OpenAI Realtime `response.create`): to `text` (a typed user item) and the user's
+    words held in manual turns, or, with none, from the history alone (the assistant speaks
+    first). `instructions` join the system prompt of this one reply."""
+
+    text: str = ""
+    instructions: str = ""
+
+
+class ClearAudio(Frame):
+    """The client took back the audio it sent since its last commit (OpenAI Realtime
+    `input_audio_buffer.clear`): the session's ASR drops what it has not transcribed yet."""
 
 
 class PlaybackMark(Frame):
@@ -548,6 +585,10 @@ IngressMessage = (
     | PlaybackMark
     | SessionConfig
     | CancelTurn
+    | HistoryAdd
+    | HistoryDelete
+    | Respond
+    | ClearAudio
     | HistoryRequest
     | SessionList
     | SessionDelete
@@ -592,7 +633,8 @@ ResultMessage = (
 # WorkerExited has a socket of its own that only the watchdog may reach (the results socket
 # does not decode it): a process that can reach the results socket cannot forge a worker's death.
 WatchdogMessage = WorkerExited
-AsrWork = SessionStart | AudioIn | EndTurn | SessionEnd | TranscribeRequest | WarmupRequest | SessionConfig
+AsrWork = (SessionStart | AudioIn | EndTurn | SessionEnd | TranscribeRequest | WarmupRequest | SessionConfig
+           | ClearAudio)
 LlmWork = GenerateRequest | WarmupRequest
 TtsWork = SynthesizeRequest | WarmupRequest
 

@@ -9,11 +9,24 @@ worker death are the voice session's and the orchestrator's, unchanged.
 
 What each client event maps onto, where it is not one to one (also in the README):
 - manual turns (`turn_detection: null`): audio still streams to the ASR as it arrives (so the
-  transcript is ready at commit); `commit` ends the turn and the reply starts then, as Inzwa
-  answers every user turn; `response.create` after it adds nothing. A typed user item waits
-  for `response.create`.
-- `input_audio_buffer.clear`: audio already streamed to the ASR cannot be taken back; clear
-  resets the buffer's accounting only.
+  transcript is ready at commit); `commit` ends the turn and brings its transcript (empty if
+  nothing was heard); the orchestrator holds the user's words (every final of the turn) and
+  the reply starts at `response.create` (a Respond frame; asked before the final, it waits
+  for it). With server VAD, Inzwa answers every user turn and a `response.create` while a
+  reply is under way adds nothing.
+- `response.create` with nothing pending replies from the history alone (the assistant speaks
+  first; a framework's generate_reply); `response.instructions` (at most 4000 characters) join
+  the system prompt of that reply only. A typed user item waits for `response.create`.
+- `conversation.item.create`: a user text item is answered at `response.create`; assistant
+  (output_text, or an audio part's transcript) and system items join the orchestrator's history
+  without a reply (HistoryAdd), as do user items a later item overtook (a framework syncing its
+  chat context). System items join the system text of later replies, after the instructions.
+- `conversation.item.delete`: the message leaves the history the LLM sees and the stored
+  conversation (HistoryDelete, by the turn a spoken or typed item was answered in, or by the
+  id of an added one); a manual turn's words not yet answered are dropped whole.
+- `input_audio_buffer.clear`: the session's ASR drops the audio it has not transcribed yet
+  (ClearAudio: its stream is reset, as for a barge-in), so cleared audio never becomes a
+  transcript; a final the ASR had already made before the clear stands.
 - `response.cancel`: the reply's unsent audio is dropped at once and its later frames ignored;
   the orchestrator stops its LLM and TTS work at once (a CancelTurn frame) and keeps in the
   history only what was marked heard (a truncate that follows adds the heard share of the
@@ -50,8 +63,12 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from common.frames import (
     AudioChunk,
     CancelTurn,
+    ClearAudio,
     Frame,
+    HistoryAdd,
+    HistoryDelete,
     PlaybackMark,
+    Respond,
     SessionConfig,
     TokenChunk,
     TurnEvent,
@@ -66,7 +83,14 @@ from gateway.guard import Guard
 from gateway.openai_models import check_model, check_voice, own_ids
 from gateway.playback import Outbox
 from gateway.protocol import CLOSE_POLICY, CLOSE_TRY_AGAIN, MAX_CONTROL_CHARS, ProtocolError, Start
-from gateway.realtime_config import ConfigError, RealtimeConfig, input_decoder, new_id, output_encoder
+from gateway.realtime_config import (
+    MAX_INSTRUCTIONS_CHARS,
+    ConfigError,
+    RealtimeConfig,
+    input_decoder,
+    new_id,
+    output_encoder,
+)
 from gateway.realtime_conversation import BYTES_PER_MS, Conversation, Item
 from gateway.session import Action, TransportClosed, VoiceSession
 
@@ -170,6 +194,14 @@ class RealtimeVoiceSession(VoiceSession):
     async def on_speech_start(self, frame: VadEvent) -> None:
         await self.transport.conversation.speech_started(frame.at_ms)
 
+    async def typed(self, text: str, instructions: str) -> None:
+        """A typed user turn, with this reply's own instructions if any."""
+        await self._on_text(text, instructions)
+
+    async def send(self, frame: Frame) -> None:
+        frame.session_id = self.session_id
+        await self.bridge.send(frame)
+
 
 def heard_words(cut: Cut, audio_end_ms: int) -> str:
     """The words of the cut phrase heard by `audio_end_ms`, in proportion to its duration."""
@@ -200,7 +232,7 @@ class RealtimeSocket:
         self.decoder = input_decoder(self.config.input_format)
         self.buffered_ms = 0  # audio appended since the last commit / clear
         self.received_ms = 0  # all audio appended
-        self.pending_text: str | None = None  # a typed user item waiting for response.create
+        self.pending: Item | None = None  # a typed user item waiting for response.create
         self.cut: Cut | None = None  # the last reply the client cancelled
 
     async def run(self) -> None:
@@ -308,11 +340,12 @@ class RealtimeSocket:
         SessionConfig after it."""
         config, session = self.config, self.session
         session.system_prompt, session.silence_ms = config.instructions, config.silence_ms
-        session.speed = config.speed
-        mine = (config.instructions, config.silence_ms, config.speed)
-        if mine != (before.instructions, before.silence_ms, before.speed) and session.connection is not None:
-            await session.bridge.send(SessionConfig(session_id=session.session_id, system_prompt=mine[0],
-                                                    silence_ms=mine[1], speed=mine[2]))
+        session.speed, session.manual_turns = config.speed, not config.server_vad
+        mine = (config.instructions, config.silence_ms, config.speed, config.server_vad)
+        if mine != (before.instructions, before.silence_ms, before.speed, before.server_vad) \
+                and session.connection is not None:
+            await session.send(SessionConfig(system_prompt=mine[0], silence_ms=mine[1], speed=mine[2],
+                                             manual_turns=not mine[3]))
 
     def _language(self, code: Any) -> None:
         """A transcription language chosen before the first turn becomes the session's language
@@ -354,32 +387,44 @@ class RealtimeSocket:
 
     async def clear(self, event: dict[str, Any]) -> None:
         self.buffered_ms = 0
+        self.conversation.user = None  # its words will not come: the ASR forgets that audio
+        if self.session.connection is not None:
+            await self.session.send(ClearAudio())
         await self.conversation.emit({"type": "input_audio_buffer.cleared"})
 
     async def item_create(self, event: dict[str, Any]) -> None:
         item = event.get("item")
-        content = item.get("content") if isinstance(item, dict) else None
-        if not isinstance(item, dict) or item.get("type", "message") != "message" or \
-                item.get("role") != "user" or not isinstance(content, list):
-            raise EventError("only user messages with text content can be added", "item")
-        text = " ".join(str(part.get("text", "")) for part in content
-                        if isinstance(part, dict) and part.get("type") in ("input_text", "text"))
-        if not text.strip():
-            raise EventError("the message has no input_text", "item.content")
-        if len(text) > self.settings.max_text_chars:
-            raise EventError(f"text of {len(text)} characters > {self.settings.max_text_chars}",
-                             "item.content")
-        self.pending_text = text.strip()
-        await self.conversation.item_added(Item(str(item.get("id") or new_id("item")), "user",
-                                                "input_text", self.pending_text))
+        role, text = item_text(item, self.settings.max_text_chars)
+        assert isinstance(item, dict)
+        added = Item(str(item.get("id") or new_id("item")), role,
+                     "output_text" if role == "assistant" else "input_text", text)
+        if self.conversation.find(added.id) is not None:
+            raise EventError(f"item {added.id!r} already exists", "item.id")
+        if self.pending is not None:  # an earlier typed item nobody asked a reply to: history
+            await self._add(self.pending)
+            self.pending = None
+        if role == "user":
+            self.pending = added  # answered at response.create
+        else:
+            await self._add(added)
+        await self.conversation.item_added(added)
+
+    async def _add(self, item: Item) -> None:
+        """Into the orchestrator's history, without a reply."""
+        await self._ensure_open()
+        item.added = True
+        await self.session.send(HistoryAdd(role=item.role, text=item.text, item_id=item.id))
 
     async def response_create(self, event: dict[str, Any]) -> None:
-        if self.pending_text is None:
-            return  # Inzwa answered the committed turn already (or is answering it)
-        text, self.pending_text = self.pending_text, None
+        instructions = response_instructions(event)
+        pending, self.pending = self.pending, None
         await self._ensure_open()
-        self.conversation.echo = text
-        await self.session.on_message(orjson.dumps({"type": "text", "text": text}).decode())
+        if pending is not None:  # a typed user turn
+            self.conversation.echo = pending.text
+            await self.session.typed(pending.text, instructions)
+        elif self.conversation.response is None:  # (one under way is the reply asked for)
+            # A reply from the history: to a manual turn's words, or the assistant speaks first.
+            await self.session.send(Respond(instructions=instructions))
 
     async def response_cancel(self, event: dict[str, Any]) -> None:
         response = self.conversation.response
@@ -415,6 +460,11 @@ class RealtimeSocket:
         if item is None:
             raise EventError(f"no item {event.get('item_id')!r}", "item_id")
         self.conversation.items.remove(item)
+        if item is self.pending:
+            self.pending = None
+        elif self.session.connection is not None:  # out of the history the LLM sees, and the store
+            await self.session.send(HistoryDelete(turn_id=item.turn_id, role=item.role,
+                                                  item_id=item.id if item.added else ""))
         await self.conversation.emit({"type": "conversation.item.deleted", "item_id": item.id})
 
 
@@ -422,6 +472,40 @@ class EventError(ValueError):
     def __init__(self, message: str, param: str | None, code: str = "invalid_value") -> None:
         super().__init__(message)
         self.param, self.code = param, code
+
+
+_PARTS = {"user": ("input_text", "text"), "system": ("input_text", "text"),
+          "assistant": ("output_text", "text", "output_audio", "audio")}
+
+
+def item_text(item: Any, limit: int) -> tuple[str, str]:
+    """The role and text of a message item a client adds (an assistant's audio part by its
+    transcript); EventError if it is not one Inzwa can take."""
+    content = item.get("content") if isinstance(item, dict) else None
+    if not isinstance(item, dict) or item.get("type", "message") != "message" or \
+            item.get("role") not in _PARTS or not isinstance(content, list):
+        raise EventError("only message items (role user, assistant or system) with text content can "
+                         "be added", "item")
+    role = str(item["role"])
+    text = " ".join(str(part.get("text") or part.get("transcript") or "") for part in content
+                    if isinstance(part, dict) and part.get("type") in _PARTS[role]).strip()
+    if not text:
+        raise EventError(f"the message has no {_PARTS[role][0]}", "item.content")
+    if len(text) > limit:
+        raise EventError(f"text of {len(text)} characters > {limit}", "item.content")
+    return role, text
+
+
+def response_instructions(event: dict[str, Any]) -> str:
+    """response.create's own instructions (for that reply only); "" if none."""
+    response = event.get("response")
+    if response is None:
+        return ""
+    instructions = response.get("instructions", "") if isinstance(response, dict) else None
+    if not isinstance(instructions, str) or len(instructions) > MAX_INSTRUCTIONS_CHARS:
+        raise EventError(f"response.instructions must be text of at most {MAX_INSTRUCTIONS_CHARS} "
+                         "characters", "response.instructions")
+    return instructions.strip()
 
 
 def _voice(settings: Settings, voice: Any) -> str:

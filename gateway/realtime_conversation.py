@@ -28,12 +28,16 @@ BYTES_PER_MS = 32  # PCM16 16 kHz: what the session hands the transport
 class Item:
     id: str
     role: str
-    kind: str  # "input_audio" | "input_text" | "output_audio"
+    kind: str  # "input_audio" | "input_text" | "output_audio" | "output_text"
     text: str = ""
+    # Its message in the orchestrator's history, for delete: the turn whose user or assistant
+    # message it is, or, added with HistoryAdd, its own id (`added`); 0 and not added: not yet.
+    turn_id: int = 0
+    added: bool = False
 
     def body(self, status: str = "completed") -> dict[str, Any]:
         content: dict[str, Any] = {"type": self.kind}
-        if self.kind == "input_text":
+        if self.kind in ("input_text", "output_text"):
             content["text"] = self.text
         else:
             content["transcript"] = self.text or None
@@ -188,7 +192,8 @@ class Conversation:
         if current is not None:  # superseded without a word from the orchestrator
             await self.finish(current.turn_id, "cancelled", None, "turn_detected")
         self.typed = False  # the typed turn's reply has begun: a later cancel is someone speaking
-        item = Item(new_id("item"), "assistant", "output_audio")
+        self._link(turn_id)
+        item = Item(new_id("item"), "assistant", "output_audio", turn_id=turn_id)
         response = self.response = Response(new_id("resp"), turn_id, item)
         await self.emit({"type": "response.created",
                          "response": self._response_body(response, "in_progress")})
@@ -200,6 +205,14 @@ class Conversation:
         await self.emit(self._part(response, "response.content_part.added",
                                    part={"type": "audio", "transcript": ""}))
         return response
+
+    def _link(self, turn_id: int) -> None:
+        """The user items since the last reply are that turn's question (its user message)."""
+        for item in reversed(self.items):
+            if item.role == "assistant" and not item.added:
+                return
+            if item.role == "user" and not item.turn_id and not item.added:
+                item.turn_id = turn_id
 
     async def audio(self, pcm: bytes, encoded: bytes) -> None:
         response = self.response

@@ -31,6 +31,7 @@ from common.frames import (
     Frame,
     HandoffAsk,
     PlaybackMark,
+    Respond,
     SessionEnd,
     SessionStart,
     TextIn,
@@ -139,6 +140,7 @@ class VoiceSession:
         self.system_prompt = ""  # a transport's client may choose its own (OpenAI Realtime)
         self.silence_ms = 0  # ... and its end-of-turn silence (0: the server's)
         self.speed = 1.0  # ... and the speaking rate of the replies
+        self.manual_turns = False  # ... and whether it asks for each reply itself
 
     # --- opening -------------------------------------------------------------------------------
 
@@ -174,6 +176,7 @@ class VoiceSession:
             session_id=self.session_id, language=self.language, codec="pcm16",
             sample_rate=SAMPLE_RATE, principal=self.principal.id,
             system_prompt=self.system_prompt, silence_ms=self.silence_ms, speed=self.speed,
+            manual_turns=self.manual_turns,
         ))
         self._tasks = [asyncio.create_task(self._send_loop(self.connection)),
                        asyncio.create_task(self._watch_idle())]
@@ -219,7 +222,9 @@ class VoiceSession:
         except ProtocolError as exc:
             await self.transport.send_event(exc.event())
 
-    async def _on_text(self, text: str) -> None:
+    async def _on_text(self, text: str, instructions: str = "") -> None:
+        """A typed user turn; with `instructions` (OpenAI Realtime response.create's own), a
+        Respond frame carries both, the instructions for this reply only."""
         stripped = check_text(text, self.settings.max_text_chars)
         assert self.principal is not None
         try:  # a typed turn costs a request, as a REST chat would
@@ -230,7 +235,11 @@ class VoiceSession:
         self.turn_audio_s = 0.0
         self.metrics.typed()
         self.token_rate.typed()
-        await self.bridge.send(TextIn(session_id=self.session_id, text=stripped))
+        if instructions:
+            await self.bridge.send(Respond(session_id=self.session_id, text=stripped,
+                                           instructions=instructions))
+        else:
+            await self.bridge.send(TextIn(session_id=self.session_id, text=stripped))
 
     async def on_audio(self, pcm: bytes) -> bool:
         """Client audio, PCM16 mono 16 kHz. False when the session must end (quota spent)."""

@@ -25,12 +25,15 @@ from common.frames import (
     AudioIn,
     CancelTurn,
     ChatJob,
+    ClearAudio,
     EndTurn,
     ErrorEvent,
     Frame,
     GatewayHeartbeat,
     HandoffAsk,
     Heartbeat,
+    HistoryAdd,
+    HistoryDelete,
     HistoryRequest,
     IngressMessage,
     JobCancel,
@@ -39,6 +42,7 @@ from common.frames import (
     Ping,
     PlaybackMark,
     Ready,
+    Respond,
     ResultMessage,
     SessionConfig,
     SessionDelete,
@@ -75,6 +79,7 @@ from common.plane_auth import gateway_identity
 from common.settings import Settings
 from common.transport import Plane, Sender
 from orchestrator.admin import Admin
+from orchestrator.client_turns import ClientTurns
 from orchestrator.gateways import Gateways
 from orchestrator.handoff import Handoffs
 from orchestrator.idle import IDLE_REASON, idle_message, idle_sessions, metric_reason
@@ -88,7 +93,8 @@ from orchestrator.turns import Turns
 
 log = logging.getLogger(__name__)
 
-SessionFrame = AudioIn | EndTurn | TextIn | SessionEnd | PlaybackMark | SessionConfig | CancelTurn
+SessionFrame = (AudioIn | EndTurn | TextIn | SessionEnd | PlaybackMark | SessionConfig | CancelTurn
+                | HistoryAdd | HistoryDelete | Respond | ClearAudio)
 GATEWAY_PREFIX = "gateway-"
 
 
@@ -113,6 +119,8 @@ class Orchestrator:
         self.admin = Admin(self.registry, self._to_gateway, settings.request_timeout_s)
         self.handoffs = Handoffs(settings, self.store, self.sessions, self.turns, self._to_client,
                                  self.gateways.send, self._end_session, self._to_worker)  # (issue 14)
+        self.client_turns = ClientTurns(self.turns, self.store, self._to_worker, self._to_client,
+                                        self.handoffs.on_user_turn)  # (OpenAI Realtime)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -242,6 +250,7 @@ class Orchestrator:
                 session.audio_at = time.monotonic()
                 await self._to_worker(session, "asr", message)
             case EndTurn():
+                session.awaiting_final = session.manual  # (a reply asked now waits for its words)
                 await self._to_worker(session, "asr", message)
             case TextIn():
                 await self._on_text(session, message)
@@ -251,8 +260,11 @@ class Orchestrator:
                 self.turns.on_playback(session, message)
             case SessionConfig():  # the client's prompt for the next turns; its silence to the ASR
                 session.system_prompt, session.silence_ms = message.system_prompt, message.silence_ms
-                session.speed = message.speed
+                session.speed, session.manual = message.speed, message.manual_turns
                 await self._to_worker(session, "asr", message)
+                await self.client_turns.configured(session)
+            case HistoryAdd() | HistoryDelete() | Respond() | ClearAudio():  # (OpenAI Realtime)
+                await self.client_turns.handle(session, message)
             case CancelTurn():
                 await self.turns.stop(session, message.turn_id)
 
@@ -313,16 +325,19 @@ class Orchestrator:
             system_prompt=start.system_prompt,
             silence_ms=start.silence_ms,
             speed=start.speed,
+            manual=start.manual_turns,
         )
         if live is not None:
             session.pins = live.pins  # (their session counts stay right)
             session.history, session.turns = live.history, live.turns
+            session.keys, session.added = live.keys, live.added
         if not await self._resume(session, gateway_id):
             return
         self.sessions[start.session_id] = session
         await self.handoffs.on_session_start(session)
         log.info("session started", extra={"session_id": start.session_id, "gateway_id": gateway_id})
         await self._to_worker(session, "asr", start)
+        await self.client_turns.configured(session)
 
     async def _resume(self, session: Session, gateway_id: str) -> bool:
         """Continue a stored conversation of the same principal; refuse someone else's id with
@@ -431,7 +446,7 @@ class Orchestrator:
                     await self._to_client(session, VadEvent(turn_id=message.turn_id, event=message.event,
                                                             at_ms=message.at_ms))
                 await self.turns.on_speech(session, message.event)
-            case TurnHypothesis() if not self.handoffs.holds(session.session_id):
+            case TurnHypothesis() if not self.handoffs.holds(session.session_id) and not session.manual:
                 await self.turns.on_hypothesis(session, message)
             case TokenChunk():
                 await self.turns.on_token(session, message)
@@ -512,7 +527,9 @@ class Orchestrator:
         if chunk.is_final:
             session.audio_heard_until(chunk.end_ms)
             log.info("user turn", extra={"session_id": session.session_id, "text": content(chunk.text)})
-            if not await self.handoffs.on_user_turn(session, chunk.text, chunk.confidence):
+            if session.manual:  # held until the client asks for the reply
+                await self.client_turns.on_final(session, chunk)
+            elif not await self.handoffs.on_user_turn(session, chunk.text, chunk.confidence):
                 await self.turns.on_final(session, chunk)
 
     async def _on_worker_error(self, error: WorkerError) -> None:

@@ -130,6 +130,15 @@ class Session:
     system_prompt: str = ""  # the client's own (OpenAI Realtime instructions); empty: the server's
     silence_ms: int = 0  # the client's end-of-turn silence for the ASR; 0: the ASR's default
     speed: float = 1.0  # the client's speaking rate for the replies (OpenAI Realtime)
+    # What each history message is, (turn id, role), so that a client can delete one (OpenAI
+    # Realtime conversation.item.delete); kept beside `history` by `remember` and `keep`.
+    keys: deque[tuple[int, str]] = field(default_factory=deque)
+    added: dict[str, int] = field(default_factory=dict)  # a gateway's item id -> its turn (HistoryAdd)
+    manual: bool = False  # manual turns: a user turn is answered only when the client asks
+    held: list[str] = field(default_factory=list)  # ... and its words wait here until then
+    awaiting_final: bool = False  # the client ended a manual turn: its final transcript is due
+    respond_after: tuple[str, str] | None = None  # a reply asked before that final: (text, instructions)
+    stored_prompt: str = ""  # the system_prompt the store has for it
 
     def keep_audio(self, pcm: bytes, max_bytes: int) -> None:
         self.audio.extend(pcm)
@@ -146,17 +155,48 @@ class Session:
         del self.audio[:cut]
         self.audio_start_ms += cut * 1000 // BYTES_PER_MS
 
-    def remember(self, user_text: str, assistant_text: str) -> None:
+    def remember(self, user_text: str, assistant_text: str, turn_id: int = 0) -> None:
         if user_text:  # (an operator may speak first during a handoff: no user words before it)
-            self.history.append(ChatMessage("user", user_text))
+            self.keep(ChatMessage("user", user_text), turn_id)
         if assistant_text:
-            self.history.append(ChatMessage("assistant", assistant_text))
+            self.keep(ChatMessage("assistant", assistant_text), turn_id)
+
+    def keep(self, message: ChatMessage, turn_id: int) -> None:
+        """A message joins the history, keyed by its turn (0: none a client can name)."""
+        self._align()
+        self.history.append(message)
+        self.keys.append((turn_id, message.role))
         while len(self.history) > 2 * self.history_turns:
             self.history.popleft()
+            self.keys.popleft()
 
-    def prompt(self, system_prompt: str, user_text: str) -> list[ChatMessage]:
-        return [ChatMessage("system", self.system(system_prompt)), *self.history,
-                ChatMessage("user", user_text)]
+    def _align(self) -> None:
+        """`keys` matches `history` message for message (a history set whole, as a resumed or
+        restarted session's, has keys for none of its messages: they get (0, ""))."""
+        while len(self.keys) > len(self.history):
+            self.keys.popleft()
+        while len(self.keys) < len(self.history):
+            self.keys.appendleft((0, ""))
+
+    def forget(self, turn_id: int, role: str) -> bool:
+        """Delete the `role` message of turn `turn_id` from the history; False if none."""
+        self._align()
+        for index, key in enumerate(self.keys):
+            if turn_id and key == (turn_id, role):
+                del self.history[index]
+                del self.keys[index]
+                return True
+        return False
+
+    def prompt(self, system_prompt: str, user_text: str, instructions: str = "") -> list[ChatMessage]:
+        """System text first (the server's prompt, the client's instructions, system items the
+        client added, this reply's own instructions: chat templates want one system message,
+        first), then the dialogue, then the user's words (none: the assistant speaks first)."""
+        notes = [m.content for m in self.history if m.role == "system"]
+        system = "\n\n".join([self.system(system_prompt), *notes, *([instructions] if instructions else [])])
+        said = [m for m in self.history if m.role != "system"]
+        asked = [ChatMessage("user", user_text)] if user_text else []
+        return [ChatMessage("system", system), *said, *asked]
 
     def system(self, server_prompt: str) -> str:
         """The server's prompt first, always; the client's own instructions below it, never
@@ -166,7 +206,10 @@ class Session:
     def amend_reply(self, heard: str) -> None:
         """The last turn's reply as heard, corrected: a client that stopped a reply says how
         much of it was heard only afterwards (OpenAI Realtime response.cancel, then truncate)."""
+        self._align()
+        key = (0, "assistant")
         if self.history and self.history[-1].role == "assistant":
             self.history.pop()
+            key = self.keys.pop()
         if heard:
-            self.history.append(ChatMessage("assistant", heard))
+            self.keep(ChatMessage("assistant", heard), key[0])

@@ -89,6 +89,14 @@ class ConversationStore(Protocol):
     async def set_heard(self, session_id: str, turn_id: int, heard: str) -> None:
         """A written reply was interrupted while playing: keep what was heard."""
 
+    async def delete_message(self, session_id: str, turn_id: int, role: str) -> None:
+        """A client deleted a message of its conversation (OpenAI Realtime item delete)."""
+
+    async def set_system_prompt(self, session_id: str, prompt: str) -> None:
+        """The session's own system prompt (OpenAI Realtime instructions; "" with store_text off)."""
+
+    async def system_prompt(self, session_id: str) -> str: ...
+
     async def messages(self, session_id: str) -> list[MessageRecord]: ...
 
     async def turn_models(self, session_id: str) -> dict[int, list[TurnModel]]: ...

@@ -63,7 +63,7 @@ class Conversations:
             for message in await self.store.messages(session.session_id):
                 text = history_text(message)
                 if text and message.role in ("user", "assistant"):
-                    session.history.append(ChatMessage(message.role, text))  # type: ignore[arg-type]
+                    session.keep(ChatMessage(message.role, text), message.turn_id)  # type: ignore[arg-type]
             while len(session.history) > 2 * session.history_turns:
                 session.history.popleft()
             session.turns = max(session.turns, record.turns)
@@ -85,27 +85,32 @@ class Conversations:
         ):
             reply.found, reply.turns, reply.messages = True, live.turns, list(live.history)
             reply.language = live.language
+        own = ""  # an ended session's own instructions, as stored
         if request.principal:  # (without one, an older asker: live sessions only, as before)
-            await self._from_store(request, reply, live)
+            own = await self._from_store(request, reply, live)
         if reply.found:
             reply.system_prompt = (self.settings.system_prompt
                                    or languages.get(reply.language or self.settings.language).system_prompt)
             if live is not None:  # with the client's own instructions (OpenAI Realtime)
                 reply.system_prompt = live.system(reply.system_prompt)
+            elif own:
+                reply.system_prompt = f"{reply.system_prompt}\n\n{own}"
         self.send(gateway_id, reply)
 
     async def _from_store(self, request: HistoryRequest, reply: HistoryReply,
-                          live: Session | None) -> None:
+                          live: Session | None) -> str:
+        """Fill the reply from the store; the ended session's own system prompt."""
         try:
             record = await self.store.get_session(request.session_id)
             if record is None or not self._mine(request.principal, request.admin, record.principal):
-                return
+                return ""
             messages = await self.store.messages(request.session_id)
             models = await self.store.turn_models(request.session_id)
             handoffs = await HandoffStore(self.store).of_session(request.session_id)  # (handoff area)
+            own = "" if live is not None else await self.store.system_prompt(request.session_id)
         except StoreError:
             log.exception("conversation store unavailable", extra={"session_id": request.session_id})
-            return
+            return ""
         reply.found = True
         reply.session = _summary(record, live is not None)
         reply.stored_total = len(messages)
@@ -120,6 +125,7 @@ class Conversations:
             history = [ChatMessage(m.role, history_text(m)) for m in messages  # type: ignore[arg-type]
                        if history_text(m)]
             reply.messages = history[-2 * self.settings.history_turns:]
+        return own
 
     async def list(self, request: SessionList, gateway_id: str) -> None:
         reply = SessionListReply(request_id=request.request_id)

@@ -114,6 +114,21 @@ class PostgresStore:
             "UPDATE messages SET heard = $1 WHERE session_id = $2 AND turn_id = $3 AND role = 'assistant'",
             heard if self.store_text else None, session_id, turn_id)
 
+    async def delete_message(self, session_id: str, turn_id: int, role: str) -> None:
+        await (await self._pool_ready()).execute(
+            "DELETE FROM messages WHERE session_id = $1 AND turn_id = $2 AND role = $3",
+            session_id, turn_id, role)
+
+    async def set_system_prompt(self, session_id: str, prompt: str) -> None:
+        await (await self._pool_ready()).execute(
+            "UPDATE sessions SET system_prompt = $1 WHERE id = $2",
+            prompt if self.store_text else "", session_id)
+
+    async def system_prompt(self, session_id: str) -> str:
+        value = await (await self._pool_ready()).fetchval(
+            "SELECT system_prompt FROM sessions WHERE id = $1", session_id)
+        return str(value or "")
+
     async def messages(self, session_id: str) -> list[MessageRecord]:
         rows = await (await self._pool_ready()).fetch(
             "SELECT turn_id, role, text, heard, language, confidence, timings, created FROM messages "

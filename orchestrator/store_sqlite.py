@@ -63,6 +63,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (session_id, seq));
     CREATE INDEX handoffs_open ON handoffs (state);
     """,
+    # 4: the session's own system prompt (OpenAI Realtime instructions), shown after it ends
+    """
+    ALTER TABLE sessions ADD COLUMN system_prompt TEXT NOT NULL DEFAULT '';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -198,6 +202,21 @@ class SqliteStore:
         await self._run(lambda db: db.execute(
             "UPDATE messages SET heard = ? WHERE session_id = ? AND turn_id = ? AND role = 'assistant'",
             (value, session_id, turn_id)))
+
+    async def delete_message(self, session_id: str, turn_id: int, role: str) -> None:
+        await self._run(lambda db: db.execute(
+            "DELETE FROM messages WHERE session_id = ? AND turn_id = ? AND role = ?",
+            (session_id, turn_id, role)))
+
+    async def set_system_prompt(self, session_id: str, prompt: str) -> None:
+        value = prompt if self.store_text else ""
+        await self._run(lambda db: db.execute(
+            "UPDATE sessions SET system_prompt = ? WHERE id = ?", (value, session_id)))
+
+    async def system_prompt(self, session_id: str) -> str:
+        row = await self._run(lambda db: db.execute(
+            "SELECT system_prompt FROM sessions WHERE id = ?", (session_id,)).fetchone())
+        return str(row[0]) if row else ""
 
     async def messages(self, session_id: str) -> list[MessageRecord]:
         def work(db: sqlite3.Connection) -> list[MessageRecord]:

@@ -104,12 +104,12 @@ class Turns:
             turn.played.append(mark.text)
         if mark.done:
             turn.to(TurnState.DONE)
-            session.remember(turn.user_text, turn.reply_text.strip())
+            session.remember(turn.user_text, turn.reply_text.strip(), turn.turn_id)
 
     # --- starting, committing, cancelling --------------------------------------------------------
 
     async def start(self, session: Session, user_text: str, *, speculative: bool = False,
-                    confidence: float | None = None) -> None:
+                    confidence: float | None = None, instructions: str = "") -> None:
         await self.cancel(session, tell_client=True)
         session.turns += 1
         turn_id = session.turns
@@ -127,7 +127,8 @@ class Turns:
             session_id=session.session_id,
             turn_id=turn_id,
             request_id=turn.request_id,
-            messages=session.prompt(self.settings.system_prompt or pack.system_prompt, user_text),
+            messages=session.prompt(self.settings.system_prompt or pack.system_prompt, user_text,
+                                    instructions),  # (a client's own for this reply: OpenAI Realtime)
             max_new_tokens=session.max_new_tokens,
             language=session.language,
         )
@@ -218,7 +219,7 @@ class Turns:
         TURNS.labels("speculation_discarded" if turn.speculative else "interrupted").inc()
         if turn.speculative:
             return  # never shown to the client: leaves no trace
-        session.remember(turn.user_text, " ".join(turn.played))
+        session.remember(turn.user_text, " ".join(turn.played), turn.turn_id)
         if tell_client and turn.audio_started:
             await self.to_client(session, TurnEvent(turn_id=turn.turn_id, event="tts.cancel"))
         # Written behind the handler, not awaited: a barge-in never waits on the disk, and no

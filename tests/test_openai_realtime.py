@@ -493,3 +493,131 @@ def test_a_worker_killed_mid_reply_costs_the_realtime_client_only_a_delay(fake_s
     assert deltas.strip() == transcript, (deltas, transcript)
     assert transcript.startswith("You said Tell me, please, a long story.")
     assert len(transcript.split()) >= 60, transcript  # the whole reply (80 tokens at most)
+
+
+# --- the history a client edits; replies it asks for; cleared audio ------------------------------------
+
+def message(role: str, text: str) -> dict[str, Any]:
+    kind = "output_text" if role == "assistant" else "input_text"
+    return {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
+
+
+async def history_until(stack: Stack, created: Any,
+                        check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """GET /v1/sessions/{id} until `check` holds (the orchestrator acts on the frames in order,
+    after the gateway's event), for at most 5 s; the last answer either way."""
+    for _ in range(50):
+        history = await asyncio.to_thread(history_of, stack, created)
+        if check(history):
+            break
+        await asyncio.sleep(0.1)
+    return history
+
+
+def roles_and_text(history: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in history["history"]]
+
+
+def test_added_items_join_the_history_and_deleted_ones_leave_it(fake_stack: Stack) -> None:
+    async def body(connection: Any, events: Events) -> tuple[dict[str, Any], dict[str, Any]]:
+        created = await events.wait("session.created")
+        # A framework syncing its chat context: no reply to any of these.
+        for role, text in (("assistant", "I am Inzwa."), ("system", "Be brief.")):
+            await connection.conversation.item.create(item=message(role, text))
+        await ask(connection, "Hello there.")
+        assert (await events.wait("response.done")).response.status == "completed"
+        assert len(events.of("response.created")) == 1  # only the one asked for
+        items = [e.item for e in events.of("conversation.item.added")]
+        before = await history_until(fake_stack, created, lambda h: len(h["history"]) == 4)
+        for item in items[:3]:  # the added assistant and system items and the user's question
+            await connection.conversation.item.delete(item_id=item.id)
+            await events.wait("conversation.item.deleted", where=lambda e: e.item_id == item.id)  # noqa: B023
+        after = await history_until(fake_stack, created, lambda h: len(h["history"]) == 1)
+        return before, after
+
+    before, after = asyncio.run(session(fake_stack, body))
+    reply = before["history"][-1]["content"]
+    assert roles_and_text(before) == [("assistant", "I am Inzwa."), ("system", "Be brief."),
+                                      ("user", "Hello there."), ("assistant", reply)], before
+    assert roles_and_text(after) == [("assistant", reply)], after  # what the LLM sees next
+    stored = [(m["role"], m["content"]) for m in after["messages"] if m["content"]]
+    assert stored == [("assistant", reply)], after  # and the stored conversation
+
+
+def test_response_create_replies_from_the_history_alone(fake_stack: Stack) -> None:
+    async def body(connection: Any, events: Events) -> tuple[str, dict[str, Any]]:
+        created = await events.wait("session.created")
+        await connection.response.create(response={"instructions": "Greet the caller."})  # speak first
+        first = await events.wait("response.done")
+        assert first.response.status == "completed"
+        # Context synced by a framework, then a reply asked for: from that history.
+        await connection.conversation.item.create(item=message("user", "My name is Rudo."))
+        await connection.conversation.item.create(item=message("assistant", "Hello Rudo."))
+        mark = len(events.seen)
+        await connection.response.create()
+        await events.wait("response.done", after=mark)
+        transcript = (await events.wait("response.output_audio_transcript.done", after=mark)).transcript
+        return transcript, await history_until(fake_stack, created, lambda h: len(h["history"]) == 4)
+
+    transcript, history = asyncio.run(session(fake_stack, body))
+    assert transcript.startswith("You said My name is Rudo."), transcript  # (the fake LLM's echo)
+    assert [role for role, _ in roles_and_text(history)] == ["assistant", "user", "assistant", "assistant"]
+
+
+def test_a_manual_turn_is_answered_at_response_create(fake_stack: Stack, fixtures_dir: Path) -> None:
+    speech = clip_pcm(fixtures_dir / "q_en_capital.wav", 24000)
+
+    async def body(connection: Any, events: Events) -> None:
+        await events.wait("session.created")
+        await connection.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": None}}})
+        await events.wait("session.updated")
+        await stream(connection, speech, 4800, 0.1)
+        await connection.input_audio_buffer.commit()
+        await events.wait("conversation.item.input_audio_transcription.completed")
+        await asyncio.sleep(1.0)  # (the fake LLM would have begun long since)
+        assert not events.of("response.created"), "a reply began before response.create"
+        await connection.response.create()
+        assert (await events.wait("response.done")).response.status == "completed"
+        transcript = (await events.wait("response.output_audio_transcript.done")).transcript
+        assert transcript.startswith("You said what is the capital of zimbabwe."), transcript
+
+    asyncio.run(session(fake_stack, body))
+
+
+def test_cleared_audio_never_becomes_a_transcript(fake_stack: Stack, fixtures_dir: Path) -> None:
+    speech = clip_pcm(fixtures_dir / "q_en_capital.wav", 24000)
+
+    async def body(connection: Any, events: Events) -> Any:
+        await events.wait("session.created")
+        await connection.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": None}}})
+        await events.wait("session.updated")
+        await stream(connection, speech[: len(speech) // 2 // 4800 * 4800], 4800, 0.1)  # mid-word
+        await connection.input_audio_buffer.clear()
+        await events.wait("input_audio_buffer.cleared")
+        await stream(connection, bytes(4800 * 4), 4800, 0.1)  # 400 ms of quiet
+        await connection.input_audio_buffer.commit()
+        return await events.wait("conversation.item.input_audio_transcription.completed")
+
+    transcribed = asyncio.run(session(fake_stack, body))
+    assert transcribed.transcript == "", transcribed  # the cleared speech was never transcribed
+
+
+def test_the_sessions_instructions_are_kept_after_it_ends(fake_stack: Stack) -> None:
+    async def body(connection: Any, events: Events) -> Any:
+        created = await events.wait("session.created")
+        await connection.session.update(session={"type": "realtime", "instructions": PIRATE})
+        await events.wait("session.updated")
+        await ask(connection, "Hello there.")
+        await events.wait("response.done")
+        return created
+
+    created = asyncio.run(session(fake_stack, body))
+    for _ in range(50):  # until the orchestrator has ended it
+        history = history_of(fake_stack, created)
+        if not history["live"]:
+            break
+        time.sleep(0.1)
+    assert not history["live"], history
+    assert history["system_prompt"].endswith(f"\n\n{PIRATE}"), history["system_prompt"]

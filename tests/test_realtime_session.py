@@ -21,18 +21,29 @@ from asr_worker.session import AsrSession, Transcript
 from asr_worker.worker import AsrWorker
 from common.audio import read_wav
 from common.frames import (
+    AudioIn,
     Cancel,
     CancelTurn,
+    ClearAudio,
+    EndTurn,
+    Frame,
     GatewayHeartbeat,
     GenerateRequest,
+    HistoryAdd,
+    HistoryDelete,
     HistoryReply,
     HistoryRequest,
     PlaybackMark,
+    Respond,
     SessionConfig,
+    SessionEnd,
     SessionStart,
     SynthesizeRequest,
+    TranscriptChunk,
     TurnEvent,
     VadEvent,
+    encode,
+    ingress_decoder,
 )
 from common.settings import Settings
 from gateway.realtime_config import RealtimeConfig
@@ -200,3 +211,133 @@ def test_speech_started_is_told_at_the_onset_once_per_utterance() -> None:
     assert kinds.count("input_audio_buffer.speech_started") == 1
     assert sent[0]["audio_start_ms"] == 1300
     assert {e.get("item_id") for e in sent[:3]} == {sent[0]["item_id"]}
+
+
+# --- the dialogue history a client edits (item.create, item.delete, response.create) ---------------
+
+def wire(frame: Frame) -> Any:
+    """Through msgpack and the orchestrator's ingress decoder, as the gateway's frames go."""
+    return ingress_decoder().decode(encode(frame))
+
+
+async def answered(h: InProcess, request: GenerateRequest, reply: str) -> None:
+    """The reply is generated, spoken and played out: the turn is in the history."""
+    await tokens(h, request, llm_tokens(reply), last=True)
+    for phrase in h.to_worker("tts"):
+        await speak(h, phrase)
+    await h.ingress(PlaybackMark(session_id=SID, turn_id=request.turn_id, done=True))
+    h.to_gateway()
+
+
+def said(request: GenerateRequest) -> list[tuple[str, str]]:
+    return [(m.role, m.content) for m in request.messages[1:]]
+
+
+def test_a_deleted_message_leaves_the_history_and_the_store(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> GenerateRequest:
+        await answered(h, await final(h, 1, "my name is Tendai"), "Hello Tendai.")
+        await answered(h, await final(h, 2, "what is two and two"), "Four.")
+        await h.ingress(wire(HistoryDelete(session_id=SID, turn_id=1, role="user")))
+        await h.ingress(wire(HistoryDelete(session_id=SID, turn_id=2, role="assistant")))
+        await h.ingress(wire(HistoryDelete(session_id=SID, turn_id=9, role="user")))  # none: nothing
+        stored = [(m.turn_id, m.role) for m in await h.orchestrator.store.messages(SID)]
+        assert stored == [(1, "assistant"), (2, "user")]
+        return await final(h, 3, "and now")
+
+    request = run(tmp_path, scenario)
+    assert said(request) == [("assistant", "Hello Tendai."), ("user", "what is two and two"),
+                             ("user", "and now")]
+
+
+def test_added_messages_join_the_history_without_a_reply_and_can_go(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> GenerateRequest:
+        await h.ingress(wire(HistoryAdd(session_id=SID, role="user", text="Hi, I am Rudo.", item_id="i1")))
+        await h.ingress(wire(HistoryAdd(session_id=SID, role="assistant", text="Hello Rudo!", item_id="i2")))
+        await h.ingress(wire(HistoryAdd(session_id=SID, role="system", text="Be brief.", item_id="i3")))
+        await h.ingress(wire(HistoryAdd(session_id=SID, role="tool", text="x", item_id="i4")))  # refused
+        assert h.to_worker("llm") == []  # no reply to any of them
+        stored = [(m.role, m.text) for m in await h.orchestrator.store.messages(SID)]
+        assert ("user", "Hi, I am Rudo.") in stored and ("assistant", "Hello Rudo!") in stored
+        first = await final(h, 4, "who am I")
+        assert first.messages[0].content == "SYSTEM\n\nBe brief."  # (one system message, first)
+        assert said(first) == [("user", "Hi, I am Rudo."), ("assistant", "Hello Rudo!"),
+                               ("user", "who am I")]
+        h.orchestrator.sessions[SID].turn = None  # (that reply is not the point here)
+        await h.ingress(wire(HistoryDelete(session_id=SID, role="assistant", item_id="i2")))
+        await h.ingress(wire(HistoryDelete(session_id=SID, role="system", item_id="i3")))
+        assert [m.role for m in await h.orchestrator.store.messages(SID)].count("assistant") == 0
+        return await final(h, 5, "again")
+
+    second = run(tmp_path, scenario)
+    assert second.messages[0].content == "SYSTEM"
+    assert said(second) == [("user", "Hi, I am Rudo."), ("user", "again")]
+
+
+def test_respond_with_nothing_pending_replies_from_the_history(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> GenerateRequest:
+        await h.ingress(wire(Respond(session_id=SID, instructions="Greet the caller.")))
+        greeting = h.to_worker("llm")
+        assert len(greeting) == 1 and said(greeting[0]) == []  # the assistant speaks first
+        assert greeting[0].messages[0].content == "SYSTEM\n\nGreet the caller."
+        await h.ingress(wire(Respond(session_id=SID)))  # while it is under way: that one answers
+        assert h.to_worker("llm") == []
+        await answered(h, greeting[0], "Good morning.")
+        return await final(h, 2, "good morning to you")
+
+    request = run(tmp_path, scenario)
+    assert request.messages[0].content == "SYSTEM"  # those instructions were for that reply only
+    assert said(request) == [("assistant", "Good morning."), ("user", "good morning to you")]
+
+
+def test_manual_turns_are_answered_only_when_asked(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> list[GenerateRequest]:
+        await h.result(TranscriptChunk(session_id=SID, text="first part", is_final=True, instance_id="asr-0"))
+        await h.ingress(EndTurn(session_id=SID))  # the client's commit...
+        await h.ingress(wire(Respond(session_id=SID, instructions="Answer in Shona.")))  # ...and ask
+        assert h.to_worker("llm") == []  # the committed turn's final is not in yet
+        await h.result(TranscriptChunk(session_id=SID, text="second part", is_final=True,
+                                       instance_id="asr-0"))
+        asked = h.to_worker("llm")
+        await answered(h, asked[0], "Ndatenda.")
+        await h.ingress(EndTurn(session_id=SID))
+        await h.ingress(wire(Respond(session_id=SID)))
+        await h.result(TranscriptChunk(session_id=SID, is_final=True, instance_id="asr-0"))  # nothing heard
+        return [*asked, *h.to_worker("llm")]
+
+    first, second = run(tmp_path, scenario, manual_turns=True)
+    assert first.messages[0].content == "SYSTEM\n\nAnswer in Shona."
+    assert said(first) == [("user", "first part second part")]
+    assert said(second) == [("user", "first part second part"), ("assistant", "Ndatenda.")]
+
+
+def test_the_sessions_own_prompt_is_stored_and_shown_after_it_ends(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> list[str]:
+        shown = []
+        await h.ingress(SessionConfig(session_id=SID, system_prompt="Speak Shona."))
+        for _ in range(2):  # live, then ended
+            await h.ingress(HistoryRequest(session_id=SID, request_id="r", gateway_id="gw0", principal="p1"))
+            shown += [f.system_prompt for f in h.to_gateway() if isinstance(f, HistoryReply)]
+            await h.ingress(SessionEnd(session_id=SID, reason="bye"))
+        return shown
+
+    assert run(tmp_path, scenario, system_prompt=PROMPT) == ["SYSTEM\n\nSpeak Shona."] * 2
+
+
+def test_cleared_audio_resets_the_asr_stream(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> None:
+        h.to_worker("asr")
+        await h.ingress(AudioIn(session_id=SID, seq=1, pcm=b"\1\0" * 3200))
+        await h.ingress(wire(ClearAudio(session_id=SID)))
+        assert [type(f) for f in h.to_worker("asr")] == [AudioIn, ClearAudio]
+        assert len(h.orchestrator.sessions[SID].audio) == 0  # nor replayed to another ASR
+
+    run(tmp_path, scenario)
+
+
+def test_cleared_audio_never_becomes_a_transcript(fixtures_dir: Path) -> None:
+    speech = read_wav(fixtures_dir / "q_en_capital.wav")[0]
+    worker = AsrWorker(FakeAsr("what is the capital of zimbabwe"), Settings(_env_file=None))  # type: ignore[call-arg]
+    session = worker._new_session("en")
+    session.feed(speech[: len(speech) // 2])  # the question's start, still open
+    session.reset()  # what ClearAudio does to the session's stream
+    assert session.end_turn() == []  # nothing left to transcribe

@@ -74,7 +74,7 @@ def test_a_new_file_is_migrated_to_the_current_schema_in_wal_mode(tmp_path: Path
 
     arun(scenario())
     db = sqlite3.connect(tmp_path / "new.db")
-    assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"sessions", "messages", "turn_models", "schema_version"} <= tables
