@@ -106,8 +106,8 @@ class ClientTurns:
             session.respond_after = (text, instructions)  # the turn's words are still on their way
             return
         turn = session.turn
-        if turn is not None and not turn.closed and not turn.speculative and not text:
-            return  # a reply is under way already: it is the one asked for
+        if turn is not None and not turn.closed and not turn.speculative and not text and not session.held:
+            return  # a reply is under way already and nothing new was said: it is the one asked for
         words = " ".join([*session.held, text]).strip()
         session.held.clear()
         if text:  # shown as the user's final words, as a typed turn's are (service._on_text)
