@@ -2,11 +2,13 @@
 
 Memory is measured on the process under attack (`/proc/<pid>/status`: VmRSS, and VmHWM, the
 peak, reset before each attack through `/proc/<pid>/clear_refs`). Attacks that matter to other
-users run on the shared stack's own gateway with a healthy voice turn beside them, which must
-complete; the figures (memory before and after, the healthy turn's voice-to-voice time) are
-printed (`pytest -s`) for the record. Settings the stack does not have (credentials, small
-limits, TLS, short timeouts) get a `python -m gateway` process of their own, without an
-orchestrator: every check here is decided before a request would reach it.
+users run on a whole stack's own gateway with a healthy voice turn beside them, which must
+complete (the fake-engine stack, `fake_stack`: the attacks are at the gateway, which is the
+same process whatever the models, and its turns do not wait out a real reply's playback); the
+figures (memory before and after, the healthy turn's voice-to-voice time) are printed
+(`pytest -s`) for the record. Settings the stack does not have (credentials, small limits, TLS,
+short timeouts) get a `python -m gateway` process of their own, without an orchestrator: every
+check here is decided before a request would reach it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import websockets
 
 from asr_worker.wer import normalize
 from common.audio import SAMPLE_RATE
-from gateway.client import TalkResult, talk
+from gateway.client import TalkResult, load_clip, speech_end_s, talk
 from tests.stack import Stack, free_port
 from tests.test_api_auth import gateway_env, wait_healthy
 
@@ -534,15 +536,19 @@ def _beside_a_turn(stack: Stack, fixtures_dir: Path, attack: Any) -> tuple[TalkR
     return asyncio.run(both())
 
 
-def _assert_healthy(turn: TalkResult) -> None:
+def _assert_healthy(turn: TalkResult, speech_end_ms: float) -> None:
     assert turn.completed and turn.errors == [], turn.summary()
-    assert "capital" in normalize(turn.transcript)
+    assert "capital" in normalize(turn.transcript)  # the fake ASR's script for what it heard
+    final = next(e for e in turn.events if e["type"] == "asr.final")
+    # and what it heard was the whole question, from its start to its acoustic end
+    assert final["start_ms"] < 1500 and final["end_ms"] >= speech_end_ms - 300, final
     assert len(turn.reply_audio) > SAMPLE_RATE // 2
 
 
-def test_attacks_beside_a_healthy_voice_turn(stack: Stack, fixtures_dir: Path) -> None:
+def test_attacks_beside_a_healthy_voice_turn(fake_stack: Stack, fixtures_dir: Path) -> None:
     """JSON, WebSocket and WAV bombs at the stack's own gateway process; the turn beside each
     completes, and the gateway's memory does not follow the attack's size."""
+    stack = fake_stack
     pid = stack.pids()["gateway"]
     port = stack.port
     wav = chunk_bomb_wav()
@@ -562,7 +568,7 @@ def test_attacks_beside_a_healthy_voice_turn(stack: Stack, fixtures_dir: Path) -
             turn, results = _beside_a_turn(stack, fixtures_dir, attack)
         memory.report(name + " beside a voice turn", healthy_v2v_ms=turn.summary()["v2v_ms"],
                       healthz_worst_ms=round(probes.worst_ms, 1))
-        _assert_healthy(turn)
+        _assert_healthy(turn, speech_end_s(load_clip(fixtures_dir / "q_en_capital.wav")) * 1000)
         assert probes.failures == []
         assert memory.growth < bound_kib, name
         for result in results:
@@ -596,7 +602,8 @@ def _safety_count(stack: Stack, reason: str) -> float:
                and 'direction="input"' in line and f'reason="{reason}"' in line)
 
 
-def test_safety_bypasses_are_refused_and_counted(stack: Stack) -> None:
+def test_safety_bypasses_are_refused_and_counted(fake_stack: Stack) -> None:
+    stack = fake_stack  # the filter is the orchestrator's, before any model: fakes behind it
     before = _safety_count(stack, "weapons")
     with httpx.Client(base_url=stack.http, timeout=90) as client:
         for name, messages in BYPASSES.items():
