@@ -66,10 +66,14 @@ start_dockerd() {
         $sudo rm -f "$pidfile"
     fi
     echo "docker setup: starting dockerd (log: $LOG)" >&2
-    $sudo sh -c "setsid nohup dockerd >'$LOG' 2>&1 </dev/null &"
-    local waited=0
+    local pid waited=0
+    pid="$($sudo sh -c "setsid nohup dockerd >'$LOG' 2>&1 </dev/null & echo \$!")"
     while [ "$waited" -lt "$WAIT_S" ]; do
         engine_ok && return 0
+        if ! $sudo kill -0 "$pid" 2>/dev/null; then
+            note "dockerd exited at start: $(tail -3 "$LOG" 2>/dev/null | tr '\n' ' ' | cut -c1-300) (log: $LOG)"
+            return 1
+        fi
         sleep 2
         waited=$((waited + 2))
     done
@@ -80,6 +84,11 @@ start_dockerd() {
 main() {
     if [ "${INZWA_INSTALL_DOCKER:-1}" = 0 ]; then
         note "INZWA_INSTALL_DOCKER=0: setup left Docker alone"
+        return 0
+    fi
+    # Already usable as this user (a developer's own engine): nothing to install or start.
+    if engine_ok && has_compose && command -v debootstrap >/dev/null 2>&1; then
+        note "ok: $(docker version -f 'engine {{.Server.Version}}' 2>/dev/null) running"
         return 0
     fi
     become_root || return 0

@@ -228,7 +228,7 @@ class ComposeStack:
         parts = [out(*self.command, "ps", "-a")]
         for service in services:
             for cid in out(*self.command, "ps", "-aq", service).split():
-                parts.append(f"--- {service} {cid[:12]} health: "
+                parts.append(f"--- {service} {cid[:12]} state: "
                              + out("docker", "inspect", "-f", "{{json .State}}", cid)[-1500:])
         parts.append(out(*self.command, "logs", "--no-color", "--tail", str(tail), *services)[-8000:])
         return "\n".join(parts)
