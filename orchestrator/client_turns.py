@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -38,11 +39,16 @@ ToClient = Callable[[Session, Frame], Awaitable[None]]
 UserTurn = Callable[[Session, str, float | None], Awaitable[bool]]  # True: a handoff took it
 ROLES = ("user", "assistant", "system")
 MAX_ADDED = 1000  # item ids remembered per session (a client adding more forgets the oldest)
+# How long a reply asked for waits for its manual turn's final: the ASR sends one for every end
+# of turn, so this is only for one that never comes (its ASR died mid-turn): then the words held.
+FINAL_WAIT_S = 10.0
 
 
 class ClientTurns:
     def __init__(self, turns: Turns, store: ConversationStore, to_worker: ToWorker,
-                 to_client: ToClient, user_turn: UserTurn) -> None:
+                 to_client: ToClient, user_turn: UserTurn, sessions: dict[str, Session]) -> None:
+        self.sessions = sessions
+        self._waits: set[asyncio.Task[None]] = set()
         self.turns = turns
         self.store = store
         self.to_worker = to_worker
@@ -103,7 +109,10 @@ class ClientTurns:
 
     async def respond(self, session: Session, text: str, instructions: str) -> None:
         if session.manual and session.awaiting_final:
-            session.respond_after = (text, instructions)  # the turn's words are still on their way
+            wanted = session.respond_after = (text, instructions)  # its words are still on their way
+            task = asyncio.get_running_loop().create_task(self._wait_for_final(session, wanted))
+            self._waits.add(task)
+            task.add_done_callback(self._waits.discard)
             return
         turn = session.turn
         if turn is not None and not turn.closed and not turn.speculative and not text and not session.held:
@@ -137,6 +146,13 @@ class ClientTurns:
         except StoreError:
             log.exception("conversation store: system prompt not written",
                           extra={"session_id": session.session_id})
+
+    async def _wait_for_final(self, session: Session, wanted: tuple[str, str]) -> None:
+        await asyncio.sleep(FINAL_WAIT_S)
+        if self.sessions.get(session.session_id) is session and session.respond_after is wanted:
+            log.warning("no final transcript for a manual turn: replying to the words held",
+                        extra={"session_id": session.session_id})
+            await self.on_final(session, TranscriptChunk(is_final=True))
 
     async def clear(self, session: Session) -> None:
         session.audio_start_ms += len(session.audio) * 1000 // BYTES_PER_MS  # (as keep_audio counts)

@@ -120,7 +120,7 @@ class Orchestrator:
         self.handoffs = Handoffs(settings, self.store, self.sessions, self.turns, self._to_client,
                                  self.gateways.send, self._end_session, self._to_worker)  # (issue 14)
         self.client_turns = ClientTurns(self.turns, self.store, self._to_worker, self._to_client,
-                                        self.handoffs.on_user_turn)  # (OpenAI Realtime)
+                                        self.handoffs.on_user_turn, self.sessions)  # (OpenAI Realtime)
 
     # --- lifecycle -----------------------------------------------------------------------------
 

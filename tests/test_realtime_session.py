@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from asr_worker.engines.fake import FakeAsr
 from asr_worker.session import AsrSession, Transcript
 from asr_worker.worker import AsrWorker
@@ -48,6 +50,7 @@ from common.frames import (
 from common.settings import Settings
 from gateway.realtime_config import RealtimeConfig
 from gateway.realtime_conversation import Conversation
+from orchestrator import client_turns
 from orchestrator.session import TurnState
 from tests.harness import SID, InProcess
 from tests.test_orchestrator import llm_tokens
@@ -341,3 +344,20 @@ def test_cleared_audio_never_becomes_a_transcript(fixtures_dir: Path) -> None:
     session.feed(speech[: len(speech) // 2])  # the question's start, still open
     session.reset()  # what ClearAudio does to the session's stream
     assert session.end_turn() == []  # nothing left to transcribe
+
+
+def test_a_reply_asked_for_a_manual_turn_whose_final_never_comes_is_not_lost(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_turns, "FINAL_WAIT_S", 0.05)
+
+    async def scenario(h: InProcess) -> list[GenerateRequest]:
+        await h.result(TranscriptChunk(session_id=SID, text="are you there", is_final=True,
+                                       instance_id="asr-0"))
+        await h.ingress(EndTurn(session_id=SID))
+        await h.ingress(Respond(session_id=SID))
+        assert h.to_worker("llm") == []
+        await asyncio.sleep(0.3)  # (the ASR that had the turn's end died: no final)
+        return list(h.to_worker("llm"))
+
+    asked = run(tmp_path, scenario, manual_turns=True)
+    assert len(asked) == 1 and said(asked[0]) == [("user", "are you there")]
