@@ -545,7 +545,7 @@ def test_added_items_join_the_history_and_deleted_ones_leave_it(fake_stack: Stac
 
 
 def test_response_create_replies_from_the_history_alone(fake_stack: Stack) -> None:
-    async def body(connection: Any, events: Events) -> tuple[str, dict[str, Any]]:
+    async def body(connection: Any, events: Events) -> dict[str, Any]:
         created = await events.wait("session.created")
         await connection.response.create(response={"instructions": "Greet the caller."})  # speak first
         first = await events.wait("response.done")
@@ -557,11 +557,19 @@ def test_response_create_replies_from_the_history_alone(fake_stack: Stack) -> No
         await connection.response.create()
         await events.wait("response.done", after=mark)
         transcript = (await events.wait("response.output_audio_transcript.done", after=mark)).transcript
-        return transcript, await history_until(fake_stack, created, lambda h: len(h["history"]) == 4)
+        assert transcript.startswith("You said My name is Rudo."), transcript  # (the fake LLM's echo)
+        mark = len(events.seen)  # a typed question with this reply's own instructions
+        await connection.conversation.item.create(item=message("user", "What is my name?"))
+        await connection.response.create(response={"instructions": "Answer with the name only."})
+        assert (await events.wait("response.done", after=mark)).response.status == "completed"
+        users = [e for e in events.of("conversation.item.added", mark) if e.item.role == "user"]
+        assert len(users) == 1, users  # (its echo from the orchestrator is not a second item)
+        return await history_until(fake_stack, created, lambda h: len(h["history"]) == 6)
 
-    transcript, history = asyncio.run(session(fake_stack, body))
-    assert transcript.startswith("You said My name is Rudo."), transcript  # (the fake LLM's echo)
-    assert [role for role, _ in roles_and_text(history)] == ["assistant", "user", "assistant", "assistant"]
+    history = asyncio.run(session(fake_stack, body))
+    assert [role for role, _ in roles_and_text(history)] == [
+        "assistant", "user", "assistant", "assistant", "user", "assistant"], history
+    assert history["system_prompt"].count("Answer with the name only.") == 0  # that reply's only
 
 
 def test_a_manual_turn_is_answered_at_response_create(fake_stack: Stack, fixtures_dir: Path) -> None:
