@@ -459,6 +459,9 @@ class RealtimeSocket:
         item = self.conversation.find(str(event.get("item_id")))
         if item is None:
             raise EventError(f"no item {event.get('item_id')!r}", "item_id")
+        response = self.conversation.response
+        if response is not None and response.item.id == item.id:
+            await self.response_cancel(event)  # the reply being played is deleted: it stops too
         self.conversation.items.remove(item)
         if item is self.pending:
             self.pending = None

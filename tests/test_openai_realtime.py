@@ -629,3 +629,18 @@ def test_the_sessions_instructions_are_kept_after_it_ends(fake_stack: Stack) -> 
         time.sleep(0.1)
     assert not history["live"], history
     assert history["system_prompt"].endswith(f"\n\n{PIRATE}"), history["system_prompt"]
+
+
+def test_deleting_the_reply_being_played_stops_it_and_forgets_it(fake_stack: Stack) -> None:
+    async def body(connection: Any, events: Events) -> dict[str, Any]:
+        created = await events.wait("session.created")
+        await ask(connection, LONG_ASK)
+        playing = await events.wait("response.output_audio.delta")
+        await connection.conversation.item.delete(item_id=playing.item_id)
+        assert (await events.wait("response.done")).response.status == "cancelled"
+        await events.wait("conversation.item.deleted")
+        return await history_until(fake_stack, created, lambda h: len(h["history"]) == 1)
+
+    history = asyncio.run(session(fake_stack, body))
+    assert roles_and_text(history) == [("user", LONG_ASK.strip())], history
+    assert [m["role"] for m in history["messages"]] == ["user"], history["messages"]
