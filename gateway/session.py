@@ -223,8 +223,8 @@ class VoiceSession:
             await self.transport.send_event(exc.event())
 
     async def _on_text(self, text: str, instructions: str = "") -> None:
-        """A typed user turn; with `instructions` (OpenAI Realtime response.create's own), a
-        Respond frame carries both, the instructions for this reply only."""
+        """A typed user turn; with `instructions` (OpenAI Realtime response.create's own) or in
+        manual turns, a Respond frame carries it (the instructions for this reply only)."""
         stripped = check_text(text, self.settings.max_text_chars)
         assert self.principal is not None
         try:  # a typed turn costs a request, as a REST chat would
@@ -235,7 +235,7 @@ class VoiceSession:
         self.turn_audio_s = 0.0
         self.metrics.typed()
         self.token_rate.typed()
-        if instructions:
+        if instructions or self.manual_turns:  # (manual: answered with the spoken words held)
             await self.bridge.send(Respond(session_id=self.session_id, text=stripped,
                                            instructions=instructions))
         else:

@@ -589,6 +589,13 @@ def test_a_manual_turn_is_answered_at_response_create(fake_stack: Stack, fixture
         assert (await events.wait("response.done")).response.status == "completed"
         transcript = (await events.wait("response.output_audio_transcript.done")).transcript
         assert transcript.startswith("You said what is the capital of zimbabwe."), transcript
+        mark = len(events.seen)  # spoken words and a typed item, answered together
+        await stream(connection, speech, 4800, 0.1)
+        await connection.input_audio_buffer.commit()
+        await ask(connection, "And of Zambia?")
+        await events.wait("response.done", after=mark)
+        transcript = (await events.wait("response.output_audio_transcript.done", after=mark)).transcript
+        assert transcript.startswith("You said what is the capital of zimbabwe And of Zambia"), transcript
 
     asyncio.run(session(fake_stack, body))
 
