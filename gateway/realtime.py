@@ -228,6 +228,7 @@ class RealtimeSocket:
         self.transport = RealtimeTransport(websocket, self.config)
         self.conversation = self.transport.conversation
         self.conversation.audio_ms = lambda: self.received_ms
+        self.conversation.forget = self._forget
         self.session = RealtimeVoiceSession(bridge, settings, guard, self.transport)
         self.decoder = input_decoder(self.config.input_format)
         self.buffered_ms = 0  # audio appended since the last commit / clear
@@ -465,10 +466,16 @@ class RealtimeSocket:
         self.conversation.items.remove(item)
         if item is self.pending:
             self.pending = None
-        elif self.session.connection is not None:  # out of the history the LLM sees, and the store
-            await self.session.send(HistoryDelete(turn_id=item.turn_id, role=item.role,
-                                                  item_id=item.id if item.added else ""))
+        elif item.role == "user" and not item.turn_id and not item.added and self.config.server_vad:
+            self.conversation.deleted.append(item)  # its turn is told when its reply begins
+        elif self.session.connection is not None:
+            await self._forget(item)
         await self.conversation.emit({"type": "conversation.item.deleted", "item_id": item.id})
+
+    async def _forget(self, item: Item) -> None:
+        """Out of the history the LLM sees, and out of the store."""
+        await self.session.send(HistoryDelete(turn_id=item.turn_id, role=item.role,
+                                              item_id=item.id if item.added else ""))
 
 
 class EventError(ValueError):

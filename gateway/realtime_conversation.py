@@ -71,6 +71,10 @@ class Conversation:
         self.typed = False  # that echo came: the cancel that follows is the typed turn's, not speech
         self.audio_ms: Callable[[], int] = lambda: 0  # client audio received so far
         self.committed_manually = False
+        # User items deleted before the reply that answers them began (so before they had a
+        # turn): `forget` is told their turn when it does.
+        self.deleted: list[Item] = []
+        self.forget: Callable[[Item], Awaitable[None]] | None = None
 
     async def emit(self, event: dict[str, Any]) -> None:
         name = beta_name(event["type"], self.config.beta)
@@ -193,6 +197,10 @@ class Conversation:
             await self.finish(current.turn_id, "cancelled", None, "turn_detected")
         self.typed = False  # the typed turn's reply has begun: a later cancel is someone speaking
         self._link(turn_id)
+        deleted, self.deleted = self.deleted, []
+        for gone in deleted:  # (given this turn by _link)
+            if self.forget is not None:
+                await self.forget(gone)
         item = Item(new_id("item"), "assistant", "output_audio", turn_id=turn_id)
         response = self.response = Response(new_id("resp"), turn_id, item)
         await self.emit({"type": "response.created",
@@ -208,6 +216,8 @@ class Conversation:
 
     def _link(self, turn_id: int) -> None:
         """The user items since the last reply are that turn's question (its user message)."""
+        for item in self.deleted:
+            item.turn_id = turn_id
         for item in reversed(self.items):
             if item.role == "assistant" and not item.added:
                 return

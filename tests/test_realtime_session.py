@@ -361,3 +361,38 @@ def test_a_reply_asked_for_a_manual_turn_whose_final_never_comes_is_not_lost(
 
     asked = run(tmp_path, scenario, manual_turns=True)
     assert len(asked) == 1 and said(asked[0]) == [("user", "are you there")]
+
+
+def test_a_question_deleted_before_its_reply_began_is_forgotten_with_that_turn() -> None:
+    async def scenario() -> list[tuple[str, int]]:
+        forgotten: list[tuple[str, int]] = []
+
+        async def emit(event: dict[str, Any]) -> None:
+            return None
+
+        async def forget(item: Any) -> None:
+            forgotten.append((item.id, item.turn_id))
+
+        conversation = Conversation(RealtimeConfig(Settings(), "gpt-realtime", "alloy", "en"), emit)
+        conversation.forget = forget
+        await conversation.on_event({"type": "asr.final", "text": "hello", "end_ms": 900})
+        question = conversation.items[-1]
+        conversation.items.remove(question)  # what item.delete does to it (server VAD, no turn yet)
+        conversation.deleted.append(question)
+        assert forgotten == []
+        await conversation.on_event({"type": "llm.partial", "turn_id": 7, "token": "Hi"})
+        return [*forgotten, (question.id, 0)]
+
+    forgotten = asyncio.run(scenario())
+    assert forgotten[:1] == [(forgotten[1][0], 7)]  # told with the turn that answers it
+
+
+def test_a_question_deleted_while_its_reply_is_generated_is_not_remembered(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> GenerateRequest:
+        request = await final(h, 1, "hello")
+        await h.ingress(wire(HistoryDelete(session_id=SID, turn_id=1, role="user")))
+        await answered(h, request, "Hi there.")
+        assert [m.role for m in await h.orchestrator.store.messages(SID) if m.text] == ["assistant"]
+        return await final(h, 2, "and now")
+
+    assert said(run(tmp_path, scenario)) == [("assistant", "Hi there."), ("user", "and now")]
