@@ -511,7 +511,16 @@ def response_instructions(event: dict[str, Any]) -> str:
     response = event.get("response")
     if response is None:
         return ""
-    instructions = response.get("instructions", "") if isinstance(response, dict) else None
+    if not isinstance(response, dict):
+        raise EventError("response must be an object", "response")
+    # Every reply is a turn of the session's one conversation (Inzwa has no out-of-band replies).
+    if response.get("conversation", "auto") not in ("auto", None):
+        raise EventError("only replies in the session's conversation are supported (conversation: "
+                         "auto)", "response.conversation")
+    if response.get("input") is not None:
+        raise EventError("a reply's own input items are not supported: it answers the conversation",
+                         "response.input")
+    instructions = response.get("instructions") or ""
     if not isinstance(instructions, str) or len(instructions) > MAX_INSTRUCTIONS_CHARS:
         raise EventError(f"response.instructions must be text of at most {MAX_INSTRUCTIONS_CHARS} "
                          "characters", "response.instructions")

@@ -547,6 +547,11 @@ def test_added_items_join_the_history_and_deleted_ones_leave_it(fake_stack: Stac
 def test_response_create_replies_from_the_history_alone(fake_stack: Stack) -> None:
     async def body(connection: Any, events: Events) -> dict[str, Any]:
         created = await events.wait("session.created")
+        for wrong, param in (({"conversation": "none"}, "response.conversation"), ({"input": []},
+                             "response.input"), ({"instructions": 7}, "response.instructions")):
+            mark = len(events.seen)
+            await connection.send({"type": "response.create", "response": wrong})
+            assert (await events.wait("error", after=mark)).error.param == param
         await connection.response.create(response={"instructions": "Greet the caller."})  # speak first
         first = await events.wait("response.done")
         assert first.response.status == "completed"
