@@ -42,6 +42,7 @@ MAX_ADDED = 1000  # item ids remembered per session (a client adding more forget
 # How long a reply asked for waits for its manual turn's final: the ASR sends one for every end
 # of turn, so this is only for one that never comes (its ASR died mid-turn): then the words held.
 FINAL_WAIT_S = 10.0
+MAX_HELD = 20  # a manual turn's finals held (each one utterance, bounded): past it the oldest go
 
 
 class ClientTurns:
@@ -132,6 +133,7 @@ class ClientTurns:
         session.awaiting_final = False
         if chunk.text.strip():
             session.held.append(chunk.text.strip())
+            del session.held[:-MAX_HELD]
         wanted, session.respond_after = session.respond_after, None
         if wanted is not None:
             await self.respond(session, *wanted)
