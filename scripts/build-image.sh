@@ -97,7 +97,7 @@ build_wheelhouse() {
 # Everything the image build reads: the files COPY takes from the context (as .dockerignore
 # filters them; the wheelhouse by its key), the base image's id and the build's settings.
 context_key() {
-    local paths=(deploy/Dockerfile .dockerignore pyproject.toml README.md common gateway orchestrator
+    local paths=(deploy/Dockerfile .dockerignore pyproject.toml common gateway orchestrator
                  asr_worker llm_worker tts_worker deploy bench)
     {
         find "${paths[@]}" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -name '*.wav' \
