@@ -89,7 +89,7 @@ class Recovery:
         start = SessionStart(session_id=session.session_id, language=session.language,
                              offset_ms=session.audio_start_ms, pcm=bytes(session.audio),
                              principal=session.principal, gateway_id=session.gateway_id,
-                             silence_ms=session.silence_ms)
+                             silence_ms=session.silence_ms, manual_turns=session.manual)
         await self.to_worker(session, "asr", start)
 
     async def check_asr_stall(self, session: Session, stall_s: float) -> None:
@@ -110,7 +110,8 @@ class Recovery:
         # A SessionStart for a session the ASR has resets it: a fresh decoder and VAD.
         start = SessionStart(session_id=session.session_id, language=session.language,
                              offset_ms=offset, pcm=tail, principal=session.principal,
-                             gateway_id=session.gateway_id, silence_ms=session.silence_ms)
+                             gateway_id=session.gateway_id, silence_ms=session.silence_ms,
+                             manual_turns=session.manual)
         await self.to_worker(session, "asr", start)
 
     async def expire_waits(self) -> None:

@@ -36,6 +36,7 @@ from common.frames import (
     HistoryReply,
     HistoryRequest,
     PlaybackMark,
+    Ready,
     Respond,
     SessionConfig,
     SessionEnd,
@@ -44,6 +45,7 @@ from common.frames import (
     TranscriptChunk,
     TurnEvent,
     VadEvent,
+    WorkerExited,
     encode,
     ingress_decoder,
 )
@@ -396,3 +398,18 @@ def test_a_question_deleted_while_its_reply_is_generated_is_not_remembered(tmp_p
         return await final(h, 2, "and now")
 
     assert said(run(tmp_path, scenario)) == [("assistant", "Hi there."), ("user", "and now")]
+
+
+def test_an_asr_replayed_to_keeps_the_sessions_manual_turns(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> list[Any]:
+        h.to_worker("asr")
+        await h.ingress(AudioIn(session_id=SID, seq=1, pcm=b"\1\0" * 3200))
+        await h.ingress(SessionConfig(session_id=SID, manual_turns=True))
+        h.to_worker("asr")
+        await h.watchdog(WorkerExited(kind="asr", program="asr_worker", instance=0))
+        await h.result(Ready(kind="asr", instance_id="asr-0-new",
+                             endpoint=h.settings.work_endpoint("asr", 0)))
+        return h.to_worker("asr")
+
+    replay = [f for f in run(tmp_path, scenario) if isinstance(f, SessionStart)]
+    assert len(replay) == 1 and replay[0].manual_turns and replay[0].pcm  # (its finals stay held)
