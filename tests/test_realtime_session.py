@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -340,12 +341,35 @@ def test_cleared_audio_resets_the_asr_stream(tmp_path: Path) -> None:
 
 
 def test_cleared_audio_never_becomes_a_transcript(fixtures_dir: Path) -> None:
+    """The ASR worker resets the session's stream at ClearAudio, in order with its audio; a
+    manual end of turn then gets an empty final (nothing left to hear)."""
     speech = read_wav(fixtures_dir / "q_en_capital.wav")[0]
-    worker = AsrWorker(FakeAsr("what is the capital of zimbabwe"), Settings(_env_file=None))  # type: ignore[call-arg]
-    session = worker._new_session("en")
-    session.feed(speech[: len(speech) // 2])  # the question's start, still open
-    session.reset()  # what ClearAudio does to the session's stream
-    assert session.end_turn() == []  # nothing left to transcribe
+    said: list[Any] = []
+
+    async def emit(frame: Any) -> None:
+        said.append(frame)
+
+    async def main() -> list[str]:
+        worker = AsrWorker(FakeAsr("what is the capital of zimbabwe"), Settings(_env_file=None))  # type: ignore[call-arg]
+        worker.runtime = SimpleNamespace(emit=emit, instance_id="asr-0")  # type: ignore[assignment]
+        finals: list[str] = []
+        for clear in (True, False):
+            await worker.handle(SessionStart(session_id=SID, manual_turns=True))
+            await worker.handle(AudioIn(session_id=SID, pcm=speech[: len(speech) // 2 // 2 * 2]))
+            if clear:
+                await worker.handle(ClearAudio(session_id=SID))
+            await worker.handle(EndTurn(session_id=SID))
+            for _ in range(500):  # 5 s at most
+                ends = [f.text for f in said if isinstance(f, TranscriptChunk) and f.is_final]
+                if ends:
+                    break
+                await asyncio.sleep(0.01)
+            finals += ends
+            said.clear()
+        await worker.handle(SessionEnd(session_id=SID))
+        return finals
+
+    assert asyncio.run(main()) == ["", "what is the capital of zimbabwe"]  # (not cleared: heard)
 
 
 def test_a_reply_asked_for_a_manual_turn_whose_final_never_comes_is_not_lost(
