@@ -161,6 +161,12 @@ class Conversation:
             self.echo, self.typed = None, True  # the typed item already stands in the conversation
             return
         item = self.user or Item(new_id("item"), "user", "input_audio")
+        text = " ".join(part for part in (item.text, text.strip()) if part)
+        if not self.config.server_vad and not self.committed_manually:
+            # Manual turns: the ASR ended an utterance within the turn (a pause); the turn is
+            # the client's to end, in one item with all its words (as the orchestrator holds them).
+            self.user, self._partial, item.text = item, "", text
+            return
         self.user, self._partial, item.text = None, "", text
         if not self.committed_manually:
             if self.config.server_vad:

@@ -437,3 +437,25 @@ def test_an_asr_replayed_to_keeps_the_sessions_manual_turns(tmp_path: Path) -> N
 
     replay = [f for f in run(tmp_path, scenario) if isinstance(f, SessionStart)]
     assert len(replay) == 1 and replay[0].manual_turns and replay[0].pcm  # (its finals stay held)
+
+
+def test_a_manual_turn_is_one_item_with_all_its_words() -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def emit(event: dict[str, Any]) -> None:
+            sent.append(event)
+
+        config = RealtimeConfig(Settings(), "gpt-realtime", "alloy", "en")
+        config.server_vad = False
+        conversation = Conversation(config, emit)
+        await conversation.on_event({"type": "asr.final", "text": "first part", "end_ms": 900})  # a pause
+        await conversation.commit_manually()  # the client's commit
+        await conversation.on_event({"type": "asr.final", "text": "second part", "end_ms": 2000})
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert [e["type"] for e in sent] == ["input_audio_buffer.committed", "conversation.item.added",
+                                         "conversation.item.input_audio_transcription.completed"]
+    assert sent[-1]["transcript"] == "first part second part"
+    assert sent[-1]["item_id"] == sent[0]["item_id"]
