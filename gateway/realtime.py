@@ -9,10 +9,10 @@ worker death are the voice session's and the orchestrator's, unchanged.
 
 What each client event maps onto, where it is not one to one (also in the README):
 - manual turns (`turn_detection: null`): audio still streams to the ASR as it arrives (so the
-  transcript is ready at commit); `commit` ends the turn and brings its transcript (empty if
-  nothing was heard); the orchestrator holds the user's words (every final of the turn) and
-  the reply starts at `response.create` (a Respond frame; asked before the final, it waits
-  for it). With server VAD, Inzwa answers every user turn and a `response.create` while a
+  transcript is ready at commit); `commit` ends the turn and brings its transcript (one item,
+  all its words, empty if nothing was heard); the orchestrator holds the user's words (every
+  final of the turn) and the reply starts at `response.create` (a Respond frame; asked before
+  the final, it waits for it). With server VAD, Inzwa answers every user turn and a `response.create` while a
   reply is under way adds nothing.
 - `response.create` with nothing pending replies from the history alone (the assistant speaks
   first; a framework's generate_reply); `response.instructions` (at most 4000 characters) join
