@@ -120,12 +120,19 @@ build_image() {
     # The build context must hold the wheels: hard links (same file system) or copies.
     find deploy/docker/wheelhouse -name '*.whl' -delete
     cp -l "$WHEELS"/*.whl deploy/docker/wheelhouse/ 2>/dev/null || cp "$WHEELS"/*.whl deploy/docker/wheelhouse/
-    docker build -f deploy/Dockerfile --build-arg BASE_IMAGE="$BASE_IMAGE" \
-        -t "inzwa:ctx-$key" -t "$IMAGE" . >"$INZWA_BUILD_CACHE/image.log" 2>&1 \
-        || { tail -40 "$INZWA_BUILD_CACHE/image.log" >&2; echo "image build failed (log: $INZWA_BUILD_CACHE/image.log)" >&2; exit 1; }
-    # Older ctx tags go (their unshared layers become dangling: `docker image prune` frees them).
-    docker image ls --format '{{.Repository}}:{{.Tag}}' inzwa | grep '^inzwa:ctx-' \
-        | grep -v "^inzwa:ctx-$key\$" | xargs -r docker image rm >/dev/null 2>&1 || true
+    local log="$INZWA_BUILD_CACHE/image.log"
+    # The builder stage tagged too, so its layers stay cached while it is current and go with it.
+    { docker build -f deploy/Dockerfile --build-arg BASE_IMAGE="$BASE_IMAGE" --target builder \
+          -t "inzwa-builder:ctx-$key" . \
+      && docker build -f deploy/Dockerfile --build-arg BASE_IMAGE="$BASE_IMAGE" \
+          -t "inzwa:ctx-$key" -t "$IMAGE" .; } >"$log" 2>&1 \
+        || { tail -40 "$log" >&2; echo "image build failed (log: $log)" >&2; exit 1; }
+    # Older ctx tags go, and with them the layers no current image shares (a code change leaves
+    # ~300 MB behind otherwise); the labelled builder stages left untagged by older builds too.
+    docker image ls --format '{{.Repository}}:{{.Tag}}' | grep -E '^inzwa(-builder)?:ctx-' \
+        | grep -v -e "^inzwa:ctx-$key\$" -e "^inzwa-builder:ctx-$key\$" \
+        | xargs -r docker image rm >/dev/null 2>&1 || true
+    docker image prune -f --filter label=org.inzwa.stage=builder >/dev/null 2>&1 || true
     echo "image: $IMAGE = inzwa:ctx-$key built in $(elapsed "$t0") s, $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
 }
 
