@@ -9,7 +9,6 @@ TranscribeJob, charged to the caller's daily audio quota like `/v1/asr`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,14 +21,13 @@ from common.frames import TranscribeJob, Transcription
 from common.languages import registry as languages
 from common.settings import Settings
 from gateway.auth import Principal
-from gateway.codec import CodecError
 from gateway.errors import ApiError
 from gateway.guard import Guard
-from gateway.media import DECODE_RATE, decode_upload
+from gateway.media import DECODE_RATE
 from gateway.openai_models import check_model
 from gateway.responses import OrjsonResponse
 from gateway.rest import Jobs
-from gateway.uploads import read_body
+from gateway.uploads import decode_recording, read_body
 
 FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 MAX_FIELD_CHARS = 4096
@@ -108,17 +106,7 @@ async def _decode(form: FormData, settings: Settings) -> bytes:
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise ApiError(422, "invalid_request", "file is required (a multipart file field)")
-    data = await upload.read()
-    if not data:
-        raise ApiError(422, "empty_audio", "the file is empty")
-    try:
-        pcm = await asyncio.to_thread(decode_upload, data, settings.max_audio_seconds)
-    except CodecError as exc:
-        status = 413 if "longer than" in str(exc) else 415
-        raise ApiError(status, "audio_too_long" if status == 413 else "unsupported_audio", str(exc)) from None
-    if len(pcm) < DECODE_RATE * 2 // 10:
-        raise ApiError(422, "audio_too_short", "the audio is shorter than 0.1 s")
-    return pcm
+    return await decode_recording(await upload.read(), settings.max_audio_seconds, "the file is empty")
 
 
 def _render(result: Transcription, fmt: str) -> Response:

@@ -18,7 +18,6 @@ Both run a turn with `gateway.whole_turn` (one implementation): the request's au
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import uuid
 from collections.abc import AsyncIterator
@@ -34,14 +33,13 @@ from common.metrics import exposition
 from common.settings import Settings
 from gateway.auth import Principal
 from gateway.bridge import Bridge
-from gateway.codec import CodecError
 from gateway.errors import ApiError
 from gateway.guard import Guard
-from gateway.media import DECODE_RATE, SpeechEncoder, decode_upload
+from gateway.media import DECODE_RATE, SpeechEncoder
 from gateway.responses import OrjsonResponse
 from gateway.rest import Text, check_language, check_text
 from gateway.security import json_too_deep, register_upload_path
-from gateway.uploads import read_body
+from gateway.uploads import decode_recording, read_body
 from gateway.whole_turn import TurnInput, TurnJob, TurnJobs, TurnRunner
 
 AudioFormat = Literal["wav", "opus"]
@@ -86,23 +84,12 @@ async def read_turn(request: Request, settings: Settings, guard: Guard, principa
             raise ApiError(422, "empty_text", "text has nothing to say")
         return TurnInput(text=body.text.strip(), language=check_language(body.language),
                          session_id=_session_id(body.session_id or query.get("session_id", "")))
-    pcm = await _decode(await read_body(request, settings.max_upload_bytes), settings)
+    pcm = await decode_recording(await read_body(request, settings.max_upload_bytes),
+                                 settings.max_audio_seconds,
+                                 "the upload is empty (send audio, or JSON with text)")
     await guard.charge_audio(principal, len(pcm) / 2 / DECODE_RATE)
     return TurnInput(pcm=pcm, language=check_language(query.get("language", "")),
                      session_id=_session_id(query.get("session_id", "")))
-
-
-async def _decode(data: bytes, settings: Settings) -> bytes:
-    if not data:
-        raise ApiError(422, "empty_audio", "the upload is empty (send audio, or JSON with text)")
-    try:
-        pcm = await asyncio.to_thread(decode_upload, data, settings.max_audio_seconds)
-    except CodecError as exc:
-        status = 413 if "longer than" in str(exc) else 415
-        raise ApiError(status, "unsupported_audio" if status == 415 else "audio_too_long", str(exc)) from None
-    if len(pcm) < DECODE_RATE * 2 // 10:
-        raise ApiError(422, "audio_too_short", "the audio is shorter than 0.1 s")
-    return pcm
 
 
 def _wants(request: Request, fmt: str | None) -> str:

@@ -17,6 +17,7 @@ from common.frames import TranscribeJob
 from common.settings import Settings
 from gateway.codec import CodecError, read_upload
 from gateway.errors import ApiError
+from gateway.media import DECODE_RATE, decode_upload
 
 TARGET_RATE = 16000
 UPLOAD_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -53,3 +54,18 @@ async def read_audio_upload(request: Request, settings: Settings, raw_rate: int 
     if seconds < 0.1:
         raise ApiError(422, "audio_too_short", "the audio is shorter than 0.1 s")
     return TranscribeJob(pcm=await asyncio.to_thread(resample_pcm16, pcm, rate, TARGET_RATE))
+
+
+async def decode_recording(data: bytes, max_seconds: float, empty: str) -> bytes:
+    """Any recording PyAV reads (WAV, WebM/Opus, Ogg/Opus, MP3, M4A) as PCM16 mono 16 kHz, off
+    the event loop; `empty` is the message for an empty upload (each route names its field)."""
+    if not data:
+        raise ApiError(422, "empty_audio", empty)
+    try:
+        pcm = await asyncio.to_thread(decode_upload, data, max_seconds)
+    except CodecError as exc:
+        status = 413 if "longer than" in str(exc) else 415
+        raise ApiError(status, "audio_too_long" if status == 413 else "unsupported_audio", str(exc)) from None
+    if len(pcm) < DECODE_RATE * 2 // 10:
+        raise ApiError(422, "audio_too_short", "the audio is shorter than 0.1 s")
+    return pcm

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from common.settings import Settings
+from tests.stack import FAKE_ENGINES, FAKE_TTS_MS_PER_CHAR, UNLIMITED, fake_env, serving
+
+__all__ = ["FAKE_ENGINES", "FAKE_TTS_MS_PER_CHAR"]  # (imported from here by the stack tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,21 +56,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     # stack a restart budget to match (the default budget is tested on a stack of its own).
     # Replies of at most 48 tokens (~10 s of speech) keep the suite quick; paced playback
     # otherwise makes every test that waits for tts.end wait for the whole answer.
-    # Every test talks from 127.0.0.1 as one anonymous caller: the shared stack's rate limits
-    # are lifted (they are tested on gateways of their own in test_api_auth.py).
     running = Stack(tmp_path_factory.mktemp("stack"), INZWA_RESTART_BUDGET="40",
-                    INZWA_LLM_MAX_NEW_TOKENS="48", INZWA_RATE_REQUESTS_PER_MINUTE="0",
-                    INZWA_RATE_CONCURRENT_SESSIONS="0",
+                    INZWA_LLM_MAX_NEW_TOKENS="48", **UNLIMITED,
                     INZWA_ENABLE_WEBRTC="true")  # the browser and WebRTC tests use /rtc/session
-    try:
-        running.start()
+    with serving(running):
         yield running
-    finally:
-        running.stop()
-
-
-FAKE_ENGINES = {"INZWA_ASR_ENGINE": "fake", "INZWA_LLM_ENGINE": "fake", "INZWA_TTS_ENGINE": "fake"}
-FAKE_TTS_MS_PER_CHAR = 25  # short replies: playback is paced at real time
 
 
 @pytest.fixture(scope="session")
@@ -77,15 +70,9 @@ def fake_stack(tmp_path_factory: pytest.TempPathFactory):
     at once, so a killed worker is back in about a second instead of a model reload."""
     from tests.stack import Stack
 
-    running = Stack(tmp_path_factory.mktemp("fake-stack"), **FAKE_ENGINES, INZWA_RESTART_BUDGET="60",
-                    INZWA_FAKE_TTS_MS_PER_CHAR=str(FAKE_TTS_MS_PER_CHAR),
-                    INZWA_PLAYBACK_SPEED="4",  # replies are paced out 4x as fast as they play
-                    INZWA_RATE_REQUESTS_PER_MINUTE="0", INZWA_RATE_CONCURRENT_SESSIONS="0")
-    try:
-        running.start()
+    with serving(Stack(tmp_path_factory.mktemp("fake-stack"),
+                       **fake_env(INZWA_RESTART_BUDGET="60"))) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="session")
@@ -96,15 +83,9 @@ def deterministic_stack(tmp_path_factory: pytest.TempPathFactory):
     the shared fake_stack's behaviour."""
     from tests.stack import Stack
 
-    running = Stack(tmp_path_factory.mktemp("deterministic-stack"), **FAKE_ENGINES,
-                    INZWA_FAKE_TTS_MS_PER_CHAR=str(FAKE_TTS_MS_PER_CHAR), INZWA_PLAYBACK_SPEED="4",
-                    INZWA_LLM_TEMPERATURE="0", INZWA_SESSION_IDLE_S="2",
-                    INZWA_RATE_REQUESTS_PER_MINUTE="0", INZWA_RATE_CONCURRENT_SESSIONS="0")
-    try:
-        running.start()
+    with serving(Stack(tmp_path_factory.mktemp("deterministic-stack"),
+                       **fake_env(INZWA_LLM_TEMPERATURE="0", INZWA_SESSION_IDLE_S="2"))) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="session")

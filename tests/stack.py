@@ -12,7 +12,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import httpx
 
@@ -28,6 +31,37 @@ from deploy.stack import (
 
 ROOT = Path(__file__).resolve().parent.parent
 ZMQ_PORTS = 40  # ports above the base that the stack may bind
+
+FAKE_ENGINES = {"INZWA_ASR_ENGINE": "fake", "INZWA_LLM_ENGINE": "fake", "INZWA_TTS_ENGINE": "fake"}
+FAKE_TTS_MS_PER_CHAR = 25  # short replies: playback is paced at real time
+# Every test talks from 127.0.0.1 as one anonymous caller: a shared stack's rate limits are
+# lifted (they are tested on gateways of their own in test_api_auth.py).
+UNLIMITED = {"INZWA_RATE_REQUESTS_PER_MINUTE": "0", "INZWA_RATE_CONCURRENT_SESSIONS": "0"}
+
+
+def fake_env(**overrides: str) -> dict[str, str]:
+    """The fake-engine stacks' settings (real processes, scripted engines, replies paced out
+    4x as fast as they play, no rate limits), with a test's own settings over them."""
+    return {**FAKE_ENGINES, "INZWA_FAKE_TTS_MS_PER_CHAR": str(FAKE_TTS_MS_PER_CHAR),
+            "INZWA_PLAYBACK_SPEED": "4", **UNLIMITED, **overrides}
+
+
+class _Startable(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Startable)
+
+
+@contextmanager
+def serving(stack: S) -> Iterator[S]:
+    """Started for the `with` block, stopped after it whatever happened (a fixture's body)."""
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
 
 
 def _port_free(port: int) -> bool:

@@ -14,9 +14,8 @@ import pytest
 import websockets
 
 from common.languages import handoff as handoff_data
-from tests.conftest import FAKE_ENGINES
 from tests.handoff_client import caller, operator
-from tests.stack import Stack
+from tests.stack import Stack, fake_env, serving
 from tests.test_sessions_api import kill_and_wait
 
 TIMEOUT_S = 4  # INZWA_HANDOFF_TIMEOUT_S of this stack
@@ -24,15 +23,10 @@ TIMEOUT_S = 4  # INZWA_HANDOFF_TIMEOUT_S of this stack
 
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = Stack(tmp_path_factory.mktemp("handoff-stack"), **FAKE_ENGINES,
-                    INZWA_HANDOFF_TIMEOUT_S=str(TIMEOUT_S), INZWA_FAKE_TTS_MS_PER_CHAR="10",
-                    INZWA_PLAYBACK_SPEED="4", INZWA_RESTART_BUDGET="20",
-                    INZWA_RATE_REQUESTS_PER_MINUTE="0", INZWA_RATE_CONCURRENT_SESSIONS="0")
-    try:
-        running.start()
+    with serving(Stack(tmp_path_factory.mktemp("handoff-stack"), **fake_env(
+            INZWA_HANDOFF_TIMEOUT_S=str(TIMEOUT_S), INZWA_FAKE_TTS_MS_PER_CHAR="10",
+            INZWA_RESTART_BUDGET="20"))) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def stored(stack: Stack, client_id: str) -> dict[str, Any]:

@@ -50,8 +50,7 @@ from common.frames import (
 )
 from common.plane_auth import create_keys
 from gateway.client import talk
-from tests.conftest import FAKE_ENGINES, FAKE_TTS_MS_PER_CHAR
-from tests.stack import Stack, free_port
+from tests.stack import Stack, fake_env, free_port, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -63,16 +62,11 @@ NOBODY = 65534
 def curve_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     keys = tmp_path_factory.mktemp("keys")
     create_keys(keys, ["gw0"])
-    stack = Stack(tmp_path_factory.mktemp("curve"), INZWA_ZMQ_TRANSPORT="tcp",
-                  INZWA_CURVE_KEYS_DIR=str(keys), **FAKE_ENGINES,
-                  INZWA_FAKE_TTS_MS_PER_CHAR=str(FAKE_TTS_MS_PER_CHAR), INZWA_PLAYBACK_SPEED="4",
-                  INZWA_RATE_REQUESTS_PER_MINUTE="0", INZWA_RATE_CONCURRENT_SESSIONS="0")
+    stack = Stack(tmp_path_factory.mktemp("curve"),
+                  **fake_env(INZWA_ZMQ_TRANSPORT="tcp", INZWA_CURVE_KEYS_DIR=str(keys)))
     stack.keys = keys  # type: ignore[attr-defined]
-    try:
-        stack.start()
+    with serving(stack):
         yield stack
-    finally:
-        stack.stop()
 
 
 class Attacker:

@@ -21,9 +21,8 @@ import pytest
 import websockets
 
 from gateway.client import load_clip
-from tests.conftest import FAKE_ENGINES
 from tests.gateway_thread import running_gateway
-from tests.stack import Stack
+from tests.stack import FAKE_ENGINES, UNLIMITED, Stack, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -36,15 +35,10 @@ CLIP = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "speech" / 
 
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = Stack(tmp_path_factory.mktemp("sessions-stack"), **FAKE_ENGINES,
-                    INZWA_FAKE_TTS_MS_PER_CHAR="10", INZWA_LOG_CONTENT="true", INZWA_FAKE_ASR_TEXT=SPOKEN,
-                    INZWA_RESTART_BUDGET="20", INZWA_RATE_REQUESTS_PER_MINUTE="0",
-                    INZWA_RATE_CONCURRENT_SESSIONS="0")
-    try:
-        running.start()
+    with serving(Stack(tmp_path_factory.mktemp("sessions-stack"), **FAKE_ENGINES,
+                       INZWA_FAKE_TTS_MS_PER_CHAR="10", INZWA_LOG_CONTENT="true",
+                       INZWA_FAKE_ASR_TEXT=SPOKEN, INZWA_RESTART_BUDGET="20", **UNLIMITED)) as running:
         yield running
-    finally:
-        running.stop()
 
 
 async def say(ws: Any, turn: str | bytes) -> None:

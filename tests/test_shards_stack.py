@@ -22,8 +22,8 @@ import websockets
 from gateway.auth import ANONYMOUS_ID
 from gateway.bridge import scoped_session_id
 from gateway.shards import owner
-from tests.conftest import FAKE_ENGINES, FAKE_TTS_MS_PER_CHAR
 from tests.shards import TwoShards
+from tests.stack import fake_env, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -35,16 +35,10 @@ TIMEOUT_S = 30.0
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory):
     # TCP with CURVE, as shards on several hosts would be (ipc works the same way on one box)
-    running = TwoShards(tmp_path_factory.mktemp("shards"), tmp_path_factory.mktemp("keys"),
-                        **FAKE_ENGINES, INZWA_RESTART_BUDGET="20",
-                        INZWA_FAKE_TTS_MS_PER_CHAR=str(FAKE_TTS_MS_PER_CHAR),
-                        INZWA_FAKE_LLM_REPLY="Harare is the capital.", INZWA_PLAYBACK_SPEED="4",
-                        INZWA_RATE_REQUESTS_PER_MINUTE="0", INZWA_RATE_CONCURRENT_SESSIONS="0")
-    try:
-        running.start()
+    with serving(TwoShards(tmp_path_factory.mktemp("shards"), tmp_path_factory.mktemp("keys"),
+                           **fake_env(INZWA_RESTART_BUDGET="20",
+                                      INZWA_FAKE_LLM_REPLY="Harare is the capital."))) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def _internal(client_id: str) -> str:
