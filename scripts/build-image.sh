@@ -91,6 +91,9 @@ build_wheelhouse() {
         'setuptools>=68' wheel 'async-timeout>=4.0.3' >>"$WHEELS.log" 2>&1 \
         || { tail -20 "$WHEELS.log" >&2; exit 1; }
     touch "$WHEELS/.complete"
+    # Superseded wheelhouses go (164 MB each; rebuilding one from pip's cache takes seconds).
+    find "$INZWA_BUILD_CACHE" -maxdepth 1 -name 'wheelhouse-*' ! -name "wheelhouse-$WHEELS_KEY*" \
+        -exec rm -rf {} +
     echo "wheelhouse: $(ls "$WHEELS" | wc -l) wheels built in $(elapsed "$t0") s"
 }
 
