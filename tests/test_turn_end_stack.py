@@ -38,7 +38,11 @@ def test_a_speaker_who_pauses_mid_sentence_is_answered_after_finishing(stack: St
     talk, resumed_at = asyncio.run(run())
     finals = talk.events("asr.final")
     assert len(finals) == 1, finals
-    assert {"food", "rice", "beans"} <= set(normalize(finals[0]["text"]).split())
+    # Words from before the pause and from its last word: one final spans the whole sentence.
+    # ("bean" or "beans": Whisper hears the espeak plural either way, depending on where the
+    # tail decode starts, which depends on when partials ran; not what is tested here.)
+    heard = normalize(finals[0]["text"]).split()
+    assert {"food", "rice"} <= set(heard) and heard[-1].startswith("bean"), heard
     before = [item for at, item in talk.log if at < resumed_at]
     assert not any(isinstance(e, int) for e in before)  # no reply audio before the rest was said
     assert not [e for e in before if isinstance(e, dict) and e["type"] in ("asr.final", "tts.start")]
