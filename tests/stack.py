@@ -139,6 +139,13 @@ class Stack:
         token = local_admin_token(Settings(_env_file=None, run_dir=self.run_dir))  # type: ignore[call-arg]
         return {"Authorization": f"Bearer {token}"}
 
+    def metric(self, name: str, label: str) -> float:
+        """The sum of `name`'s labelled samples on the gateway's /metrics whose labels hold
+        `label` (e.g. 'cache="audio"'): what a test reads before and after to count."""
+        text = httpx.get(f"{self.http}/metrics", headers=self.admin_headers(), timeout=10).text
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith(name + "{") and label in line)
+
     def ready(self) -> bool:
         try:
             return httpx.get(f"{self.http}/readyz", timeout=2).status_code == 200

@@ -19,6 +19,8 @@ from tts_worker.cache import AudioCache, SharedAudioCache, audio_key
 from tts_worker.engines.fake import FakeTts
 from tts_worker.worker import TtsWorker
 
+AUDIO = 'cache="audio"'  # the label of this cache's samples on /metrics
+
 
 def count(metric: object) -> float:
     return metric.labels("audio")._value.get()  # type: ignore[attr-defined]
@@ -138,19 +140,13 @@ def test_an_unreachable_redis_is_a_miss_not_a_failure() -> None:
     run(main())
 
 
-def metric_total(stack: Stack, name: str) -> float:
-    text = httpx.get(f"{stack.http}/metrics", headers=stack.admin_headers(), timeout=10).text
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith(name + "{") and 'cache="audio"' in line)
-
-
 @pytest.mark.e2e
 def test_a_second_identical_tts_request_is_served_from_the_cache(fake_stack: Stack) -> None:
     body = {"text": f"Cache check number {uuid.uuid4().int % 100000}.", "format": "wav"}
-    hits, misses = (metric_total(fake_stack, f"inzwa_cache_{n}_total") for n in ("hits", "misses"))
+    hits, misses = (fake_stack.metric(f"inzwa_cache_{n}_total", AUDIO) for n in ("hits", "misses"))
     first = httpx.post(f"{fake_stack.http}/v1/tts", json=body, timeout=60)
     second = httpx.post(f"{fake_stack.http}/v1/tts", json=body, timeout=60)
     assert first.status_code == second.status_code == 200, (first.text, second.text)
     assert len(first.content) > 16000 and second.content == first.content  # the same audio
-    assert metric_total(fake_stack, "inzwa_cache_misses_total") - misses >= 1
-    assert metric_total(fake_stack, "inzwa_cache_hits_total") - hits >= 1
+    assert fake_stack.metric("inzwa_cache_misses_total", AUDIO) - misses >= 1
+    assert fake_stack.metric("inzwa_cache_hits_total", AUDIO) - hits >= 1

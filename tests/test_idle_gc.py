@@ -132,12 +132,6 @@ def test_a_gateway_back_as_a_new_process_is_not_told_of_the_old_ones_sessions(tm
                scenario) == []
 
 
-def metric(stack: Stack, name: str, label: str) -> float:
-    text = httpx.get(f"{stack.http}/metrics", headers=stack.admin_headers(), timeout=10).text
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith(name + "{") and label in line)
-
-
 async def silent_session(url: str, session_id: str) -> tuple[list[dict[str, Any]], int | None, float]:
     """Start a session, say one typed line, hear the reply, then stay silent until closed."""
     async with websockets.connect(url, open_timeout=WS_TIMEOUT_S, close_timeout=5) as ws:
@@ -159,13 +153,13 @@ async def silent_session(url: str, session_id: str) -> tuple[list[dict[str, Any]
 @pytest.mark.e2e
 def test_a_silent_client_is_closed_with_a_reason_and_its_history_kept(deterministic_stack: Stack) -> None:
     stack, chosen = deterministic_stack, str(uuid.uuid4())
-    before = metric(stack, "inzwa_sessions_ended_total", 'reason="idle_timeout"')
+    before = stack.metric("inzwa_sessions_ended_total", 'reason="idle_timeout"')
     events, close_code, silent_s = asyncio.run(silent_session(stack.url, chosen))
     types = [e["type"] for e in events]
     assert "tts.end" in types and types[-1] == "error", types
     assert events[-1]["code"] == "idle_timeout" and close_code == 1008, (events[-1], close_code)
     assert silent_s < 10  # the orchestrator's 2 s, not the gateway's own 120 s socket timeout
-    assert metric(stack, "inzwa_sessions_ended_total", 'reason="idle_timeout"') - before >= 1
+    assert stack.metric("inzwa_sessions_ended_total", 'reason="idle_timeout"') - before >= 1
     body = httpx.get(f"{stack.http}/v1/sessions/{chosen}", timeout=10).json()
     assert body["live"] is False and body["ended"] and body["end_reason"] == "idle_timeout", body
     assert [m["role"] for m in body["messages"]] == ["user", "assistant"]

@@ -19,6 +19,8 @@ from common.metrics import CACHE_HITS, CACHE_MISSES
 from tests.harness import InProcess
 from tests.stack import Stack
 
+RESPONSE = 'cache="response"'  # the label of this cache's samples on /metrics
+
 QUESTION = [ChatMessage("user", "What is the capital of Zimbabwe?")]
 HISTORY = [ChatMessage("user", "My name is Tariro."), ChatMessage("assistant", "Hello Tariro."),
            ChatMessage("user", "What is my name?")]
@@ -102,23 +104,17 @@ def test_a_reply_finished_by_another_worker_after_a_crash_is_not_cached(tmp_path
     assert asyncio.run(main()) == [True]  # asked the LLM again: nothing was cached
 
 
-def metric(stack: Stack, name: str) -> float:
-    text = httpx.get(f"{stack.http}/metrics", headers=stack.admin_headers(), timeout=10).text
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith(name + "{") and 'cache="response"' in line)
-
-
 @pytest.mark.e2e
 def test_a_second_identical_chat_is_served_from_the_cache(deterministic_stack: Stack) -> None:
     stack = deterministic_stack
     body = {"messages": [{"role": "user", "content": f"Cache check {uuid.uuid4().hex[:8]}."}]}
-    hits, misses = (metric(stack, f"inzwa_cache_{n}_total") for n in ("hits", "misses"))
+    hits, misses = (stack.metric(f"inzwa_cache_{n}_total", RESPONSE) for n in ("hits", "misses"))
     first = httpx.post(f"{stack.http}/v1/chat", json=body, timeout=60)
     second = httpx.post(f"{stack.http}/v1/chat", json=body, timeout=60)
     assert first.status_code == second.status_code == 200, (first.text, second.text)
     assert second.json()["message"] == first.json()["message"] and first.json()["message"]["content"]
-    assert metric(stack, "inzwa_cache_misses_total") - misses == 1
-    assert metric(stack, "inzwa_cache_hits_total") - hits == 1
+    assert stack.metric("inzwa_cache_misses_total", RESPONSE) - misses == 1
+    assert stack.metric("inzwa_cache_hits_total", RESPONSE) - hits == 1
 
 
 @pytest.mark.e2e
@@ -130,9 +126,9 @@ def test_a_chat_with_history_is_cached_for_its_caller_only(deterministic_stack: 
     body = {"messages": [{"role": "user", "content": f"My code is {tag}."},
                          {"role": "assistant", "content": "Noted."},
                          {"role": "user", "content": "What is my code?"}]}
-    hits, misses = (metric(stack, f"inzwa_cache_{n}_total") for n in ("hits", "misses"))
+    hits, misses = (stack.metric(f"inzwa_cache_{n}_total", RESPONSE) for n in ("hits", "misses"))
     for headers in ({}, {}, stack.admin_headers()):
         reply = httpx.post(f"{stack.http}/v1/chat", json=body, headers=headers, timeout=60)
         assert reply.status_code == 200, reply.text
-    assert metric(stack, "inzwa_cache_hits_total") - hits == 1  # the anonymous caller's repeat
-    assert metric(stack, "inzwa_cache_misses_total") - misses == 2  # its first, the admin's
+    assert stack.metric("inzwa_cache_hits_total", RESPONSE) - hits == 1  # the anonymous caller's repeat
+    assert stack.metric("inzwa_cache_misses_total", RESPONSE) - misses == 2  # its first, the admin's
