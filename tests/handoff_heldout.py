@@ -28,6 +28,9 @@ HELDOUT = {
         ("worst assistant ever", True),
         ("I'm really angry about this", True),
         ("that is not what I said", True),
+        ("hmm I am not sure about this", False),  # doubt and curiosity, said twice, are
+        ("I'm not sure what you mean", False),  # no reason to hand the caller to a person
+        ("why is that so", False),
         ("what is the capital of kenya", False),
         ("how is the weather in bulawayo", False),
         ("thank you so much", False),

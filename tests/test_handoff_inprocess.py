@@ -223,7 +223,7 @@ def test_the_llm_tier_is_asked_only_when_unsure_and_its_yes_hands_over(tmp_path:
         return h.to_gateway()
 
     async def scenario(h: InProcess) -> None:
-        out = await judged(h, "maybe later", " No")  # P(frustrated) about 0.4: unsure
+        out = await judged(h, "not quite", " No")  # P(frustrated) about 0.46: unsure
         assert not events(out, HandoffEvent) and not events(out, TokenChunk)  # nothing reaches the client
         out = await judged(h, "I expected something else", "Yes.")  # about 0.77
         assert [(e.event, e.reason) for e in events(out, HandoffEvent)] == [("handoff.started", "llm")]

@@ -182,4 +182,20 @@ CALM = (
     "that was a great story",
     "it works now thank you",
     "three times a day",
+    # hesitation, doubt and curiosity are not anger: a speaker who says "I'm not sure" or
+    # "really?" twice must not be handed to a person
+    "hmm I'm not sure",
+    "I am not sure about that",
+    "not sure yet let me think",
+    "I'm not certain",
+    "maybe",
+    "why",
+    "why is that",
+    "really?",
+    "really tell me more",
+    "is that so",
+    "oh really that is interesting",
+    "no not that one the other one",
+    "no thanks",
+    "hmm",
 )
