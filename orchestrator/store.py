@@ -8,10 +8,11 @@ Raw audio is never stored; with `store_text` off neither is any text (metadata a
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from common.settings import Settings
 
@@ -132,6 +133,21 @@ def open_store(settings: Settings) -> ConversationStore:
     scheme = url.partition(":")[0]
     raise StoreError(f"INZWA_DB_URL: no conversation store for '{scheme}' URLs "
                      "(sqlite:///path or postgresql://...)")
+
+
+def message_rows(turn: TurnRecord, store_text: bool, now: float) -> list[tuple[Any, ...]]:
+    """A committed turn's message rows, in the column order both stores write: (session, turn,
+    role, text, heard, language, confidence, timings JSON, created). Text is left out (NULL)
+    when `store_text` is off."""
+    def text(value: str | None) -> str | None:
+        return value if store_text and value is not None else None
+
+    rows: list[tuple[Any, ...]] = [(turn.session_id, turn.turn_id, "user", text(turn.user_text),
+                                    None, turn.language, turn.confidence, "{}", now)]
+    if turn.reply_text or turn.heard is not None:
+        rows.append((turn.session_id, turn.turn_id, "assistant", text(turn.reply_text),
+                     text(turn.heard), turn.language, None, json.dumps(turn.timings), now))
+    return rows
 
 
 def history_text(message: MessageRecord) -> str:

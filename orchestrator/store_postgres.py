@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from orchestrator.store import MessageRecord, SessionRecord, StoreError, TurnModel, TurnRecord
+from orchestrator.store import MessageRecord, SessionRecord, StoreError, TurnModel, TurnRecord, message_rows
 from orchestrator.store_sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 
 MIGRATION_LOCK = 0x1A2A_0013  # pg_advisory_xact_lock key: one migrator at a time
@@ -91,15 +91,8 @@ class PostgresStore:
             time.time(), reason, session_id)
 
     async def record_turn(self, turn: TurnRecord) -> None:
-        def text(value: str | None) -> str | None:
-            return value if self.store_text and value is not None else None
-
         now = time.time()
-        rows: list[tuple[Any, ...]] = [(turn.session_id, turn.turn_id, "user", text(turn.user_text),
-                                        None, turn.language, turn.confidence, "{}", now)]
-        if turn.reply_text or turn.heard is not None:
-            rows.append((turn.session_id, turn.turn_id, "assistant", text(turn.reply_text),
-                         text(turn.heard), turn.language, None, json.dumps(turn.timings), now))
+        rows = message_rows(turn, self.store_text, now)
         async with (await self._pool_ready()).acquire() as db, db.transaction():
             await db.executemany(_UPSERT_MESSAGE, rows)
             await db.executemany(

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from orchestrator.store import MessageRecord, SessionRecord, StoreError, TurnModel, TurnRecord
+from orchestrator.store import MessageRecord, SessionRecord, StoreError, TurnModel, TurnRecord, message_rows
 
 T = TypeVar("T")
 
@@ -176,15 +176,8 @@ class SqliteStore:
     # --- turns -----------------------------------------------------------------------------------
 
     async def record_turn(self, turn: TurnRecord) -> None:
-        def text(value: str | None) -> str | None:
-            return value if self.store_text and value is not None else None
-
         now = time.time()
-        rows: list[tuple[Any, ...]] = [(turn.session_id, turn.turn_id, "user", text(turn.user_text),
-                                        None, turn.language, turn.confidence, "{}", now)]
-        if turn.reply_text or turn.heard is not None:
-            rows.append((turn.session_id, turn.turn_id, "assistant", text(turn.reply_text),
-                         text(turn.heard), turn.language, None, json.dumps(turn.timings), now))
+        rows = message_rows(turn, self.store_text, now)
 
         def work(db: sqlite3.Connection) -> None:
             with _transaction(db):
