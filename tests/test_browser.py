@@ -121,7 +121,10 @@ def wait_until(page: Page, expression: str, timeout_s: float) -> None:
 def wait_for_reply(page: Page) -> dict[str, Any]:
     """Until the page has played a whole reply (tts.end seen and its audio drained)."""
     wait_until(page, "window.inzwa.replies_ended >= 1 || window.inzwa.state === 'stopped'", TURN_TIMEOUT_S)
-    wait_until(page, "window.inzwa.last_latency_ms !== null || window.inzwa.state === 'stopped'", 10)
+    # The felt latency is reported once the reply has drained: after tts.end, seconds of it may
+    # still be queued to play (over WebRTC in real time), so the same bound as the turn.
+    wait_until(page, "window.inzwa.last_latency_ms !== null || window.inzwa.state === 'stopped'",
+               TURN_TIMEOUT_S)
     time.sleep(1.0)  # the jitter buffer's last ~250 ms plays out
     return hooks(page)
 
