@@ -71,6 +71,7 @@ class SessionStream:
     utterance: int = 1
     offset_ms: int = 0  # where this instance's audio starts in the session (after a replay)
     manual: bool = False  # manual turns: every end_turn gets a final, empty if nothing was heard
+    partials: bool = True  # off while the orchestrator's overload ladder asks for fewer partials
     said_at: float = field(default_factory=time.monotonic)  # last frame sent for this session
     task: asyncio.Task[None] | None = None
 
@@ -106,6 +107,7 @@ class AsrWorker:
                 if configured is not None:
                     configured.asr.set_silence_ms(message.silence_ms or self.settings.vad_silence_ms)
                     configured.manual = message.manual_turns
+                    configured.partials = message.partials
             case ClearAudio():  # after the audio before it, before any after it
                 self._deliver(message.session_id, _CLEAR)
             case AudioIn():
@@ -243,7 +245,8 @@ class AsrWorker:
                 DROPPED_FRAMES.labels("partial_skipped_congestion").inc()
             self._feeding += 1
             try:
-                events = await asyncio.to_thread(stream.asr.feed, item, partials=not congested)
+                events = await asyncio.to_thread(stream.asr.feed, item,
+                                                 partials=stream.partials and not congested)
             finally:
                 self._feeding -= 1
         for event in events:

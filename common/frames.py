@@ -147,6 +147,9 @@ class SessionConfig(Frame):
     silence_ms: int = 0
     speed: float = 1.0
     manual_turns: bool = False  # (as SessionStart's)
+    # Set by the orchestrator only (overload ladder, orchestrator/overload.py): False asks the
+    # session's ASR for no partials from now on (finals and pause hypotheses go on).
+    partials: bool = True
 
 
 class CancelTurn(Frame):

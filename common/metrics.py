@@ -117,6 +117,17 @@ LLM_TOKENS = Counter("inzwa_llm_tokens_total", "Tokens generated (pieces sent by
 HANDOFF_TRIGGERS = Counter("inzwa_handoff_triggers_total", "Handoff triggers that fired, by kind", ["kind"])
 HANDOFFS = Counter("inzwa_handoffs_total", "Handoffs to a human operator, by outcome", ["outcome"])
 
+# Overload ladder (overload area, issue 15; orchestrator/overload.py): the level now (0 normal,
+# 1 fewer partials, 2 shorter replies, 3 refusing new turns), how often each level was entered
+# going up, and what it did: partials_off / partials_on (per session told), shorter_reply and
+# refused (per turn).
+OVERLOAD_LEVEL = Gauge("inzwa_overload_level", "Overload ladder level now (0-3)",
+                       multiprocess_mode="livemax")
+OVERLOAD_ENTERED = Counter("inzwa_overload_level_entered_total",
+                           "Overload ladder levels entered on the way up, by level", ["level"])
+OVERLOAD_ACTIONS = Counter("inzwa_overload_actions_total",
+                           "What the overload ladder did, by action", ["action"])
+
 DROP_REASONS = ("client_too_slow", "partial_skipped_congestion", "superseded_partial",
                 # the plane: a peer's outbound queue was full / the peer did not take frames in
                 # time (dead or stalled) / a frame for a session or gateway nobody may act on

@@ -240,6 +240,18 @@ class Settings(BaseSettings):
     restart_window_s: float = 60.0
     restart_backoff_s: float = 0.5  # doubles with each restart in the window
     restart_backoff_max_s: float = 10.0
+    # --- overload ladder (overload area, issue 15): orchestrator/overload.py ---
+    # Load = LLM requests in flight (session turns, speculative ones included, and chat jobs) per
+    # READY LLM generation slot. A level starts when the load reaches its threshold (0: that level
+    # off); levels only come in this order: fewer partials, shorter replies, refusal.
+    overload_partials_at: float = Field(default=2.0, ge=0)  # 1: new ASR partials off
+    overload_shorter_at: float = Field(default=4.0, ge=0)  # 2: new turns get overload_reply_tokens
+    overload_refuse_at: float = Field(default=8.0, ge=0)  # 3: new turns get the pack's busy line
+    overload_reply_tokens: int = Field(default=32, ge=1)  # a turn's reply budget at level 2 and up
+    # Down one level per overload_hold_s, once the load is under the threshold x (1 - hysteresis).
+    overload_hysteresis: float = Field(default=0.25, ge=0.0, lt=1.0)
+    overload_hold_s: float = Field(default=2.0, ge=0.0)
+
     instance: int = 0  # replica index of this worker process
     asr_replicas: int = 1  # read by supervisord (numprocs) through the same variables
     llm_replicas: int = 1

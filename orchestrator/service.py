@@ -70,6 +70,7 @@ from common.frames import (
 from common.logs import content
 from common.metrics import (
     DROPPED_FRAMES,
+    OVERLOAD_ACTIONS,
     RESTART_BUDGET_EXHAUSTED,
     SESSIONS_ENDED,
     WORKER_RESTARTS,
@@ -84,6 +85,7 @@ from orchestrator.gateways import Gateways
 from orchestrator.handoff import Handoffs
 from orchestrator.idle import IDLE_REASON, idle_message, idle_sessions, metric_reason
 from orchestrator.jobs import Jobs
+from orchestrator.overload import Ladder, llm_load
 from orchestrator.recovery import Recovery
 from orchestrator.registry import Instance, WorkerRegistry
 from orchestrator.session import Session
@@ -111,8 +113,9 @@ class Orchestrator:
         self.gateways = Gateways(settings, self._connect_gateway, self._disconnect)
         self.store = open_store(settings)  # opened by serve() (or by its first use)
         self.conversations = Conversations(settings, self.store, self.sessions, self.gateways.send)
+        self.overload = Ladder(settings, self._llm_load, on_partials=self._partials)  # (issue 15)
         self.turns = Turns(settings, self._to_worker, self._to_client, self._publish,
-                           store=self.store, models=self._turn_models)
+                           store=self.store, models=self._turn_models, overload=self.overload)
         self.recovery = Recovery(self.sessions, self.registry, self.turns, self._to_worker,
                                  self._to_client, settings.request_timeout_s)
         self.jobs = Jobs(settings, self.registry, self._to_gateway, self._publish)
@@ -182,6 +185,7 @@ class Orchestrator:
         await self.conversations.purge()
         await self.handoffs.expire()
         await self._end_idle()
+        await self.overload.update()  # (back down when the load has gone)
         for session in list(self.sessions.values()):
             await self.turns.check_timeouts(session)
             await self.recovery.check_asr_stall(session, self.settings.asr_stall_s)
@@ -261,6 +265,7 @@ class Orchestrator:
             case SessionConfig():  # the client's prompt for the next turns; its silence to the ASR
                 session.system_prompt, session.silence_ms = message.system_prompt, message.silence_ms
                 session.speed, session.manual = message.speed, message.manual_turns
+                message.partials = self.overload.partials_on  # (the orchestrator's to say)
                 await self._to_worker(session, "asr", message)
                 await self.client_turns.configured(session)
             case HistoryAdd() | HistoryDelete() | Respond() | ClearAudio():  # (OpenAI Realtime)
@@ -337,6 +342,8 @@ class Orchestrator:
         await self.handoffs.on_session_start(session)
         log.info("session started", extra={"session_id": start.session_id, "gateway_id": gateway_id})
         await self._to_worker(session, "asr", start)
+        if not self.overload.partials_on:  # started under overload: no partials either
+            await self._to_worker(session, "asr", self._asr_config(session))
         await self.client_turns.configured(session)
 
     async def _resume(self, session: Session, gateway_id: str) -> bool:
@@ -360,6 +367,24 @@ class Orchestrator:
                                                   message="this conversation was deleted"))
         await self._end_session(session, "deleted")
         await self.turns.flush()  # its interrupted turn's write lands before the erasure, not after
+
+    # --- the overload ladder (orchestrator/overload.py) ---------------------------------------------
+
+    def _llm_load(self) -> float:
+        llm_jobs = sum(1 for job in self.jobs.active.values() if job.kind == "llm")
+        infos = [i.info for i in self.registry.alive("llm") if not i.leaving]
+        return llm_load(self.sessions.values(), llm_jobs, infos, self.settings)
+
+    def _asr_config(self, session: Session) -> SessionConfig:
+        """The session's ASR settings as they are, with the ladder's partials."""
+        return SessionConfig(silence_ms=session.silence_ms, manual_turns=session.manual,
+                             partials=self.overload.partials_on)
+
+    async def _partials(self, on: bool) -> None:
+        """The ladder entered or left "fewer partials": every session's ASR is told."""
+        for session in list(self.sessions.values()):
+            await self._to_worker(session, "asr", self._asr_config(session))
+            OVERLOAD_ACTIONS.labels("partials_on" if on else "partials_off").inc()
 
     def _turn_models(self, session: Session) -> list[TurnModel]:
         """The models that served this session's turn: the pinned instances' own info."""

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from common.frames import (
     AudioChunk,
     Cancel,
+    ErrorEvent,
     Frame,
     GenerateRequest,
     PlaybackMark,
@@ -32,6 +33,7 @@ from common.languages import registry as languages
 from common.logs import content
 from common.metrics import LLM_TTFW_MS, TURNS
 from common.settings import Settings
+from orchestrator.overload import ERROR_CODE, ERROR_MESSAGE, Ladder, busy_line
 from orchestrator.session import TTS_WINDOW, Phrase, Session, Turn, TurnState
 from orchestrator.store import ConversationStore, TurnModel, TurnRecord
 
@@ -54,6 +56,7 @@ class Turns:
     def __init__(
         self, settings: Settings, to_worker: ToWorker, to_client: ToClient, publish: Publish,
         *, store: ConversationStore | None = None, models: Models | None = None,
+        overload: Ladder | None = None,
     ) -> None:
         self.settings = settings
         self.to_worker = to_worker
@@ -61,6 +64,7 @@ class Turns:
         self.publish = publish
         self.store = store
         self.models = models
+        self.overload = overload  # (orchestrator/overload.py: shorter replies, then refusals)
         self._writes: set[asyncio.Task[None]] = set()  # interruptions being written
 
     # --- what the user said --------------------------------------------------------------------
@@ -78,6 +82,8 @@ class Turns:
     async def on_hypothesis(self, session: Session, hypothesis: TurnHypothesis) -> None:
         if not self.settings.early_reply or not hypothesis.text.strip():
             return
+        if self.overload is not None and self.overload.refusing:
+            return  # no speculation while new turns are refused: the final gets the busy line
         turn = session.turn
         if turn is not None and turn.speculative and not turn.cancelled:
             if same_words(turn.user_text, hypothesis.text):
@@ -123,19 +129,40 @@ class Turns:
             turn.request_id, turn.fallback = "", "cannot_help"
             await self.on_token(session, TokenChunk(turn_id=turn_id, token=pack.fallback("cannot_help")))
             return
+        budget = session.max_new_tokens
+        if self.overload is not None:  # the overload ladder: a shorter reply, or none at all
+            await self.overload.update()
+            if self.overload.refusing:
+                await self._refuse_busy(session, turn)
+                return
+            budget = self.overload.reply_tokens(budget)
         turn.request = GenerateRequest(
             session_id=session.session_id,
             turn_id=turn_id,
             request_id=turn.request_id,
             messages=session.prompt(self.settings.system_prompt or pack.system_prompt, user_text,
                                     instructions),  # (a client's own for this reply: OpenAI Realtime)
-            max_new_tokens=session.max_new_tokens,
+            max_new_tokens=budget,
             language=session.language,
         )
         log.info("turn started", extra={
             "session_id": session.session_id, "turn_id": turn_id, "history": len(session.history),
             "prompt": content(" | ".join(f"{m.role}: {m.content}" for m in turn.request.messages))})
         await self.to_worker(session, "llm", turn.request)
+
+    async def _refuse_busy(self, session: Session, turn: Turn) -> None:
+        """The overload ladder's last level: no LLM call; the client gets an `overloaded` error
+        and hears the pack's busy line, and the turn is stored and remembered like any other."""
+        log.warning("turn refused: overloaded",
+                    extra={"session_id": session.session_id, "turn_id": turn.turn_id})
+        TURNS.labels("overloaded").inc()
+        assert self.overload is not None
+        self.overload.refused()
+        turn.request_id, turn.fallback = "", "busy"
+        await self._emit(session, turn, ErrorEvent(turn_id=turn.turn_id, code=ERROR_CODE,
+                                                   message=ERROR_MESSAGE))
+        line = busy_line(languages.get(session.language))
+        await self.on_token(session, TokenChunk(turn_id=turn.turn_id, token=line))
 
     async def check_timeouts(self, session: Session) -> None:
         """An LLM that stays silent too long: speak a fallback instead, and ask for shorter

@@ -22,6 +22,8 @@ ENGLISH = LanguagePack(
         "cannot_help": "Sorry, I cannot help with that.",
         "handover": "Let me hand you over to a person who can help.",
         "unavailable": "Sorry, I cannot answer right now. Please try again in a moment.",
+        # (overload ladder's last level: a new turn refused while too many are in progress)
+        "busy": "Sorry, I am busy with many people right now. Please ask me again in a moment.",
     },
     # Written in plain words: text and patterns are normalized and stemmed alike
     # (common/languages/safety.py), so "Making  BOMBS" meets "make a bomb".

@@ -54,6 +54,8 @@ SHONA = LanguagePack(
         "cannot_help": "Ndine urombo, handikwanisi kukubatsirai nezvizvo.",
         "handover": "Regai ndikuendesei kumunhu anogona kukubatsirai.",
         "unavailable": "Ndine urombo, handikwanisi kupindura izvozvi. Edzai zvakare gare gare.",
+        # (overload: "I am busy with many people now. Ask again a little later.")
+        "busy": "Ndine urombo, ndakabatikana nevanhu vakawanda izvozvi. Bvunzazve gare gare.",
     },
     phonemizer=_phonemizer,
     speech_text=_speech_text,  # ShonaPhonemizer runs it itself (sn_g2p.segment)
