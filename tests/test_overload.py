@@ -11,15 +11,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from asr_worker.engines.fake import FakeAsr
+from asr_worker.worker import AsrWorker
+from common.audio import read_wav
 from common.frames import (
     ErrorEvent,
     GenerateRequest,
     PlaybackMark,
     SessionConfig,
+    SessionEnd,
+    SessionStart,
     TextIn,
     TokenChunk,
     TranscriptChunk,
@@ -256,3 +262,36 @@ def test_at_rest_the_ladder_changes_nothing(tmp_path: Path) -> None:
         assert h.orchestrator.overload.level == NORMAL
 
     run(tmp_path, scenario)
+
+
+# --- level 1 in the ASR worker itself (fake recogniser, real webrtcvad) ----------------------------
+
+
+def _transcripts(pcm: bytes, partials: bool) -> list[bool]:
+    """is_final of each transcript the ASR worker sends for `pcm` fed in 20 ms frames, after the
+    orchestrator's SessionConfig with `partials`."""
+    said: list[Any] = []
+
+    async def emit(frame: Any) -> None:
+        said.append(frame)
+
+    async def main() -> None:
+        settings = Settings(_env_file=None, turn_end="silence")  # type: ignore[call-arg]
+        worker = AsrWorker(FakeAsr("what is the capital of zimbabwe"), settings)
+        worker.runtime = SimpleNamespace(emit=emit, instance_id="asr-0")  # type: ignore[assignment]
+        await worker.handle(SessionStart(session_id=SID))
+        await worker.handle(SessionConfig(session_id=SID, partials=partials))
+        stream = worker.streams[SID]
+        for at in range(0, len(pcm), 640):  # one frame at a time: never behind, never congested
+            await worker._process(stream, pcm[at: at + 640])
+        await worker.handle(SessionEnd(session_id=SID))
+
+    asyncio.run(main())
+    return [f.is_final for f in said if isinstance(f, TranscriptChunk)]
+
+
+def test_the_asr_sends_no_partials_while_the_ladder_asks_for_none(fixtures_dir: Path) -> None:
+    speech = read_wav(fixtures_dir / "q_en_capital.wav")[0] + b"\0" * 32 * 1500
+    normal, fewer = _transcripts(speech, True), _transcripts(speech, False)
+    assert normal.count(False) >= 1 and normal[-1:] == [True]  # partial(s), then the final
+    assert fewer == [True]  # the final alone
