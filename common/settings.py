@@ -155,6 +155,9 @@ class Settings(BaseSettings):
     history_turns: int = 8
     asr_stall_s: float = 6.0  # speech goes on but the ASR says nothing this long: reset it
     llm_timeout_s: float = 8.0  # no token for this long: a fallback reply is spoken instead
+    # --- batched llama.cpp (INZWA_LLM_ENGINE=llama-cpp-batched, issue 15): llm_concurrency
+    # sequences decoded together in one context, each with its own KV stream
+    llm_batch_slot_context: int = Field(default=2048, ge=256, le=32768)  # tokens per sequence
 
     tts_engine: str = "piper-onnx"  # a name of tts_worker/registry.py (checked there)
     tts_model: str = "piper-en-us-joe-medium"

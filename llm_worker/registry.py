@@ -15,6 +15,7 @@ from llm_worker.interface import LLM
 
 ENGINES = {
     "llama-cpp": "llm_worker.engines.llama_cpp",
+    "llama-cpp-batched": "llm_worker.engines.llama_cpp_batched",
     "vllm": "llm_worker.engines.vllm",
     "openai": "llm_worker.engines.openai",
     "fake": "llm_worker.engines.fake",
@@ -22,9 +23,10 @@ ENGINES = {
 
 
 if TYPE_CHECKING:  # mypy checks every engine against the seam; nothing is imported at run time
-    from llm_worker.engines import fake, llama_cpp, openai, vllm
+    from llm_worker.engines import fake, llama_cpp, llama_cpp_batched, openai, vllm
 
-    _CHECKED: list[Callable[[Settings], LLM]] = [fake.create, llama_cpp.create, openai.create, vllm.create]
+    _CHECKED: list[Callable[[Settings], LLM]] = [fake.create, llama_cpp.create, openai.create, vllm.create,
+                                                 llama_cpp_batched.create]
 
 
 def load_engine(settings: Settings) -> LLM:
