@@ -9,12 +9,14 @@ and the client are sent shows each level.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import websockets
 
 from asr_worker.engines.fake import FakeAsr
 from asr_worker.worker import AsrWorker
@@ -45,6 +47,7 @@ from orchestrator.overload import (
     slots,
 )
 from tests.harness import SID, InProcess
+from tests.stack import Stack, fake_env, serving
 from tests.test_turns_inprocess import final, speak
 
 LADDER = {"overload_partials_at": 2.0, "overload_shorter_at": 4.0, "overload_refuse_at": 8.0,
@@ -295,3 +298,64 @@ def test_the_asr_sends_no_partials_while_the_ladder_asks_for_none(fixtures_dir: 
     normal, fewer = _transcripts(speech, True), _transcripts(speech, False)
     assert normal.count(False) >= 1 and normal[-1:] == [True]  # partial(s), then the final
     assert fewer == [True]  # the final alone
+
+
+# --- end to end: real processes, fake engines, a ladder that refuses at one turn in flight -----------
+
+
+@pytest.fixture(scope="module")
+def busy_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One LLM slot and a slow fake LLM: a second turn while one is generating is refused."""
+    overrides = fake_env(INZWA_LLM_CONCURRENCY="1", INZWA_FAKE_LLM_TOKENS_PER_S="4",
+                         INZWA_OVERLOAD_PARTIALS_AT="1", INZWA_OVERLOAD_SHORTER_AT="1",
+                         INZWA_OVERLOAD_REFUSE_AT="1")
+    with serving(Stack(tmp_path_factory.mktemp("busy-stack"), **overrides)) as running:
+        yield running
+
+
+async def _typed(url: str, text: str) -> Any:
+    ws = await websockets.connect(url, open_timeout=10, close_timeout=5, max_size=None)
+    await ws.send(json.dumps({"type": "start", "language": "en"}))
+    started = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert started["type"] == "session.started", started
+    await ws.send(json.dumps({"type": "text", "text": text}))
+    return ws
+
+
+async def _events_until_end(ws: Any, timeout_s: float) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+
+    async def receive() -> None:
+        async for message in ws:
+            if isinstance(message, str):
+                events.append(json.loads(message))
+                if events[-1]["type"] == "tts.end":
+                    return
+
+    await asyncio.wait_for(receive(), timeout_s)
+    return events
+
+
+@pytest.mark.e2e
+def test_a_turn_while_the_only_llm_slot_is_busy_hears_the_busy_line(busy_stack: Stack) -> None:
+    refused = busy_stack.metric("inzwa_overload_actions_total", 'action="refused"')
+
+    async def main() -> list[dict[str, Any]]:
+        first = await _typed(busy_stack.url, "tell me a long story about the market")
+        try:
+            while json.loads(await asyncio.wait_for(first.recv(), 10)).get("type") != "llm.partial":
+                pass  # (its reply is being generated: the slot is taken)
+            second = await _typed(busy_stack.url, "are you there")
+            try:
+                return await _events_until_end(second, 20)
+            finally:
+                await second.close()
+        finally:
+            await first.close()
+
+    events = asyncio.run(main())
+    busy = languages.get("en").fallback("busy")
+    assert [(e["type"], e.get("code")) for e in events if e["type"] == "error"] == [("error", "overloaded")]
+    assert events[-1]["type"] == "tts.end" and events[-1]["text"] == busy, events
+    assert busy_stack.metric("inzwa_overload_actions_total", 'action="refused"') - refused == 1
+    assert busy_stack.metric("inzwa_overload_level_entered_total", 'level="refusing"') >= 1
