@@ -7,8 +7,9 @@ imports nothing of the session or the worker, so engines depend on it and nothin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -64,3 +65,20 @@ class ASR(Protocol):
     def transcribe_file(self, audio: np.ndarray, language: str | None = None) -> FileTranscript:
         """A whole recording, with segment timestamps (REST uploads)."""
         ...
+
+
+@dataclass(frozen=True)
+class AsrRequest:
+    """One utterance of a batch: what `transcribe(audio, language, prompt=)` would take."""
+
+    audio: np.ndarray
+    language: str | None = None
+    prompt: str = ""  # the words said just before `audio` (engines with `prompted = True`)
+
+
+@runtime_checkable
+class BatchASR(Protocol):
+    """Optional capability: several utterances (from different sessions) decoded together, each
+    result what `transcribe` would give that request alone. `asr_worker.batching` uses it."""
+
+    def transcribe_batch(self, requests: Sequence[AsrRequest]) -> list[Transcription]: ...

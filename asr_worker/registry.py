@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from asr_worker import batching
 from asr_worker.interface import ASR
 from common.models import engine_module
 from common.settings import Settings
@@ -27,4 +28,5 @@ if TYPE_CHECKING:  # mypy checks every engine against the seam; nothing is impor
 
 def load_engine(settings: Settings) -> ASR:
     engine: ASR = engine_module("asr", ENGINES, settings.asr_engine).create(settings)
-    return engine
+    # Sessions' decodes that queue behind each other go in one batch (INZWA_ASR_BATCH_*).
+    return batching.wrap(engine, settings)

@@ -143,6 +143,10 @@ class Settings(BaseSettings):
     turn_end_wait_ms: int = 700  # silence timeout once the model said "not done" at the pause
     turn_end_text_guard: bool = True  # a transcript ending like a fragment overrules "complete"
     asr_tail_decode: bool = True  # decode only the audio after the prefix committed at pauses
+    # --- ASR batching (issue 15): decodes of several sessions that queue behind a running one go
+    # in one Whisper batch (asr_worker/batching.py); a lone decode never waits. 0: off
+    asr_batch_window_ms: float = Field(default=5.0, ge=0.0)  # from the first queued decode
+    asr_batch_max: int = Field(default=8, ge=1)  # decodes in one batch at most
 
     llm_engine: str = "llama-cpp"  # a name of llm_worker/registry.py (checked there)
     llm_model: str = "smollm2-135m"
