@@ -342,8 +342,6 @@ class Orchestrator:
         await self.handoffs.on_session_start(session)
         log.info("session started", extra={"session_id": start.session_id, "gateway_id": gateway_id})
         await self._to_worker(session, "asr", start)
-        if not self.overload.partials_on:  # started under overload: no partials either
-            await self._to_worker(session, "asr", self._asr_config(session))
         await self.client_turns.configured(session)
 
     async def _resume(self, session: Session, gateway_id: str) -> bool:
@@ -377,8 +375,8 @@ class Orchestrator:
 
     def _asr_config(self, session: Session) -> SessionConfig:
         """The session's ASR settings as they are, with the ladder's partials."""
-        return SessionConfig(silence_ms=session.silence_ms, manual_turns=session.manual,
-                             partials=self.overload.partials_on)
+        return SessionConfig(session_id=session.session_id, silence_ms=session.silence_ms,
+                             manual_turns=session.manual, partials=self.overload.partials_on)
 
     async def _partials(self, on: bool) -> None:
         """The ladder entered or left "fewer partials": every session's ASR is told."""
@@ -597,6 +595,9 @@ class Orchestrator:
             return False
         frame.session_id = session.session_id
         if self.registry.send(instance, frame):
+            if isinstance(frame, SessionStart) and not self.overload.partials_on:
+                # A stream (re)opened under overload, a replay included: no partials either.
+                self.registry.send(instance, self._asr_config(session))
             return True
         self.recovery.wait_for(session, kind)  # its queue is full or its last frame stuck
         return False

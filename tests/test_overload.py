@@ -25,6 +25,7 @@ from common.frames import (
     ErrorEvent,
     GenerateRequest,
     PlaybackMark,
+    Ready,
     SessionConfig,
     SessionEnd,
     SessionStart,
@@ -33,6 +34,7 @@ from common.frames import (
     TranscriptChunk,
     TurnEvent,
     TurnHypothesis,
+    WorkerExited,
 )
 from common.languages import registry as languages
 from common.metrics import OVERLOAD_ACTIONS, OVERLOAD_ENTERED, OVERLOAD_LEVEL
@@ -210,6 +212,27 @@ def test_under_load_partials_go_off_then_new_turns_get_the_shorter_budget(tmp_pa
         assert partials_told(h) == sorted((s, True) for s in [SID, *OTHERS])
         (after,) = await ask(h, SID, "four")
         assert after.max_new_tokens == h.settings.llm_max_new_tokens
+
+    run(tmp_path, scenario)
+
+
+def test_a_stream_opened_under_load_a_replay_included_starts_without_partials(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> None:
+        for session_id, text in zip(OTHERS[:2], ("one", "two"), strict=True):
+            await ask(h, session_id, text)
+        assert not h.orchestrator.overload.partials_on
+        h.to_worker("asr")
+        late = "9c1f2e55-0d4b-4c6a-8f3e-5a7b9d1e2f39"
+        await h.start(late)
+        opened = [(type(f), getattr(f, "partials", None)) for f in h.to_worker("asr")]
+        assert opened == [(SessionStart, None), (SessionConfig, False)]
+        await h.watchdog(WorkerExited(kind="asr", program="asr_worker", instance=0))
+        await h.result(Ready(kind="asr", instance_id="asr-0-new",
+                             endpoint=h.settings.work_endpoint("asr", 0)))
+        replayed = [(type(f), f.session_id, getattr(f, "partials", None)) for f in h.to_worker("asr")]
+        for session_id in [SID, *OTHERS, late]:  # each stream reopened, then told
+            at = replayed.index((SessionStart, session_id, None))
+            assert replayed[at + 1] == (SessionConfig, session_id, False), replayed
 
     run(tmp_path, scenario)
 
