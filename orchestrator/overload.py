@@ -41,6 +41,7 @@ LEVELS = ("normal", "fewer_partials", "shorter_replies", "refusing")
 NORMAL, FEWER_PARTIALS, SHORTER_REPLIES, REFUSING = range(len(LEVELS))
 ERROR_CODE = "overloaded"
 ERROR_MESSAGE = "the assistant is serving too many people right now; please ask again in a moment"
+ACTIONS = ("partials_off", "partials_on", "shorter_reply", "refused")  # inzwa_overload_actions_total
 LOCAL_ONE_AT_A_TIME = {"llama-cpp"}  # engines that generate one request at a time per instance
 
 Load = Callable[[], float]
@@ -90,6 +91,10 @@ class Ladder:
         self.load = 0.0  # as last measured
         self.since = clock()  # when the level last changed
         OVERLOAD_LEVEL.set(NORMAL)
+        for action in ACTIONS:  # at zero from the start: "never refused" reads 0, not missing
+            OVERLOAD_ACTIONS.labels(action)
+        for name in LEVELS[1:]:
+            OVERLOAD_ENTERED.labels(name)
 
     def _does(self, level: int, at: int) -> bool:
         """Does `level` take the action of level `at` (reached, and that level not off)?"""
@@ -118,8 +123,12 @@ class Ladder:
             return up
         if self._clock() - self.since < self.hold_s:
             return self.level  # held: a level lasts at least hold_s
-        stay = self._reached(load, 1.0 - self.hysteresis)
-        return self.level - 1 if stay < self.level else self.level  # down one step at a time
+        if self._reached(load, 1.0 - self.hysteresis) >= self.level:
+            return self.level
+        lower = self.level - 1  # down one step at a time (over a level that is off)
+        while lower > NORMAL and self.thresholds[lower - 1] <= 0:
+            lower -= 1
+        return lower
 
     async def _move(self, level: int) -> None:
         old, self.level, self.since = self.level, level, self._clock()

@@ -125,6 +125,7 @@ def test_a_level_set_to_zero_is_skipped_and_thresholds_must_rise() -> None:
     assert bench.at(5) == FEWER_PARTIALS  # no "shorter replies" level to enter
     assert bench.at(9) == REFUSING
     assert bench.ladder.reply_tokens(80) == 80  # that level's action is off too
+    assert [bench.at(0, later_s=2.0) for _ in range(2)] == [FEWER_PARTIALS, NORMAL]  # not via it
     with pytest.raises(ValueError, match="must rise"):
         Bench(overload_shorter_at=10)
 
