@@ -22,6 +22,8 @@ from asr_worker.engines.fake import FakeAsr
 from asr_worker.worker import AsrWorker
 from common.audio import read_wav
 from common.frames import (
+    ChatJob,
+    ChatMessage,
     ErrorEvent,
     GenerateRequest,
     PlaybackMark,
@@ -159,10 +161,10 @@ OTHERS = [f"9c1f2e55-0d4b-4c6a-8f3e-5a7b9d1e2f3{n}" for n in range(1, 4)]
 Scenario = Callable[[InProcess], Awaitable[None]]
 
 
-def run(tmp_path: Path, scenario: Scenario) -> None:
+def run(tmp_path: Path, scenario: Scenario, **overrides: Any) -> None:
     """Four sessions on one LLM slot; levels at 1, 2 and 3 turns in flight, no hold."""
     h = InProcess(tmp_path, llm_concurrency=1, overload_partials_at=1, overload_shorter_at=2,
-                  overload_refuse_at=3, overload_hold_s=0, overload_reply_tokens=16)
+                  overload_refuse_at=3, overload_hold_s=0, overload_reply_tokens=16, **overrides)
 
     async def main() -> None:
         await h.ready()
@@ -236,6 +238,24 @@ def test_a_stream_opened_under_load_a_replay_included_starts_without_partials(tm
             assert replayed[at + 1] == (SessionConfig, session_id, False), replayed
 
     run(tmp_path, scenario)
+
+
+def test_the_load_counts_speculative_replies_and_chat_jobs_but_not_speaking_turns(tmp_path: Path) -> None:
+    async def scenario(h: InProcess) -> None:
+        load = h.orchestrator._llm_load
+        await h.result(TurnHypothesis(session_id=SID, text="will it rain", instance_id="asr-0"))
+        (speculative,) = h.to_worker("llm")
+        assert load() == 1.0  # an early reply takes the slot as much as a committed one
+        await h.ingress(ChatJob(session_id="job-1", messages=[ChatMessage("user", "hi")],
+                                language="en", gateway_id="gw0"))
+        assert load() == 2.0
+        await h.result(TokenChunk(session_id=SID, turn_id=speculative.turn_id, token="Maybe.",
+                                  request_id=speculative.request_id, is_final=True))
+        assert load() == 1.0  # its words are all in: only speaking is left, no LLM work
+        await h.result(Ready(kind="llm", instance_id="llm-1", endpoint=h.settings.work_endpoint("llm", 1)))
+        assert load() == 0.5  # a second instance, a second slot
+
+    run(tmp_path, scenario, llm_replicas=2)
 
 
 def test_at_the_last_level_a_new_turn_hears_the_busy_line_and_is_kept(tmp_path: Path) -> None:
