@@ -19,6 +19,7 @@ from common.settings import Settings
 ENGINES = {
     "smart-turn": "asr_worker.turn_end_smart",
     "silence": "asr_worker.turn_end_silence",
+    "llm": "asr_worker.turn_end_llm",  # text only, English (README "Turn-taking")
 }
 
 
@@ -38,10 +39,11 @@ class TurnEnd(Protocol):
 
 
 if TYPE_CHECKING:  # mypy checks every engine against the seam; nothing is imported at run time
-    from asr_worker import turn_end_silence, turn_end_smart
+    from asr_worker import turn_end_llm, turn_end_silence, turn_end_smart
 
     _CHECKED: list[Callable[[Settings], TurnEnd]] = [turn_end_smart.create,
-                                                      turn_end_silence.create]
+                                                      turn_end_silence.create,
+                                                      turn_end_llm.create]
 
 
 def load_turn_end(settings: Settings) -> TurnEnd:

@@ -135,13 +135,17 @@ class Settings(BaseSettings):
     early_reply: bool = True  # start the LLM at a pause, before the end of turn is certain
     early_pause_ms: int = 100  # unvoiced ms inside speech (after webrtcvad's ~80 ms hangover): a pause
     # --- end of turn (ASR area, issue 15): at a pause, a model decides whether the turn is done
-    turn_end: str = "smart-turn"  # "smart-turn" | "silence" (asr_worker/turn_end.py)
+    turn_end: str = "smart-turn"  # "smart-turn" | "silence" | "llm" (asr_worker/turn_end.py)
     turn_end_model: str = "smart-turn-v3.2"  # catalogue name or a local .onnx path
     turn_end_threshold: float = Field(default=0.5, ge=0.0, le=1.0)  # P(complete) that ends the turn
     turn_end_threads: int = 1
     turn_end_languages: str = ""  # Whisper codes the model may decide for; empty: all it knows
     turn_end_wait_ms: int = 700  # silence timeout once the model said "not done" at the pause
     turn_end_text_guard: bool = True  # a transcript ending like a fragment overrules "complete"
+    # --- LLM end-of-turn (issue 15, INZWA_TURN_END=llm; asr_worker/turn_end_llm.py): the GGUF's
+    # P(end of the user's turn) after the transcript's words, one prefill; English only
+    turn_end_llm_model: str = ""  # a GGUF catalogue name or path; empty: INZWA_LLM_MODEL
+    turn_end_llm_midpoint: float = Field(default=0.05, gt=0.0, lt=1.0)  # raw P(end) read as 0.5
     asr_tail_decode: bool = True  # decode only the audio after the prefix committed at pauses
     # --- ASR batching (issue 15): decodes of several sessions that queue behind a running one go
     # in one Whisper batch (asr_worker/batching.py); a lone decode never waits. 0: off
