@@ -125,3 +125,35 @@ def test_a_prompt_longer_than_a_slot_is_an_error_not_a_hang(batched) -> None:
     with pytest.raises(ValueError, match="does not fit"):
         run(reply(batched, ask("lion " * 2000)))
     assert run(reply(batched, ask("What is the capital of Kenya?"), tokens=4)).strip()
+
+
+def test_the_llm_worker_serves_sessions_together_and_stops_a_cancelled_one(batched) -> None:
+    """Through the real LlmWorker (engine.concurrency servers): a barge-in on one session stops
+    its reply, the others finish, every request gets its final frame and no error."""
+    from common.frames import ChatMessage, GenerateRequest, TokenChunk, WorkerError
+    from tests.test_engine_failures import start_llm, stop
+
+    story = [ChatMessage("system", SYSTEM), ChatMessage("user", "Tell me a long story about a lion.")]
+    requests = [GenerateRequest(session_id="s0", turn_id=1, request_id="r0", messages=story)] + [
+        GenerateRequest(session_id=f"s{i}", turn_id=1, request_id=f"r{i}", max_new_tokens=TOKENS,
+                        messages=[ChatMessage("system", SYSTEM), ChatMessage("user", q)])
+        for i, q in enumerate(SAME_LENGTH[:3], start=1)]
+
+    async def main() -> Any:
+        worker, runtime, task = await start_llm(batched)
+        try:
+            for item in requests:
+                await worker.handle(item)
+            await runtime.wait_for(lambda: len(runtime.of(TokenChunk, "r0")) >= 3)
+            runtime.cancelled.add(("s0", 1))  # the barge-in, as the control socket reports it
+            await runtime.wait_for(lambda: all(runtime.final_of(r.request_id)() for r in requests))
+        finally:
+            await stop(task)
+        return runtime
+
+    runtime = run(main())
+    assert not runtime.of(WorkerError)
+    texts = {r.request_id: "".join(c.token for c in runtime.of(TokenChunk, r.request_id))
+             for r in requests}
+    assert len(runtime.of(TokenChunk, "r0")) < 40  # stopped long before the 80-token cap
+    assert "Zimbabwe" in texts["r1"] and "Nairobi" in texts["r2"] and texts["r3"].strip()

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 N_BATCH = 512  # tokens per llama_decode (llama-cpp-python's default n_batch)
 PENALTY_LAST_N = 64  # llama-cpp-python's default repeat-penalty window (last_n_tokens_size)
+# prompt tokens per step: a long prompt is prefilled in chunks, so the sequences already
+# speaking get their next token between chunks instead of waiting for the whole prompt
+PREFILL_PER_STEP = 128
 REPEAT_PENALTY = 1.1  # as the single engine: SmolLM2 loops without it
 _END = object()  # the end of a request's stream
 
@@ -324,13 +327,13 @@ class BatchedLlamaCppEngine:
             self._sample(slot, index)
 
     def _plan(self) -> list[tuple[_Slot, int]]:
-        """How many pending tokens each active slot decodes this step: generating sequences
-        (one token each) first, so a long prompt's prefill only shares a step with them, then
-        prompt chunks in the room left."""
+        """How many pending tokens each active slot decodes this step: one for each generating
+        sequence, then prompt chunks, first come first served, up to PREFILL_PER_STEP."""
         active = [slot for slot in self._slots if slot.request is not None]
         generating = [s for s in active if s.request is not None and s.request.generated > 0]
         prefilling = [s for s in active if s not in generating]
-        plan, room = [(slot, 1) for slot in generating], N_BATCH - len(generating)
+        plan = [(slot, 1) for slot in generating]
+        room = min(N_BATCH - len(generating), PREFILL_PER_STEP)
         for slot in prefilling:
             assert slot.request is not None
             take = min(len(slot.request.pending), room)

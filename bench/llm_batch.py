@@ -1,0 +1,116 @@
+"""The LLM under concurrent sessions: the single llama.cpp engine (one request at a time, the rest
+queue, as the worker runs it) against the batched one (`llama-cpp-batched`, all in one decode).
+
+`python -m bench.llm_batch`: for 1, 4 and 8 requests arriving together (short voice questions,
+40 new tokens each, the default model and threads, temperature 0), the time from arrival to the
+first piece (P50/P95 over 8 requests per setting) and each round's wall time. Before each round
+both engines are warmed with the system prompt, as a worker is, so every request prefills its
+question and not the system prompt. Writes bench/results/llm_batch.json (the previous run is
+kept as llm_batch.previous.json, with ratios new / previous).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.models import resolve
+from common.settings import Settings
+from llm_worker.interface import LLM, Messages
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CONCURRENCY = (1, 4, 8)
+REQUESTS = 8  # per setting: 8 rounds of 1, 2 rounds of 4, 1 round of 8
+NEW_TOKENS = 40
+SYSTEM = ("You are a friendly voice assistant. Answer in one or two short spoken sentences, "
+          "without lists or markdown.")
+QUESTIONS = [
+    "What is the capital of Zimbabwe?", "How do I boil an egg?", "Why is the sky blue?",
+    "What should I cook tonight?", "How far away is the moon?", "Can you recommend a good book?",
+    "What time do banks usually open?", "How do I say thank you in Shona?",
+]
+
+
+def ask(question: str) -> Messages:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+
+
+async def one(engine: LLM, gate: asyncio.Semaphore, question: str, t0: float) -> dict[str, Any]:
+    """One request as the worker serves it: it waits for a free generation slot."""
+    first, pieces = None, 0
+    async with gate:
+        async for _ in engine.stream(ask(question), max_new_tokens=NEW_TOKENS):
+            first = first if first is not None else time.perf_counter() - t0
+            pieces += 1
+    return {"ttft_ms": None if first is None else first * 1000, "pieces": pieces,
+            "done_ms": (time.perf_counter() - t0) * 1000}
+
+
+async def setting(engine: LLM, n: int) -> dict[str, Any]:
+    gate = asyncio.Semaphore(max(1, engine.concurrency))
+    results, walls = [], []
+    for round_no in range(REQUESTS // n):
+        await engine.warm(SYSTEM)
+        asked = [QUESTIONS[(round_no * n + i) % len(QUESTIONS)] for i in range(n)]
+        t0 = time.perf_counter()
+        results += await asyncio.gather(*(one(engine, gate, q, t0) for q in asked))
+        walls.append((time.perf_counter() - t0) * 1000)
+    ttfts = [r["ttft_ms"] for r in results if r["ttft_ms"] is not None]
+    pieces = sum(r["pieces"] for r in results)
+    return {"requests": len(results), "ttft_ms_p50": round(float(np.percentile(ttfts, 50)), 1),
+            "ttft_ms_p95": round(float(np.percentile(ttfts, 95)), 1),
+            "round_wall_ms_p50": round(statistics.median(walls), 1),
+            "pieces_per_s": round(pieces / (sum(walls) / 1000), 1)}
+
+
+def engines(settings: Settings) -> dict[str, LLM]:
+    from llm_worker.engines.llama_cpp import LlamaCppEngine
+    from llm_worker.engines.llama_cpp_batched import BatchedLlamaCppEngine
+
+    path = resolve(settings.llm_model, settings.models_dir)
+    return {
+        "single": LlamaCppEngine.load(path, threads=settings.llm_threads, temperature=0.0),
+        "batched": BatchedLlamaCppEngine.load(path, slots=max(CONCURRENCY), threads=settings.llm_threads,
+                                              slot_context=settings.llm_batch_slot_context,
+                                              temperature=0.0),
+    }
+
+
+async def run() -> dict[str, Any]:
+    settings = Settings()
+    report: dict[str, Any] = {"model": settings.llm_model, "threads": settings.llm_threads,
+                              "new_tokens": NEW_TOKENS, "cpus": os.cpu_count(),
+                              "load_before": os.getloadavg()[0]}
+    for name, engine in engines(settings).items():
+        report[name] = {str(n): await setting(engine, n) for n in CONCURRENCY}
+    report["load_after"] = os.getloadavg()[0]
+    report["batched_over_single_ttft_p95"] = {
+        n: round(report["batched"][n]["ttft_ms_p95"] / report["single"][n]["ttft_ms_p95"], 2)
+        for n in report["single"]}
+    return report
+
+
+def save(report: dict[str, Any]) -> dict[str, Any]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    latest, previous = RESULTS / "llm_batch.json", RESULTS / "llm_batch.previous.json"
+    if latest.exists():
+        latest.replace(previous)
+        old = json.loads(previous.read_text())
+        report["ratio_to_previous"] = {
+            f"{name}_{n}_{key}": round(report[name][n][key] / base, 2)
+            for name in ("single", "batched") for n in report[name]
+            for key in ("ttft_ms_p50", "ttft_ms_p95", "round_wall_ms_p50")
+            if (base := old.get(name, {}).get(n, {}).get(key))}
+    latest.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    print(json.dumps(save(asyncio.run(run())), indent=2))
