@@ -56,6 +56,7 @@ def batched(settings):
 
 
 def test_alone_the_batched_engine_writes_the_single_engines_text(batched, llm_engine) -> None:
+    run(batched.warm(SYSTEM))  # every slot: the system prompt, nothing of these questions
     for question in SAME_LENGTH:
         single = "".join(llm_engine.generate_stream(ask(question), max_new_tokens=TOKENS))
         alone = run(reply(batched, ask(question)))
@@ -100,6 +101,7 @@ def test_closing_one_stream_leaves_the_others_to_finish(batched) -> None:
 
 def test_a_replay_continues_after_its_prefix_like_the_single_engine(batched, llm_engine) -> None:
     question = ask("How do I boil an egg?")
+    run(batched.warm(SYSTEM))
     full = run(reply(batched, question, tokens=30))
     prefix = " ".join(full.split()[:4])
     rest = run(reply(batched, question, tokens=30, prefix=prefix))

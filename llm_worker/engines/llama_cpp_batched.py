@@ -9,7 +9,8 @@ CPU the weights are read once per step instead of once per sequence, which is wh
 
 - Sampling is the single engine's chain (llama-cpp-python's `Llama._init_sampler`): repeat
   penalty 1.1 over the last 64 generated tokens, then greedy at temperature 0, or top-k 40,
-  top-p 0.95, min-p 0.05, temperature and a seeded draw otherwise; one chain per request.
+  top-p 0.95, min-p 0.05, temperature and a seeded draw otherwise; one chain per request. At
+  temperature 0 a request alone gives the single engine's text token for token.
 - KV reuse: a slot keeps the tokens it last held. A request takes the free slot sharing the
   longest token prefix with its prompt (a session's next turn extends its previous prompt; every
   slot starts with the system prompt after `warm`), drops the rest and prefills the difference.
@@ -124,7 +125,7 @@ class BatchedLlamaCppEngine:
         self._memory = llama_cpp.llama_get_memory(ctx.ctx)
         self._batch: Any = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
         self._piece_buf = ctypes.create_string_buffer(64)
-        self._temperature, self._seed = temperature, seed
+        self._temperature, self._seed, self._draws = temperature, seed, 0
         self._path, self._model_name = path, model_name or (path.name if path else "gguf")
         self._slots = [_Slot(seq_id) for seq_id in range(slots)]
         self._waiting: deque[_Request] = deque()
@@ -305,7 +306,10 @@ class BatchedLlamaCppEngine:
         sampler.add_top_p(0.95, 1)
         sampler.add_min_p(0.05, 1)
         sampler.add_temp(self._temperature)
-        sampler.add_dist(self._seed)
+        # a new seed per request, as the single engine draws one per completion: the same
+        # question twice is not answered word for word alike (0xFFFFFFFF would mean "random")
+        self._draws += 1
+        sampler.add_dist((self._seed + self._draws) % 0xFFFFFFFF)
         return sampler
 
     def _step(self) -> None:
