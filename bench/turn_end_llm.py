@@ -27,6 +27,7 @@ from asr_worker.interface import Transcription
 from asr_worker.turn_end import TurnEnd
 
 RESULTS = Path(__file__).resolve().parent / "results" / "turn_end_llm.json"
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "speech"
 LLM_THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 SMART_THRESHOLDS = (0.5, 0.7)
 WAITS_MS = (700, 1100)
@@ -121,13 +122,11 @@ def judge_configs(smart: TurnEnd, llm: TurnEnd) -> list[tuple[str, TurnEnd, floa
     return configs
 
 
-def pause_set_rows(engine: Any, configs: list[tuple[str, TurnEnd, float]],
-                   settings: Any) -> list[dict[str, Any]]:
-    """Premature ends and end delay on the pause set for every configuration and wait."""
+def pause_set_rows(engine: Any, configs: list[tuple[str, TurnEnd, float]], settings: Any,
+                   items: list[Any]) -> list[dict[str, Any]]:
+    """Premature ends and end delay on a pause set for every configuration and wait."""
     from bench.turn_end_eval import run_item, summarize
-    from tests import turn_pause_set
 
-    items = turn_pause_set.generate()
     rows = []
     for wait_ms in WAITS_MS:
         for label, judge, threshold in configs:
@@ -141,6 +140,52 @@ def pause_set_rows(engine: Any, configs: list[tuple[str, TurnEnd, float]],
             print(f"{label:40s} wait {wait_ms}: premature {summary['premature_rate']:.2f} "
                   f"P50 {summary['end_delay_ms_p50']:.0f} ms", flush=True)
     return rows
+
+
+# Held apart from tests/turn_pause_set.py (the LLM's calibration was read off that set): new
+# sentences, the same espeak-ng rendering. The last two paused ones are complete before the
+# pause too ("Who won the football match ... last night"): a text judge cannot know, and
+# neither could a listener.
+HELD_PAUSED = [
+    ("Can you read me", "the news headlines"),
+    ("I forgot to tell you about", "my appointment"),
+    ("How much does it cost to", "fly to Victoria Falls"),
+    ("Please add eggs to", "my shopping list"),
+    ("What is the weather like in", "Mutare this weekend"),
+    ("I would like to order a", "large pizza"),
+    ("Remind me tomorrow to", "water the plants"),
+    ("My daughter wants to learn", "how to swim"),
+    ("Could you find me a", "cheap hotel in Harare"),
+    ("The train to Bulawayo leaves at", "half past seven"),
+    ("Who won the football match", "last night"),
+    ("Call my sister", "when you have a moment"),
+]
+HELD_COMPLETE = [
+    "Good morning, how are you?", "Play some relaxing music.", "What day is it today?",
+    "How far is Mutare from Harare?", "Thank you, that is all.", "Can you repeat that please?",
+    "Switch off the radio.", "Who wrote this song?",
+]
+
+
+def held_apart_items() -> list[Any]:
+    from tests.turn_pause_set import PAUSES_MS, _item
+
+    items = []
+    for i, (before, after) in enumerate(HELD_PAUSED):
+        pause_ms = PAUSES_MS[i % len(PAUSES_MS)]
+        ssml = f'<speak>{before} <break time="{pause_ms}ms"/> {after}.</speak>'
+        items.append(_item(f"held{i:02d}", ssml, f"{before} {after}.", pause_ms))
+    for i, text in enumerate(HELD_COMPLETE):
+        items.append(_item(f"heldcomplete{i:02d}", f"<speak>{text}</speak>", text, 0))
+    return items
+
+
+def held_apart_configs(smart: TurnEnd, llm: TurnEnd) -> list[tuple[str, TurnEnd, float]]:
+    from asr_worker.turn_end_text import TextGuarded
+
+    return [("smart-turn+guard@0.5", TextGuarded(smart), 0.5), ("smart-turn@0.5", smart, 0.5),
+            ("llm@0.05", llm, 0.05), ("llm+guard@0.05", TextGuarded(llm), 0.05),
+            ("llm@0.05 AND smart-turn@0.5", Verdict([(llm, 0.05), (smart, 0.5)], "all"), 0.5)]
 
 
 def fixture_cases(fixtures_dir: Path) -> list[dict[str, Any]]:
@@ -192,9 +237,8 @@ def text_cases() -> list[dict[str, Any]]:
     word boundary: the text judge alone, without Whisper's reading of the audio."""
     from tests import turn_pause_set
 
-    fixtures = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "speech"
     cases = []
-    for line in (fixtures / "synthetic.tsv").read_text().splitlines()[1:]:
+    for line in (FIXTURES / "synthetic.tsv").read_text().splitlines()[1:]:
         name, text = line.split("\t", 1)
         words = text.split()
         cases.append({"name": name, "language": "sn" if name.startswith("q_sn") else "en",
@@ -249,17 +293,19 @@ def main() -> dict[str, Any]:
 
     settings = Settings()
     engine, smart, llm, llm_rss = load(settings)
-    fixtures_dir = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "speech"
-    fixtures = score_fixtures(engine, {"smart-turn": smart, "llm": llm}, fixture_cases(fixtures_dir))
+    fixtures = score_fixtures(engine, {"smart-turn": smart, "llm": llm}, fixture_cases(FIXTURES))
     fixture_cost = {"smart-turn": cost(smart), "llm": cost(llm)}
     texts = score_texts(llm)
-    rows = pause_set_rows(engine, judge_configs(smart, llm), settings)
+    from tests import turn_pause_set
+
+    rows = pause_set_rows(engine, judge_configs(smart, llm), settings, turn_pause_set.generate())
+    held = pause_set_rows(engine, held_apart_configs(smart, llm), settings, held_apart_items())
     result = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": llm.info(), "llm_judge_rss_mb": llm_rss, "threads": settings.turn_end_threads,
         "cost_per_call_fixtures": fixture_cost,
         "cost_per_call_all": {"smart-turn": cost(smart), "llm": cost(llm)},
-        "pause_set_en": rows,
+        "pause_set_en": rows, "held_apart_en": held,
         "fixtures": fixtures, "fixture_accuracy": fixture_accuracy(fixtures),
         "texts": texts,
     }
