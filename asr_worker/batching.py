@@ -4,7 +4,11 @@ Each session's decodes run in their own thread (`asyncio.to_thread`), and the Wh
 takes one call at a time, so with several sessions talking their finals, pauses and partials
 queue behind each other. `BatchingAsr` sits in front of an engine that can decode a batch
 (`asr_worker.interface.BatchASR`): one dispatcher thread runs the decodes, and the calls that
-queued up while a decode was running go together in the next one.
+queued up while a decode was running go together in the next one, first come first served.
+
+Only calls with the same `batch_key` share a decode (for Whisper: the same padded length and
+prompt position, since zero padding changes the text): one batch is one `generate` call, and its
+callers get their results as soon as it ends rather than after every other group in the queue.
 
 A lone call never waits: when nothing is running it is decoded at once, on the engine's single
 path. Only calls that queue behind a running decode are batched, and those may wait up to
@@ -17,6 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,9 +33,10 @@ if TYPE_CHECKING:
     from common.settings import Settings
 
 
-@dataclass
+@dataclass(eq=False)  # calls are compared by identity (their audio is an array)
 class _Call:
     request: AsrRequest
+    key: Hashable | None  # the engine's batch key; None: always alone
     arrived: float  # time.monotonic()
     behind: bool  # a decode was running when it arrived: it may wait for company
     done: threading.Event = field(default_factory=threading.Event)
@@ -77,9 +83,11 @@ class BatchingAsr:
     def transcribe(self, audio: np.ndarray, language: str | None = None, prompt: str = "") -> Transcription:
         """Blocks the calling thread until its decode (alone or in a batch) is done; an error is
         raised here, in the caller whose request caused it (or in each, if the engine fails)."""
+        request = AsrRequest(audio, language, prompt)
+        key = self._key(request)  # in the caller's thread: the dispatcher's is busy
         with self._cond:
             self._start()
-            call = _Call(AsrRequest(audio, language, prompt), time.monotonic(), self._running)
+            call = _Call(request, key, time.monotonic(), self._running)
             self._pending.append(call)
             self._cond.notify_all()
         call.done.wait()
@@ -87,6 +95,13 @@ class BatchingAsr:
             raise call.error
         assert call.result is not None
         return call.result
+
+    def _key(self, request: AsrRequest) -> Hashable | None:
+        try:
+            key: Hashable | None = self._engine.batch_key(request)
+        except Exception:  # a forecast only: the decode alone raises the error where it belongs
+            return None
+        return key
 
     def stats(self) -> dict[str, Any]:
         """Decodes per batch size, the calls they served, and the calls queued now."""
@@ -115,15 +130,24 @@ class BatchingAsr:
             while not self._pending:
                 self._cond.wait()
             first = self._pending[0]
-            if first.behind:  # company is likely: wait out the window, not a moment more
+            if first.behind and first.key is not None:  # company is likely: wait out the window
                 deadline = first.arrived + self._window_s
-                self.waited += int(len(self._pending) < self._max and deadline > time.monotonic())
-                while len(self._pending) < self._max and (left := deadline - time.monotonic()) > 0:
+                self.waited += int(len(self._alike(first)) < self._max
+                                   and deadline > time.monotonic())
+                while (len(self._alike(first)) < self._max
+                       and (left := deadline - time.monotonic()) > 0):
                     self._cond.wait(left)
-            batch, self._pending = self._pending[: self._max], self._pending[self._max :]
+            batch = self._alike(first)
+            self._pending = [call for call in self._pending if call not in batch]
             self._running = True
             self.batch_sizes[len(batch)] += 1
             return batch
+
+    def _alike(self, first: _Call) -> list[_Call]:
+        """The oldest call and the queued calls that can share its decode (lock held)."""
+        if first.key is None:
+            return [first]
+        return [call for call in self._pending if call.key == first.key][: self._max]
 
     def _run(self, batch: list[_Call]) -> None:
         try:

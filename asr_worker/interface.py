@@ -7,7 +7,7 @@ imports nothing of the session or the worker, so engines depend on it and nothin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -82,3 +82,7 @@ class BatchASR(Protocol):
     result what `transcribe` would give that request alone. `asr_worker.batching` uses it."""
 
     def transcribe_batch(self, requests: Sequence[AsrRequest]) -> list[Transcription]: ...
+
+    def batch_key(self, request: AsrRequest) -> Hashable | None:
+        """Requests with equal keys are worth one batch; None: decode it alone."""
+        ...

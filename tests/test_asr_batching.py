@@ -103,7 +103,8 @@ def test_the_adapter_batches_calls_that_queue_behind_a_running_decode(
         texts = [future.result(timeout=60).text for future in queued]
         assert first.result(timeout=60).text.startswith("And so my fellow Americans")
     assert texts == [a.text for a in alone[:4]]
-    assert batcher.stats()["sizes"] == {1: 1, 4: 1}
+    # The three 5 s-padded clips share one decode; q_en_capital (6 s padded) goes alone after.
+    assert batcher.stats()["sizes"] == {1: 2, 3: 1}
 
 
 def test_a_lone_call_does_not_wait_for_company(whisper_engine: Any, requests: list[AsrRequest],
@@ -122,17 +123,21 @@ def test_a_bad_request_fails_its_own_caller_only(whisper_engine: Any, audio: dic
                                                  alone: list[Transcription]) -> None:
     batcher = BatchingAsr(whisper_engine, window_ms=5, max_batch=8)
     clip = audio[CLIPS[0]]
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    not_audio = np.array(["not a sample"] * clip.size)  # batchable by its length, undecodable
+    with ThreadPoolExecutor(max_workers=6) as pool:
         with _decoding(whisper_engine, batcher, pool, audio["LJ001-0008.wav"]):
             good = pool.submit(batcher.transcribe, clip, "en")
-            bad = [pool.submit(batcher.transcribe, clip, "xx") for _ in range(2)]  # no such language
-            _wait_for(lambda: batcher.stats()["pending"] == 3)
+            bad = [pool.submit(batcher.transcribe, not_audio, "en") for _ in range(2)]
+            unknown = pool.submit(batcher.transcribe, clip, "xx")  # no such language
+            _wait_for(lambda: batcher.stats()["pending"] == 4)
         assert good.result(timeout=60).text == alone[0].text
-        for future in bad:
-            with pytest.raises(ValueError, match="'xx' is not a valid language code"):
+        for future in bad:  # the batch failed, then each request was decoded alone
+            with pytest.raises(ValueError, match="could not convert string to float"):
                 future.result(timeout=60)
+        with pytest.raises(ValueError, match="'xx' is not a valid language code"):
+            unknown.result(timeout=60)
     stats = batcher.stats()
-    assert stats["sizes"] == {1: 1, 3: 1} and stats["retried"] == 3
+    assert stats["sizes"] == {1: 2, 3: 1} and stats["retried"] == 3
 
 
 def test_the_registry_batches_only_engines_that_can(whisper_engine: Any) -> None:
@@ -167,3 +172,21 @@ def _wait_for(condition: Any, timeout_s: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         threading.Event().wait(0.005)
+
+
+def test_the_batch_key_forecasts_the_padded_length_and_prompt_position(
+    whisper_engine: Any, requests: list[AsrRequest],
+) -> None:
+    from asr_worker.engines.whisper import padded_frames
+
+    for request in requests[:-1]:  # the silent one is keyed too (the engine answers it at once)
+        features = whisper_engine._model.feature_extractor(request.audio)
+        key = whisper_engine.batch_key(request)
+        assert key is not None and key[0] == padded_frames(features.shape[-1])
+        if request.language is None:  # detected after encoding: -1 until then
+            assert key[1] == -1
+        else:  # <|startofprev|> and the prompt's tokens come before start-of-transcript
+            said = whisper_engine._tokenizer(request.language).encode(" Hello there")
+            assert key[1] == (1 + len(said) if request.prompt else 0)
+    assert whisper_engine.batch_key(AsrRequest(np.zeros(800, dtype=np.float32), "en")) is None
+    assert whisper_engine.batch_key(AsrRequest(np.ones(28 * 16000, dtype=np.float32), "en")) is None

@@ -277,6 +277,25 @@ class WhisperEngine:
                 results.update(self._decode_group(group))
         return [results[index] for index in range(len(requests))]
 
+    def batch_key(self, request: AsrRequest) -> tuple[int, int] | None:
+        """Requests with equal keys can share one `generate` call: the padded length and where
+        start-of-transcript sits in the prompt (-1: detected language, known only after encoding).
+        None: decoded alone (nothing to hear, or the single path). A cheap forecast made before
+        the batch, without features; `transcribe_batch` groups by the real features anyway."""
+        samples = np.asarray(request.audio).reshape(-1)
+        if samples.size < MIN_AUDIO_S * SAMPLE_RATE or samples.size > WINDOW_SAMPLES:
+            return None
+        padded = padded_frames(min(samples.size // HOP_LENGTH + 1, WINDOW_FRAMES))  # as extracted
+        if padded >= WINDOW_FRAMES:
+            return None
+        language = request.language
+        if not self.multilingual:
+            language = "en"
+        elif language in (None, *AUTO_LANGUAGE):
+            return padded, -1
+        tokenizer = self._tokenizer(str(language))
+        return padded, self._prompt(tokenizer, str(language), request.prompt).index(tokenizer.sot)
+
     def transcribe_file(self, audio: np.ndarray, language: str | None = None) -> FileTranscript:
         """A recording of any length, with segment timestamps: faster-whisper's own sequential
         30 s windows (an upload is not latency-bound, and its timestamps are what we want)."""
