@@ -15,7 +15,10 @@ CPU the weights are read once per step instead of once per sequence, which is wh
   longest token prefix with its prompt (a session's next turn extends its previous prompt; every
   slot starts with the system prompt after `warm`), drops the rest and prefills the difference.
 - KV streams are per sequence (`kv_unified` off): a sequence's cells sit at the same places
-  whoever else is decoding, so its text does not depend on the other sequences in the batch.
+  whoever else is decoding, so from the same cache state its text does not depend on the other
+  sequences in the batch (tests/test_llm_batched.py). A prefix reused from a slot's cache was
+  computed in other prefill chunks than a fresh prompt, which can round differently and, at a
+  near-tie, make greedy decoding pick another word.
 - A consumer that closes its stream (barge-in) frees the slot at the next step; a failed decode
   fails the requests in it with the error (their slots are cleared), never a hang.
 """
@@ -152,11 +155,13 @@ class BatchedLlamaCppEngine:
                    seed=seed, path=Path(model_path), model_name=model_name)
 
     def info(self) -> dict[str, str]:
-        if self._path is None:
-            return {"name": self._model_name, "version": "", "sha256": "", "device": "cpu",
-                    "engine": "llama-cpp-batched"}
-        return loaded_model_info(self._model_name, self._path, engine="llama-cpp-batched",
-                                 device="cpu")
+        """The single engine's info, plus the slots: the orchestrator's overload ladder counts
+        generation slots from READY instances' announced `concurrency`."""
+        info = ({"name": self._model_name, "version": "", "sha256": "", "device": "cpu",
+                 "engine": "llama-cpp-batched"} if self._path is None else
+                loaded_model_info(self._model_name, self._path, engine="llama-cpp-batched",
+                                  device="cpu"))
+        return {**info, "concurrency": str(self.concurrency)}
 
     async def warm(self, system_prompt: str = "") -> None:
         """A tiny generation in every slot at once: each then starts with the system prompt in
