@@ -1,6 +1,7 @@
 """The LLM end-of-turn judge (asr_worker/turn_end_llm.py) with the real GGUF model: whole
 requests end the turn, phrases cut mid-sentence do not, the KV-cache reuse changes no score,
-and languages the model cannot read fall back to the silence timeout. Text only: no Whisper."""
+languages the model cannot read fall back to the silence timeout, and in an `AsrSession` with
+the real Whisper a pause mid-sentence waits while a whole request ends at the first pause."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from asr_worker.session import AsrSession, Transcript
 from asr_worker.turn_end import load_turn_end
 from asr_worker.turn_end_llm import LlmTurnEnd, normalize, split_template
 from asr_worker.turn_end_text import TextGuarded
+from asr_worker.wer import normalize as normalize_words
 from common.settings import Settings
 from tests import turn_pause_set
 
@@ -78,3 +81,29 @@ def test_shona_and_other_languages_keep_the_silence_timeout(judge: LlmTurnEnd,
     assert judge.info()["engine"] == "llm" and judge.info()["sha256"]
     guarded = load_turn_end(settings.model_copy(update={"turn_end": "llm"}))
     assert isinstance(guarded, TextGuarded) and not guarded.supports("sn")
+
+
+def _finals(session: AsrSession, pcm: bytes) -> list[tuple[int, str]]:
+    """(stream ms when it was sent, text) of the finals for audio fed in 20 ms frames."""
+    return [((index + 1) * 20, event.text)
+            for index, offset in enumerate(range(0, len(pcm), 640))
+            for event in session.feed(pcm[offset : offset + 640], partials=False)
+            if isinstance(event, Transcript) and event.is_final]
+
+
+@pytest.mark.skipif(not turn_pause_set.available(), reason="espeak-ng not installed")
+def test_in_the_asr_session_a_pause_mid_sentence_waits_and_a_question_ends_at_once(
+    judge: LlmTurnEnd, whisper_engine, settings: Settings
+) -> None:
+    def session() -> AsrSession:  # as the worker runs it with INZWA_TURN_END=llm, wait 1100
+        return AsrSession(whisper_engine, language="en", silence_ms=settings.vad_silence_ms,
+                          pause_ms=settings.early_pause_ms, turn_end=judge,
+                          turn_end_threshold=settings.turn_end_threshold, turn_end_wait_ms=1100)
+
+    item = turn_pause_set.paused_item(0, 700)  # "I want to go to ... the market"
+    finals = _finals(session(), item.pcm)
+    assert len(finals) == 1 and "market" in normalize_words(finals[0][1]), finals
+    done = turn_pause_set.generate()[-1]  # "Thank you very much."
+    sent_at, text = _finals(session(), done.pcm)[0]
+    assert "thank" in normalize_words(text)
+    assert sent_at < done.speech_end_ms + settings.vad_silence_ms  # before the plain timeout
