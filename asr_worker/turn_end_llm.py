@@ -41,6 +41,9 @@ from common.settings import Settings
 
 _SENTINEL = "\x00INZWA_USER_WORDS\x00"
 _FINAL_MARKS = frozenset({".", "?", "!"})
+# Whether the turn ends shows in its last words; a bound keeps a long monologue inside the
+# 512-token context (and the prefill short). 30 s of speech is ~90 words.
+MAX_WORDS = 60
 # Languages where the default model's verdict was measured useful. SmolLM2-135M reads almost no
 # Shona (its fragments and whole sentences score alike), so Shona keeps the silence timeout.
 LANGUAGES = frozenset({"en"})
@@ -106,7 +109,7 @@ class LlmTurnEnd:
     def probability(self, audio: np.ndarray, text: str, language: str) -> float:
         """P(end of the user's turn) after the transcript's words (raised to the calibration
         power; `midpoint` 0.5 gives the raw probability); the audio is not used."""
-        words = normalize(text)
+        words = " ".join(normalize(text).split()[-MAX_WORDS:])
         if not words:
             return 0.0
         with self._lock:

@@ -58,6 +58,8 @@ def test_it_reads_the_words_not_whispers_punctuation(judge: LlmTurnEnd) -> None:
     assert judge.probability(NO_AUDIO, "My favourite food is.", "en") == pytest.approx(
         judge.probability(NO_AUDIO, "my favourite food is", "en"))
     assert judge.probability(NO_AUDIO, "", "en") == 0.0
+    # A monologue longer than the judge's context: only its last words are read.
+    assert 0.0 <= judge.probability(NO_AUDIO, "and then we went to the " * 200, "en") < 0.5
 
 
 def test_the_cached_prefix_changes_no_score(judge: LlmTurnEnd) -> None:
