@@ -3,10 +3,11 @@ queue, as the worker runs it) against the batched one (`llama-cpp-batched`, all 
 
 `python -m bench.llm_batch`: for 1, 4 and 8 requests arriving together (short voice questions,
 40 new tokens each, the default model and threads, temperature 0), the time from arrival to the
-first piece (P50/P95 over 8 requests per setting) and each round's wall time. Before each round
-both engines are warmed with the system prompt, as a worker is, so every request prefills its
-question and not the system prompt. Writes bench/results/llm_batch.json (the previous run is
-kept as llm_batch.previous.json, with ratios new / previous).
+first piece (P50/P95 over 8 requests per setting) and each round's wall time. The engines take
+turns round by round (a shared machine's load falls on both alike); before each round an engine
+is warmed with the system prompt, as a worker is, so a request prefills its question only.
+Writes bench/results/llm_batch.json (the previous run is kept as llm_batch.previous.json, with
+ratios new / previous).
 """
 
 from __future__ import annotations
@@ -53,21 +54,34 @@ async def one(engine: LLM, gate: asyncio.Semaphore, question: str, t0: float) ->
             "done_ms": (time.perf_counter() - t0) * 1000}
 
 
-async def setting(engine: LLM, n: int) -> dict[str, Any]:
-    gate = asyncio.Semaphore(max(1, engine.concurrency))
-    results, walls = [], []
-    for round_no in range(REQUESTS // n):
-        await engine.warm(SYSTEM)
-        asked = [QUESTIONS[(round_no * n + i) % len(QUESTIONS)] for i in range(n)]
-        t0 = time.perf_counter()
-        results += await asyncio.gather(*(one(engine, gate, q, t0) for q in asked))
-        walls.append((time.perf_counter() - t0) * 1000)
+def figures(results: list[dict[str, Any]], walls: list[float]) -> dict[str, Any]:
     ttfts = [r["ttft_ms"] for r in results if r["ttft_ms"] is not None]
     pieces = sum(r["pieces"] for r in results)
     return {"requests": len(results), "ttft_ms_p50": round(float(np.percentile(ttfts, 50)), 1),
             "ttft_ms_p95": round(float(np.percentile(ttfts, 95)), 1),
             "round_wall_ms_p50": round(statistics.median(walls), 1),
             "pieces_per_s": round(pieces / (sum(walls) / 1000), 1)}
+
+
+async def one_round(engine: LLM, asked: list[str]) -> tuple[list[dict[str, Any]], float]:
+    await engine.warm(SYSTEM)
+    gate = asyncio.Semaphore(max(1, engine.concurrency))
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(one(engine, gate, q, t0) for q in asked))
+    return list(results), (time.perf_counter() - t0) * 1000
+
+
+async def setting(named: dict[str, LLM], n: int) -> dict[str, dict[str, Any]]:
+    """The engines take turns round by round, so a shared machine's load falls on both alike."""
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in named}
+    walls: dict[str, list[float]] = {name: [] for name in named}
+    for round_no in range(REQUESTS // n):
+        asked = [QUESTIONS[(round_no * n + i) % len(QUESTIONS)] for i in range(n)]
+        for name, engine in named.items():
+            got, wall = await one_round(engine, asked)
+            results[name] += got
+            walls[name].append(wall)
+    return {name: figures(results[name], walls[name]) for name in named}
 
 
 def engines(settings: Settings) -> dict[str, LLM]:
@@ -88,8 +102,12 @@ async def run() -> dict[str, Any]:
     report: dict[str, Any] = {"model": settings.llm_model, "threads": settings.llm_threads,
                               "new_tokens": NEW_TOKENS, "cpus": os.cpu_count(),
                               "load_before": os.getloadavg()[0]}
-    for name, engine in engines(settings).items():
-        report[name] = {str(n): await setting(engine, n) for n in CONCURRENCY}
+    named = engines(settings)
+    for name in named:
+        report[name] = {}
+    for n in CONCURRENCY:
+        for name, figs in (await setting(named, n)).items():
+            report[name][str(n)] = figs
     report["load_after"] = os.getloadavg()[0]
     report["batched_over_single_ttft_p95"] = {
         n: round(report["batched"][n]["ttft_ms_p95"] / report["single"][n]["ttft_ms_p95"], 2)
