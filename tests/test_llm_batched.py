@@ -183,3 +183,15 @@ def test_the_llm_worker_serves_sessions_together_and_stops_a_cancelled_one(batch
              for r in requests}
     assert len(runtime.of(TokenChunk, "r0")) < 40  # stopped long before the 80-token cap
     assert "Zimbabwe" in texts["r1"] and "Nairobi" in texts["r2"] and texts["r3"].strip()
+
+
+def test_a_failed_decode_reaches_its_consumer_and_the_engine_goes_on(batched) -> None:
+    """llama.cpp refusing a batch (its return code, as when the KV cache is full) is an error
+    in the request's stream, not a hang; the slot starts over and the next request is served."""
+    import llama_cpp
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(llama_cpp, "llama_decode", lambda ctx, batch: 1)
+        with pytest.raises(RuntimeError, match="llama_decode returned 1"):
+            run(reply(batched, ask("What is the capital of Kenya?")))
+    assert "Nairobi" in run(reply(batched, ask("What is the capital of Kenya?")))
