@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import ctypes
+import itertools
 import logging
 import threading
 import time
@@ -68,6 +69,7 @@ class _Request:
     out: asyncio.Queue[object]
     pending: list[int] = field(default_factory=list)  # tokens to decode before the next sample
     generated: int = 0
+    admitted: int = 0  # the order requests got their slots: prompts are prefilled in this order
     cancelled: bool = False
     sampler: Any = None  # llama-cpp-python's LlamaSampler, made and freed by the decode thread
     text: codecs.IncrementalDecoder = field(
@@ -132,6 +134,7 @@ class BatchedLlamaCppEngine:
         self._path, self._model_name = path, model_name or (path.name if path else "gguf")
         self._slots = [_Slot(seq_id) for seq_id in range(slots)]
         self._waiting: deque[_Request] = deque()
+        self._admissions = itertools.count()
         self._wake = threading.Condition()
         self._closed = False
         self._broken: BaseException | None = None
@@ -293,6 +296,7 @@ class BatchedLlamaCppEngine:
         slot.cached = slot.cached[:keep]
         request.pending = request.prompt[keep:]
         request.sampler = self._sampler()
+        request.admitted = next(self._admissions)
         slot.request = request
 
     def _sampler(self) -> Any:
@@ -340,7 +344,8 @@ class BatchedLlamaCppEngine:
         sequence, then prompt chunks, first come first served, up to PREFILL_PER_STEP."""
         active = [slot for slot in self._slots if slot.request is not None]
         generating = [s for s in active if s.request is not None and s.request.generated > 0]
-        prefilling = [s for s in active if s not in generating]
+        prefilling = sorted((s for s in active if s not in generating),
+                            key=lambda s: s.request.admitted if s.request is not None else 0)
         plan = [(slot, 1) for slot in generating]
         room = min(N_BATCH - len(generating), PREFILL_PER_STEP)
         for slot in prefilling:
