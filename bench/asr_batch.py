@@ -1,7 +1,9 @@
 """Batched Whisper decoding across sessions against one decode at a time (`python -m bench.asr_batch`).
 
-N sessions' finals arrive together (or spread over `--spread-ms`), as when N people stop talking
-at about the same moment; each is a fixture clip (English and Shona, 1.8-5.7 s). "sequential" is
+N sessions' finals arrive together (or spread over `--spreads-ms`), as when N people stop talking
+at about the same moment; each is a fixture clip (English and Shona, 1.8-5.7 s): "mixed" is all
+ten, "same-key" the four that share a batch key, "partials" the first 1-4 s of the clips (what a
+partial decodes while the speaker goes on), spread over 300 ms. "sequential" is
 the engine as the worker used it before: N threads, the engine's lock takes them one at a time.
 "batched" is the same engine behind `asr_worker.batching.BatchingAsr` with the configured window
 and maximum. Rounds alternate the two modes so machine load falls on both alike.
@@ -49,6 +51,15 @@ Transcribe = Callable[[np.ndarray, str], Transcription]
 def load_clips(names: Sequence[str]) -> list[Clip]:
     return [(name, pcm16_to_float(read_wav(FIXTURES / name)[0]), "sn" if "_sn_" in name else "en")
             for name in names]
+
+
+def partial_clips(clips: list[Clip], count: int = 20) -> list[Clip]:
+    """What partials decode: the first 1-4 s of an utterance still being spoken (seeded)."""
+    rng = random.Random(7)
+    picked = [clips[k % len(clips)] for k in range(count)]
+    cut = [(name, audio[: int(rng.uniform(1.0, 4.0) * 16000)], language)
+           for name, audio, language in picked]
+    return [(f"{name}@{k}", audio, language) for k, (name, audio, language) in enumerate(cut)]
 
 
 def run_round(transcribe: Transcribe, clips: Sequence[Clip], offsets_s: Sequence[float]
@@ -128,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                          args.rounds * (3 if n == "1" else 1))}
             for spread in args.spreads_ms.split(",") for n in args.concurrency.split(",")]
     rows += [{"clips": "same-key", **measure(engine, batcher, same_key, int(n), 0.0, args.rounds)}
+             for n in args.concurrency.split(",") if n != "1"]
+    rows += [{"clips": "partials", **measure(engine, batcher, partial_clips(mixed), int(n), 300.0,
+                                             args.rounds)}
              for n in args.concurrency.split(",") if n != "1"]
     report = {"machine": {"python": platform.python_version(), "cpu": platform.processor(),
                           "asr_threads": settings.asr_threads},
