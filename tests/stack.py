@@ -6,6 +6,7 @@ stack is also stopped when the test session ends.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -71,6 +72,17 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _children(pid: int) -> list[int]:
+    """The pids whose parent is `pid` (from /proc: supervisord's programs)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
 
 
 def free_port() -> int:
@@ -179,7 +191,15 @@ class Stack:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
+        # supervisord stops its programs one after another and notices each exit only at its
+        # next 1 s tick (~1 s a program); each program already drains on SIGTERM by itself, so
+        # all of them are told at once, just after supervisord (which, shutting down, restarts
+        # none): ~0.5 s for a stack instead of 3-4 s, over a dozen stacks a run.
+        children = _children(self.process.pid)
         os.killpg(self.process.pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
