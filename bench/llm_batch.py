@@ -7,7 +7,9 @@ first piece (P50/P95 over 8 requests per setting) and each round's wall time. Th
 turns round by round (a shared machine's load falls on both alike); before each round an engine
 is warmed with the system prompt, as a worker is, so a request prefills its question only.
 Writes bench/results/llm_batch.json (the previous run is kept as llm_batch.previous.json, with
-ratios new / previous).
+ratios new / previous). `--stack` adds v2v (first reply audio after the end of speech) for 4 and 8
+voice sessions at once through the real stack with each engine, every client staying for the
+whole reply.
 """
 
 from __future__ import annotations
@@ -130,5 +132,60 @@ def save(report: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
+# --- `--stack`: the same two engines behind the real stack, voice turns end to end ---
+
+STACK_ENGINES = {"single": {"INZWA_LLM_ENGINE": "llama-cpp"},
+                 "batched": {"INZWA_LLM_ENGINE": "llama-cpp-batched", "INZWA_LLM_CONCURRENCY": "8"}}
+# the overload ladder off for both: it would shorten or refuse the single engine's queued turns,
+# hiding the queue this compares (with it on, the default, the single engine refuses at 8)
+LADDER_OFF = {"INZWA_OVERLOAD_PARTIALS_AT": "0", "INZWA_OVERLOAD_SHORTER_AT": "0",
+              "INZWA_OVERLOAD_REFUSE_AT": "0"}
+
+
+async def voice_round(url: str, clips: list[bytes]) -> list[Any]:
+    """Sessions at once, each streaming a question in real time and staying for the whole reply
+    (a client that left at the first audio would cancel its reply and shorten the queue)."""
+    from bench.latency import TAIL_S
+    from gateway.client import Talker
+
+    talkers = [Talker(pcm + b"\0" * int(TAIL_S * 32000), end_turn=False) for pcm in clips]
+    return list(await asyncio.gather(*(t.run(url, timeout_s=120) for t in talkers)))
+
+
+def stack_figures(env: dict[str, str], sessions: tuple[int, ...] = (4, 8),
+                  rounds: int = 2) -> dict[str, Any]:
+    import tempfile
+
+    from bench.latency import clips
+    from tests.stack import UNLIMITED, Stack
+
+    pcms, out = list(clips().values()), {}
+    with tempfile.TemporaryDirectory(prefix="inzwa-bench-llm-batch-") as run_dir:
+        stack = Stack(Path(run_dir), **{**UNLIMITED, **LADDER_OFF, **env})
+        try:
+            stack.start()
+            asyncio.run(voice_round(stack.url, pcms[:1]))  # warm every path once
+            for n in sessions:
+                turns = [t for r in range(rounds) for t in asyncio.run(
+                    voice_round(stack.url, [pcms[(r * n + i) % len(pcms)] for i in range(n)]))]
+                v2v = [t.v2v_ms for t in turns if t.v2v_ms is not None]
+                out[str(n)] = {"turns": len(turns), "failed": len(turns) - len(v2v),
+                               "v2v_ms_p50": round(float(np.percentile(v2v, 50)), 1) if v2v else None,
+                               "v2v_ms_p95": round(float(np.percentile(v2v, 95)), 1) if v2v else None,
+                               "load_avg_1m": round(os.getloadavg()[0], 2)}
+        finally:
+            stack.stop()
+    return out
+
+
+def main(argv: list[str]) -> None:
+    report = asyncio.run(run())
+    if "--stack" in argv:
+        report["stack_v2v"] = {name: stack_figures(env) for name, env in STACK_ENGINES.items()}
+    print(json.dumps(save(report), indent=2))
+
+
 if __name__ == "__main__":
-    print(json.dumps(save(asyncio.run(run())), indent=2))
+    import sys
+
+    main(sys.argv[1:])

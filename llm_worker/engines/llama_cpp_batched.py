@@ -4,8 +4,10 @@ The single `llama-cpp` engine serves one generation at a time, so concurrent ses
 behind each other. Here one llama.cpp context holds `INZWA_LLM_CONCURRENCY` sequences (slots),
 each with its own KV stream of `INZWA_LLM_BATCH_SLOT_CONTEXT` tokens, and one decode thread owns
 it: every step it puts the next token of every generating sequence, plus chunks of pending
-prompts, into ONE `llama_decode` call, then samples each sequence from its own logits row. On a
-CPU the weights are read once per step instead of once per sequence, which is where the gain is.
+prompts, into ONE `llama_decode` call, then samples each sequence from its own logits row. The
+weights are read once per step instead of once per sequence; on the 2-core CPU a step still costs
+almost linearly more with more sequences (compute-bound), so the gain measured is mostly that no
+request waits for other people's whole replies (README, `python -m bench.llm_batch`).
 
 - Sampling is the single engine's chain (llama-cpp-python's `Llama._init_sampler`): repeat
   penalty 1.1 over the last 64 generated tokens, then greedy at temperature 0, or top-k 40,
