@@ -37,6 +37,7 @@ from common.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "speech"
 RESULTS = ROOT / "bench" / "results" / "asr_batch.json"
+STACK_RESULTS = RESULTS.with_name("asr_batch_stack.json")
 CLIPS = ("q_en_capital.wav", "q_en_weather.wav", "q_en_long.wav", "q_sn_greeting.wav",
          "q_sn_weather.wav", "LJ001-0002.wav", "LJ001-0004.wav", "LJ001-0006.wav",
          "LJ001-0008.wav", "LJ001-0013.wav")
@@ -126,7 +127,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--concurrency", default="1,4,8")
     parser.add_argument("--spreads-ms", default="0,300", help="arrivals spread over this window")
     parser.add_argument("--rounds", type=int, default=6, help="per row; 3x that for 1 session")
+    parser.add_argument("--stack", action="store_true",
+                        help="only the real stack's v2v, batching off and on (minutes)")
+    parser.add_argument("--stack-order", default="off,on,on,off", help="one stack per entry")
     args = parser.parse_args(argv)
+    if args.stack:
+        report = stack_figures(order=args.stack_order.split(","))
+        return _save(STACK_RESULTS, report, lambda report: print(json.dumps(report)))
     from asr_worker.engines import whisper
 
     settings = Settings()
@@ -147,11 +154,58 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                           "asr_threads": settings.asr_threads},
               "model": settings.asr_model, "window_ms": settings.asr_batch_window_ms,
               "max_batch": settings.asr_batch_max, "rows": rows}
-    if RESULTS.exists():
-        shutil.copyfile(RESULTS, RESULTS.with_name("asr_batch.previous.json"))
-    RESULTS.write_text(json.dumps(report, indent=1) + "\n")
-    _print(rows)
+    return _save(RESULTS, report, lambda report: _print(report["rows"]))
+
+
+def _save(path: Path, report: dict[str, Any], show: Callable[[dict[str, Any]], None]
+          ) -> dict[str, Any]:
+    if path.exists():  # the previous run stays beside it, for a ratio by eye
+        shutil.copyfile(path, path.with_name(path.stem + ".previous.json"))
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    show(report)
     return report
+
+
+def stack_figures(sessions: Sequence[int] = (4, 8), rounds: int = 2,
+                  order: Sequence[str] = ("off", "on", "on", "off")) -> dict[str, Any]:
+    """The whole five-process stack with INZWA_ASR_BATCH_WINDOW_MS=0 ("off") or the default
+    ("on"): v2v and ASR final latency from the acoustic end of speech, N sessions at once
+    (bench/latency.py's measurement, reused). One stack per entry of `order`, one after the
+    other (off, on, on, off: load drift on this shared machine falls on both alike)."""
+    runs: list[dict[str, Any]] = []
+    for label in order:
+        window = "0" if label == "off" else str(Settings().asr_batch_window_ms)
+        runs.append({"batching": label, **_stack_run(window, sessions, rounds)})
+    summary = {label: {str(n): {f"{figure}_{q}": _mean_of_runs(runs, label, n, figure, q)
+                                for figure in ("v2v_ms", "asr_final_ms") for q in ("p50", "p95")}
+                       for n in sessions}
+               for label in ("off", "on")}
+    return {"summary_mean_of_runs": summary, "runs": runs}
+
+
+def _mean_of_runs(runs: list[dict[str, Any]], label: str, sessions: int, figure: str, q: str
+                  ) -> float | None:
+    values = [run[str(sessions)][figure][q] for run in runs if run["batching"] == label]
+    values = [v for v in values if v is not None]
+    return round(float(np.mean(values)), 1) if values else None
+
+
+def _stack_run(window: str, sessions: Sequence[int], rounds: int) -> dict[str, Any]:
+    import asyncio
+    import tempfile
+
+    from bench.latency import _clip, _turn, concurrency_figures
+    from tests.stack import Stack
+
+    with tempfile.TemporaryDirectory(prefix="inzwa-bench-asr-batch-") as run_dir:
+        stack = Stack(Path(run_dir), INZWA_ASR_BATCH_WINDOW_MS=window)
+        try:
+            stack.start()
+            asyncio.run(_turn(stack.url, _clip("LJ001-0002")))  # warm every path once
+            figures = {str(n): concurrency_figures(stack, n, rounds) for n in sessions}
+        finally:
+            stack.stop()
+    return figures
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
