@@ -244,13 +244,6 @@ class Settings(BaseSettings):
     handoff_timeout_action: Literal["continue", "end"] = "continue"  # ... the assistant goes on, or ends
     operator_api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)  # WS /v1/operator
 
-    # --- process supervision ---
-    run_dir: Path = Path(".run")
-    drain_timeout_s: float = 8.0  # on SIGTERM a worker finishes in-flight work this long at most
-    restart_budget: int = 5  # restarts of one program within restart_window_s before giving up
-    restart_window_s: float = 60.0
-    restart_backoff_s: float = 0.5  # doubles with each restart in the window
-    restart_backoff_max_s: float = 10.0
     # --- overload ladder (overload area, issue 15): orchestrator/overload.py ---
     # Load = LLM requests in flight (session turns, speculative ones included, and chat jobs) per
     # READY LLM generation slot. A level starts when the load reaches its threshold (0: that level
@@ -263,6 +256,13 @@ class Settings(BaseSettings):
     overload_hysteresis: float = Field(default=0.25, ge=0.0, lt=1.0)
     overload_hold_s: float = Field(default=2.0, ge=0.0)
 
+    # --- process supervision ---
+    run_dir: Path = Path(".run")
+    drain_timeout_s: float = 8.0  # on SIGTERM a worker finishes in-flight work this long at most
+    restart_budget: int = 5  # restarts of one program within restart_window_s before giving up
+    restart_window_s: float = 60.0
+    restart_backoff_s: float = 0.5  # doubles with each restart in the window
+    restart_backoff_max_s: float = 10.0
     instance: int = 0  # replica index of this worker process
     asr_replicas: int = 1  # read by supervisord (numprocs) through the same variables
     llm_replicas: int = 1
