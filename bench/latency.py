@@ -96,6 +96,21 @@ def _proc_cpu_s(pids: list[int]) -> float:
     return total
 
 
+def _gap(later: float | None, earlier: float | None) -> float | None:
+    return None if later is None or earlier is None else later - earlier
+
+
+def stage_profile(results: list[TalkResult]) -> dict[str, Any]:
+    """Where a turn's time goes, from the end of speech as the client saw it: the final
+    transcript, the first reply token (the early reply may have it before the final), and from
+    that token to the first reply audio (the first phrase's cut and its synthesis)."""
+    return {
+        "end_of_speech_to_final": _stats([r.asr_final_ms for r in results]),
+        "end_of_speech_to_first_token": _stats([r.first_token_ms for r in results]),
+        "first_token_to_first_audio": _stats([_gap(r.v2v_ms, r.first_token_ms) for r in results]),
+    }
+
+
 def concurrency_figures(stack: Any, sessions: int, rounds: int) -> dict[str, Any]:
     named = list(clips().items())
     pids = list(stack.pids(by_process=True).values())
@@ -114,6 +129,7 @@ def concurrency_figures(stack: Any, sessions: int, rounds: int) -> dict[str, Any
         "failed": sum(1 for _, r in results if r.v2v_ms is None or r.errors),
         "v2v_ms": _stats([r.v2v_ms for _, r in results]),
         "asr_final_ms": _stats([r.asr_final_ms for _, r in results]),
+        "stages_ms": stage_profile([r for _, r in results]),
         "per_clip_v2v_ms": per_clip,
         "machine_cpu_pct_per_core": per_core,
         "stack_cpu_pct_per_core": round(100 * (proc1 - proc0) / wall / (os.cpu_count() or 1), 1),
