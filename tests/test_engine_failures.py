@@ -206,7 +206,7 @@ def test_an_unknown_engine_name_is_a_clear_error() -> None:
     from tts_worker.registry import load_engine as load_tts
 
     for load, field, known in ((load_asr, "asr_engine", "fake, faster-whisper, openai"),
-                               (load_llm, "llm_engine", "fake, llama-cpp, openai, vllm"),
+                               (load_llm, "llm_engine", "fake, llama-cpp, llama-cpp-batched, openai, vllm"),
                                (load_tts, "tts_engine", "fake, openai, piper-onnx")):
         settings = Settings(_env_file=None, **{field: "nope"})
         with pytest.raises(UnknownEngine, match=f"unknown .* engine 'nope'; known .* engines: {known}$"):
