@@ -19,7 +19,6 @@ import argparse
 import json
 import platform
 import random
-import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ import numpy as np
 
 from asr_worker.batching import BatchingAsr
 from asr_worker.interface import Transcription
+from bench.keep import save_with_previous
 from common.audio import pcm16_to_float, read_wav
 from common.settings import Settings
 
@@ -159,9 +159,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def _save(path: Path, report: dict[str, Any], show: Callable[[dict[str, Any]], None]
           ) -> dict[str, Any]:
-    if path.exists():  # the previous run stays beside it, for a ratio by eye
-        shutil.copyfile(path, path.with_name(path.stem + ".previous.json"))
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    save_with_previous(path, report)  # the previous run stays beside it, for a ratio by eye
     show(report)
     return report
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.keep import save_with_previous
 from common.audio import read_wav
 from gateway.client import Talker, TalkResult, speech_end_s
 
@@ -224,16 +225,7 @@ def _headline(report: dict[str, Any]) -> dict[str, float | None]:
 
 def save(report: dict[str, Any]) -> dict[str, Any]:
     """Write latency.json, keeping the previous one, and the ratios new / previous."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    latest, previous = RESULTS / "latency.json", RESULTS / "latency.previous.json"
-    if latest.exists():
-        latest.replace(previous)
-    if previous.exists():
-        old, new = _headline(json.loads(previous.read_text())), _headline(report)
-        report["ratio_to_previous"] = {k: round(v / base, 2) for k, v in new.items()
-                                       if v and (base := old.get(k))}
-    latest.write_text(json.dumps(report, indent=2))
-    return report
+    return save_with_previous(RESULTS / "latency.json", report, _headline)
 
 
 def main(rounds: int = 2) -> None:

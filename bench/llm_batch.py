@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.keep import save_with_previous
 from common.models import resolve
 from common.settings import Settings
 from llm_worker.interface import LLM, Messages
@@ -117,19 +118,14 @@ async def run() -> dict[str, Any]:
     return report
 
 
+def _headline(report: dict[str, Any]) -> dict[str, Any]:
+    return {f"{name}_{n}_{key}": figures.get(key)
+            for name in ("single", "batched") for n, figures in report.get(name, {}).items()
+            for key in ("ttft_ms_p50", "ttft_ms_p95", "round_wall_ms_p50")}
+
+
 def save(report: dict[str, Any]) -> dict[str, Any]:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    latest, previous = RESULTS / "llm_batch.json", RESULTS / "llm_batch.previous.json"
-    if latest.exists():
-        latest.replace(previous)
-        old = json.loads(previous.read_text())
-        report["ratio_to_previous"] = {
-            f"{name}_{n}_{key}": round(report[name][n][key] / base, 2)
-            for name in ("single", "batched") for n in report[name]
-            for key in ("ttft_ms_p50", "ttft_ms_p95", "round_wall_ms_p50")
-            if (base := old.get(name, {}).get(n, {}).get(key))}
-    latest.write_text(json.dumps(report, indent=2))
-    return report
+    return save_with_previous(RESULTS / "llm_batch.json", report, _headline)
 
 
 # --- `--stack`: the same two engines behind the real stack, voice turns end to end ---
