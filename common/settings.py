@@ -213,6 +213,10 @@ class Settings(BaseSettings):
     tts_cache_entries: int = Field(default=1000, ge=0)  # audio cache per TTS worker; 0: off
     tts_cache_bytes: int = Field(default=256 * 1024 * 1024, ge=0)  # ... and its bound in bytes
     tts_cache_ttl_s: float = Field(default=3600.0, ge=0)
+    # --- TTS batching (issue 15): phrases of up to tts_batch_max sessions synthesized at once, their
+    # sentences sharing one VITS run (tts_worker/batching.py); a lone sentence never waits. 1: off
+    tts_batch_max: int = Field(default=1, ge=1, le=64)  # sessions at once, sentences in one run
+    tts_batch_window_ms: float = Field(default=5.0, ge=0.0)  # from the first queued sentence
     # idle sessions, response cache, model LRU (conversations area, issue 13)
     session_idle_s: float = Field(default=60.0, ge=0)  # orchestrator: no audio or message -> ended; 0: off
     response_cache_entries: int = Field(default=5000, ge=0)  # chat replies at llm_temperature 0; 0: off

@@ -23,7 +23,8 @@ async def main() -> None:
                        ttl_s=settings.tts_cache_ttl_s, redis_url=settings.redis_url)
     voices = VoiceLibrary(settings.tts_model, voice, settings_loader(settings, load_engine),
                           capacity=settings.tts_loaded_voices, by_language=settings.tts_voices)
-    worker = TtsWorker(voice, settings.audio_frame_ms, settings.max_text_chars, cache, voices)
+    worker = TtsWorker(voice, settings.audio_frame_ms, settings.max_text_chars, cache, voices,
+                       concurrency=settings.tts_batch_max)  # >1: sessions' phrases at once, batched
     await serve_serial("tts", settings, TtsWork, worker, voice.info())
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from common.models import engine_module
 from common.settings import Settings
+from tts_worker import batching
 from tts_worker.interface import TTS
 
 ENGINES = {
@@ -27,4 +28,5 @@ if TYPE_CHECKING:  # mypy checks every engine against the seam; nothing is impor
 
 def load_engine(settings: Settings) -> TTS:
     engine: TTS = engine_module("tts", ENGINES, settings.tts_engine).create(settings)
+    batching.attach(engine, settings)  # with tts_batch_max > 1, sentences share VITS runs
     return engine

@@ -3,17 +3,27 @@
 A phrase whose text is too long or whose sample rate is not one we serve is refused with a
 WorkerError (and closed with its final chunk); an engine that fails reports a WorkerError too,
 and the phrase is still closed, so nothing waits on it.
+
+With `concurrency` > 1 (INZWA_TTS_BATCH_MAX, issue 15) phrases of different sessions are
+synthesized at once, each in its own thread, so that their sentences meet in the voice's batcher
+(tts_worker/batching.py) and share VITS runs; a session's own phrases keep their arrival order
+(one lane per session, one phrase of a lane at a time).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
+import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncGenerator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
-from common.frames import AudioChunk, SynthesizeRequest, WorkerError
+from common.frames import AudioChunk, SynthesizeRequest, WarmupRequest, WorkerError
 from common.languages import registry as languages
 from common.languages.base import Phonemizer
 from common.languages.sn_g2p import EN_US_ESPEAK_SYMBOLS
@@ -44,7 +54,7 @@ def speeds(voice: TTS) -> bool:
 class TtsWorker(SerialWorker[SynthesizeRequest]):
     def __init__(self, voice: TTS, frame_ms: int, max_text_chars: int = 2000,
                  cache: AudioCache | SharedAudioCache | None = None,
-                 voices: VoiceLibrary | None = None) -> None:
+                 voices: VoiceLibrary | None = None, concurrency: int = 1) -> None:
         super().__init__()
         self.voice = voice
         self.voices = voices  # other voices (a language's own), loaded on demand (LRU)
@@ -54,6 +64,88 @@ class TtsWorker(SerialWorker[SynthesizeRequest]):
         self.cache = cache if cache is not None and cache.enabled else None
         self._phonemizers: dict[tuple[str, str], Phonemizer | None] = {}  # (voice, language)
         self._model_id = ""
+        # Phrases at once (1: one at a time, SerialWorker's loop). Each lane is one session's
+        # phrases (and admin warm-ups, lane None) waiting, with their arrival numbers.
+        self.concurrency = max(1, concurrency)
+        self._lanes: dict[str | None, deque[tuple[int, Any]]] = {}
+        self._running: dict[str | None, asyncio.Task[None]] = {}  # lane -> its phrase under way
+        self._arrivals = itertools.count()
+        self._wake = asyncio.Event()
+
+    async def handle(self, request: Any) -> None:
+        await super().handle(request)
+        self._wake.set()
+
+    async def run(self) -> None:
+        if self.concurrency < 2:
+            await super().run()  # one phrase at a time, in arrival order
+            return
+        # A phrase holds an executor thread for its whole stream (iterate_in_thread): enough of
+        # them for every phrase at once, next to the loop's other uses.
+        executor = ThreadPoolExecutor(self.concurrency + 4, thread_name_prefix="tts")
+        asyncio.get_running_loop().set_default_executor(executor)
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while not self._queue.empty():
+                    request = self._queue.get_nowait()
+                    lane = request.session_id if isinstance(request, SynthesizeRequest) else None
+                    self._lanes.setdefault(lane, deque()).append((next(self._arrivals), request))
+                await self._start_ready()
+        finally:
+            running = list(self._running.values())
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _start_ready(self) -> None:
+        """Start the oldest waiting phrase of each idle lane, oldest first, up to `concurrency`.
+        A phrase for another voice waits until the running ones are done (the worker speaks
+        with one voice at a time), and holds back the younger ones meanwhile."""
+        assert self.runtime is not None
+        idle = [lane for lane in self._lanes if lane not in self._running]
+        for lane in sorted(idle, key=lambda name: self._lanes[name][0][0]):
+            if len(self._running) >= self.concurrency:
+                break
+            request = self._lanes[lane][0][1]
+            if not await self._voice_ready(request):
+                break
+            self._lanes[lane].popleft()
+            if not self._lanes[lane]:
+                del self._lanes[lane]
+            task = asyncio.create_task(self._serve_one(request))
+            self._running[lane] = task
+            task.add_done_callback(functools.partial(self._finished, lane))
+        self.runtime.busy = self._queue.qsize() + len(self._running) + sum(map(len, self._lanes.values()))
+
+    def _finished(self, lane: str | None, _: asyncio.Task[None]) -> None:
+        del self._running[lane]
+        self._wake.set()  # the lane's next phrase may start (and `busy` is counted again)
+
+    async def _voice_ready(self, request: Any) -> bool:
+        """Whether the phrase may start now with the worker's voice (switching to its own when
+        nothing is running)."""
+        if self.voices is None or not isinstance(request, SynthesizeRequest):
+            return True
+        if self.voices.name_for(request.voice, request.language) == self._voice_name:
+            return True
+        if self._running:
+            return False
+        await self._use_voice(request)
+        return True
+
+    async def _serve_one(self, request: Any) -> None:
+        """One phrase (or warm-up), as SerialWorker.run serves each of its requests."""
+        assert self.runtime is not None
+        try:
+            if isinstance(request, WarmupRequest):
+                await self.runtime.warm_up(request, self.warm)
+            else:
+                await self.process(request)
+        except Exception:
+            log.exception("request failed", extra={"kind": self.runtime.kind})
+            await self.failed(request)
 
     def _cache_key(self, request: SynthesizeRequest) -> str:
         if not self._model_id:  # the weights' sha256; a remote voice's name and version
@@ -138,8 +230,8 @@ class TtsWorker(SerialWorker[SynthesizeRequest]):
         await self._emit(request, 1_000_000, b"", final=True)
 
     async def _use_voice(self, request: SynthesizeRequest) -> None:
-        """Speak this phrase with its voice. (Requests are served one at a time: the current
-        voice is the worker's until the next phrase.)"""
+        """Speak this phrase with its voice. (Requests are served one at a time, or at once only
+        with the same voice: the current voice is the worker's until the next switch.)"""
         if self.voices is None:
             return
         name, voice = await self.voices.get(self.voices.name_for(request.voice, request.language))

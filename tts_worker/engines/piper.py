@@ -12,7 +12,7 @@ import json
 import logging
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -102,10 +102,97 @@ def limit_peak(audio: np.ndarray, limit: float = _PEAK_LIMIT) -> np.ndarray:
     return audio
 
 
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, at
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _fields(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """The length-delimited fields of one protobuf message (the only kind read here)."""
+    at = 0
+    while at < len(data):
+        tag, at = _varint(data, at)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _, at = _varint(data, at)
+            continue
+        if wire in (1, 5):
+            at += 8 if wire == 1 else 4
+            continue
+        if wire != 2:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+        size, at = _varint(data, at)
+        yield number, data[at:at + size]
+        at += size
+
+
+def _nodes(model: bytes) -> list[tuple[str, list[str], list[str]]]:
+    """(op_type, inputs, outputs) of every node of an ONNX model's main graph."""
+    graph = next(value for number, value in _fields(model) if number == 7)  # ModelProto.graph
+    nodes = []
+    for number, node in _fields(graph):
+        if number != 1:  # GraphProto.node
+            continue
+        parts: dict[int, list[str]] = {1: [], 2: [], 4: []}  # NodeProto input, output, op_type
+        for field, value in _fields(node):
+            if field in parts:
+                parts[field].append(value.decode())
+        nodes.append(("".join(parts[4]), parts[1], parts[2]))
+    return nodes
+
+
+def vits_lengths_output(model: bytes) -> str:
+    """The tensor holding each item's audio length in latent frames (VITS's `y_lengths`:
+    clamp_min(sum(ceil(durations)), 1) cast to int64), found as Ceil -> ReduceSum -> Clip ->
+    Cast; "" when the graph has no such chain. The model outputs only padded audio, so a batch
+    needs this to know where each item's audio ends."""
+    nodes = _nodes(model)
+    consumers: dict[str, list[tuple[str, list[str], list[str]]]] = {}
+    for node in nodes:
+        for name in node[1]:
+            consumers.setdefault(name, []).append(node)
+    for op, _, outputs in nodes:
+        tensors = outputs if op == "Ceil" else []
+        for step in ("ReduceSum", "Clip", "Cast"):
+            tensors = [out for node in consumers.get(tensors[0], []) if node[0] == step
+                       for out in node[2]] if tensors else []
+        if tensors:
+            return tensors[0]
+    return ""
+
+
+def with_output(model: bytes, tensor: str) -> bytes:
+    """The model with `tensor` as one more graph output (int64). Protobuf merges a repeated
+    message field, so appending `graph { output { name, type } }` adds it without rewriting
+    the model (and without the onnx package)."""
+    def field(number: int, payload: bytes) -> bytes:
+        return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
+
+    int64 = bytes([0x08, 7])  # TensorProto.elem_type = INT64
+    value_info = field(1, tensor.encode()) + field(2, field(1, int64))  # name, type.tensor_type
+    return model + field(7, field(12, value_info))  # ModelProto.graph, GraphProto.output
+
+
 def create(settings: Settings) -> PiperVoice:
     return PiperVoice.load(resolve(settings.tts_model, settings.models_dir),
                            threads=settings.tts_threads, espeak_voice=settings.tts_espeak_voice,
-                           model_name=settings.tts_model, providers=settings.tts_onnx_providers)
+                           model_name=settings.tts_model, providers=settings.tts_onnx_providers,
+                           batch=settings.tts_batch_max > 1)
 
 
 class PiperVoice:
@@ -120,6 +207,7 @@ class PiperVoice:
         sentence_gap_ms: int = 5,
         path: Path | None = None,
         model_name: str = "",
+        batches: bool = False,
     ) -> None:
         self._path = path
         self._model_name = model_name or (path.name if path else "piper")
@@ -135,6 +223,12 @@ class PiperVoice:
         # A speaking rate per request is VITS's length_scale, an input of the model (exports
         # without the `scales` input have theirs baked in).
         self.speeds = "scales" in self._input_names
+        # `batches`: the session's second output is each item's length (`with_output`), so
+        # `infer_batch` can cut every item's audio out of the padded batch.
+        self.batches = batches
+        # A batcher (tts_worker.batching) routes each sentence's inference through itself, to
+        # share a run with other sessions' sentences; None: each sentence runs here, alone.
+        self.inference: Callable[[str, float], np.ndarray] | None = None
 
     @classmethod
     def load(
@@ -145,9 +239,11 @@ class PiperVoice:
         espeak_voice: str = "",
         model_name: str = "",
         providers: Sequence[str] = ("CPUExecutionProvider",),
+        batch: bool = False,
     ) -> PiperVoice:
         """Load a voice; `espeak_voice` overrides the config's espeak-ng voice. `providers` in
-        order of preference; those this onnxruntime build lacks are left out (CPU remains)."""
+        order of preference; those this onnxruntime build lacks are left out (CPU remains).
+        `batch`: load it able to `infer_batch` (when its graph shows the item lengths)."""
         import onnxruntime as ort  # heavy: only the TTS worker pays for it
 
         from tts_worker.phonemizer import EspeakPhonemizer
@@ -161,9 +257,17 @@ class PiperVoice:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         available = set(ort.get_available_providers())
         usable = [p for p in providers if p in available] or ["CPUExecutionProvider"]
-        session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=usable)
+        model: str | bytes = str(onnx_path)
+        graph = onnx_path.read_bytes() if batch else b""
+        lengths = vits_lengths_output(graph) if batch else ""
+        if lengths:
+            model = with_output(graph, lengths)
+        elif batch:
+            log.warning("this voice's graph does not show item lengths: it is not batched")
+        session = ort.InferenceSession(model, sess_options=options, providers=usable)
         phonemizer = EspeakPhonemizer(espeak_voice or config.espeak_voice)
-        return cls(config, session, phonemizer, path=onnx_path, model_name=model_name)
+        return cls(config, session, phonemizer, path=onnx_path, model_name=model_name,
+                   batches=bool(lengths))
 
     @property
     def device(self) -> str:
@@ -193,22 +297,44 @@ class PiperVoice:
             log.debug("phonemes missing from the voice's map were skipped: %s", dict(skipped))
         return ids
 
-    def _infer(self, phonemes: str, speed: float = 1.0) -> np.ndarray:
-        """Float32 audio at the native rate for one sentence's IPA, `speed` times as fast."""
-        ids = self.phoneme_ids(phonemes)
-        feed: dict[str, np.ndarray] = {
-            "input": np.array([ids], dtype=np.int64),
-            "input_lengths": np.array([len(ids)], dtype=np.int64),
-        }
+    def _feed(self, ids: np.ndarray, lengths: np.ndarray, speed: float) -> dict[str, np.ndarray]:
+        feed: dict[str, np.ndarray] = {"input": ids, "input_lengths": lengths}
         if "scales" in self._input_names:
             cfg = self.config
             feed["scales"] = np.array(
                 [cfg.noise_scale, cfg.length_scale / speed, cfg.noise_w], dtype=np.float32
             )
         if "sid" in self._input_names:  # multi-speaker voices: the first speaker
-            feed["sid"] = np.array([0], dtype=np.int64)
+            feed["sid"] = np.zeros(len(lengths), dtype=np.int64)
+        return feed
+
+    def _infer(self, phonemes: str, speed: float = 1.0) -> np.ndarray:
+        """Float32 audio at the native rate for one sentence's IPA, `speed` times as fast."""
+        ids = self.phoneme_ids(phonemes)
+        feed = self._feed(np.array([ids], dtype=np.int64), np.array([len(ids)], dtype=np.int64),
+                          speed)
         audio = self.session.run(None, feed)[0]
         return limit_peak(np.asarray(audio, dtype=np.float32).reshape(-1))
+
+    def infer_batch(self, items: Sequence[tuple[str, float]]) -> list[np.ndarray]:
+        """`_infer` for several sentences (IPA, speed) in one run: ids padded to the longest,
+        each item's audio cut at its own length. One run has one `scales` vector, so every
+        item must have the same speed (`tts_worker.batching` groups them so)."""
+        if not self.batches:
+            raise RuntimeError("this voice was not loaded to infer batches")
+        if len({speed for _, speed in items}) != 1:
+            raise ValueError("one batch, one speed: items with other speeds go in another run")
+        rows = [self.phoneme_ids(phonemes) for phonemes, _ in items]
+        ids = np.full((len(rows), max(map(len, rows))), self.config.phoneme_id_map[PAD][0],
+                      dtype=np.int64)  # (the padding is masked out: any id would do)
+        for index, row in enumerate(rows):
+            ids[index, :len(row)] = row
+        lengths = np.array([len(row) for row in rows], dtype=np.int64)
+        audio, frames = self.session.run(None, self._feed(ids, lengths, items[0][1]))[:2]
+        audio = np.asarray(audio, dtype=np.float32).reshape(len(rows), -1)
+        hop = audio.shape[1] // int(np.max(frames))  # samples per latent frame (256)
+        return [limit_peak(audio[index, :int(count) * hop])
+                for index, count in enumerate(np.asarray(frames).reshape(-1))]
 
     def _sentences(self, text: str, phonemizer: Phonemizer | None = None,
                    speed: float = 1.0) -> Iterator[np.ndarray]:
@@ -216,8 +342,9 @@ class PiperVoice:
         join without a click or a fade."""
         sentences = (phonemizer or self.phonemizer).phonemize(text)
         gap = np.zeros(self.sample_rate * self.sentence_gap_ms // 1000, dtype=np.float32)
+        infer = self.inference or self._infer
         for index, phonemes in enumerate(sentences):
-            audio = self._infer(phonemes, speed)
+            audio = infer(phonemes, speed)
             yield np.concatenate([audio, gap]) if index < len(sentences) - 1 else audio
 
     def synthesize(self, text: str) -> np.ndarray:
