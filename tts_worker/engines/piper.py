@@ -188,6 +188,20 @@ def with_output(model: bytes, tensor: str) -> bytes:
     return model + field(7, field(12, value_info))  # ModelProto.graph, GraphProto.output
 
 
+def _batch_model(onnx_path: Path) -> bytes | None:
+    """The voice's model with each item's length as a second output; None (logged) when its
+    graph does not show the lengths."""
+    graph = onnx_path.read_bytes()
+    try:
+        lengths = vits_lengths_output(graph)
+    except (ValueError, IndexError, StopIteration, UnicodeDecodeError):  # not a graph read here
+        lengths = ""
+    if not lengths:
+        log.warning("this voice's graph does not show item lengths: it is not batched")
+        return None
+    return with_output(graph, lengths)
+
+
 def create(settings: Settings) -> PiperVoice:
     return PiperVoice.load(resolve(settings.tts_model, settings.models_dir),
                            threads=settings.tts_threads, espeak_voice=settings.tts_espeak_voice,
@@ -257,17 +271,19 @@ class PiperVoice:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         available = set(ort.get_available_providers())
         usable = [p for p in providers if p in available] or ["CPUExecutionProvider"]
-        model: str | bytes = str(onnx_path)
-        graph = onnx_path.read_bytes() if batch else b""
-        lengths = vits_lengths_output(graph) if batch else ""
-        if lengths:
-            model = with_output(graph, lengths)
-        elif batch:
-            log.warning("this voice's graph does not show item lengths: it is not batched")
-        session = ort.InferenceSession(model, sess_options=options, providers=usable)
+        batched = _batch_model(onnx_path) if batch else None
+        session = None
+        if batched is not None:
+            try:
+                session = ort.InferenceSession(batched, sess_options=options, providers=usable)
+            except Exception:  # the voice still speaks, one sentence per run
+                log.exception("the voice with its length output did not load: it is not batched")
+                batched = None
+        if session is None:
+            session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=usable)
         phonemizer = EspeakPhonemizer(espeak_voice or config.espeak_voice)
         return cls(config, session, phonemizer, path=onnx_path, model_name=model_name,
-                   batches=bool(lengths))
+                   batches=batched is not None)
 
     @property
     def device(self) -> str:
