@@ -9,7 +9,9 @@ modes so machine load falls on both alike.
 
 Writes bench/results/tts_batch.json (the previous run kept as tts_batch.previous.json): per
 concurrency, first-audio latency P50/P95 (request in -> its first 20 ms frame out) and wall time
-(all requests in -> the last phrase closed) for each mode, and the batch sizes formed.
+(all requests in -> the last phrase closed) for each mode, and the batch sizes formed; and
+`run_cost`: n runs of one sentence against one run of the same sentence n times (no padding):
+what a batch saves in compute on this machine, which bounds what batching can gain here.
 """
 
 from __future__ import annotations
@@ -115,6 +117,27 @@ def measure(voice: PiperVoice, sessions: int, rounds: int, window_ms: float) -> 
             "wall_ratio": round(result["batched"]["wall_ms_p50"] / result["serial"]["wall_ms_p50"], 2)}
 
 
+def run_cost(voice: PiperVoice, sizes: Sequence[int] = (1, 2, 4, 8), repeats: int = 3
+             ) -> list[dict[str, Any]]:
+    """ms for n separate runs and for one run of n items (the same sentence: no padding)."""
+    phonemes = voice.phonemizer.phonemize(PHRASES[1])[0]
+    rows = []
+    for n in sizes:
+        singles, batches = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(n):
+                voice._infer(phonemes)
+            singles.append((time.perf_counter() - start) * 1000)
+            start = time.perf_counter()
+            voice.infer_batch([(phonemes, 1.0)] * n)
+            batches.append((time.perf_counter() - start) * 1000)
+        single, batch = float(np.median(singles)), float(np.median(batches))
+        rows.append({"items": n, "separate_runs_ms": round(single, 1), "one_batch_ms": round(batch, 1),
+                     "ratio": round(batch / single, 2)})
+    return rows
+
+
 def _headline(report: dict[str, Any]) -> dict[str, Any]:
     return {f"{mode}_{row['sessions']}_{figure}": row[mode][figure] for row in report["rows"]
             for mode in ("serial", "batched") for figure in ("first_audio_ms_p95", "wall_ms_p50")}
@@ -131,11 +154,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     voice.warmup()
     rows = [measure(voice, int(n), args.rounds, settings.tts_batch_window_ms)
             for n in args.sessions.split(",")]
+    voice.inference = None
+    cost = run_cost(voice)
     report = {"machine": {"python": platform.python_version(), "cpu": platform.processor(),
                           "tts_threads": settings.tts_threads},
-              "model": settings.tts_model, "window_ms": settings.tts_batch_window_ms, "rows": rows}
+              "model": settings.tts_model, "window_ms": settings.tts_batch_window_ms, "rows": rows,
+              "run_cost": cost}
     save_with_previous(RESULTS, report, _headline)
-    for row in rows:
+    for row in [*rows, *cost]:
         print(json.dumps(row))
     return report
 

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.models
 
 SENTENCES = ("Yes.", "Hello there.", "The capital of Zimbabwe is Harare, a city of two million.",
              "It will rain tomorrow.")
-PCM_TOLERANCE = 5e-4  # float audio; one PCM16 step is 3e-5 (measured: at most 1.1e-4)
+PCM_TOLERANCE = 5e-4  # float audio; one PCM16 step is 3e-5 (measured: at most 1.7e-4)
 
 
 def _settings(**values: Any) -> Settings:
