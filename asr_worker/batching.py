@@ -18,30 +18,17 @@ behind the running decode, so the window costs nothing in practice).
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import Counter
 from collections.abc import Hashable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from asr_worker.interface import ASR, AsrRequest, BatchASR, FileTranscript, Transcription
+from common.batcher import Batcher
 
 if TYPE_CHECKING:
     import numpy as np
 
     from common.settings import Settings
-
-
-@dataclass(eq=False)  # calls are compared by identity (their audio is an array)
-class _Call:
-    request: AsrRequest
-    key: Hashable | None  # the engine's batch key; None: always alone
-    arrived: float  # time.monotonic()
-    behind: bool  # a decode was running when it arrived: it may wait for company
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Transcription | None = None
-    error: BaseException | None = None
 
 
 class BatchingAsr:
@@ -51,17 +38,11 @@ class BatchingAsr:
         if not isinstance(engine, BatchASR):
             raise TypeError(f"{type(engine).__name__} cannot decode a batch (no transcribe_batch)")
         self._engine: Any = engine  # an ASR that is also a BatchASR
-        self._window_s = max(0.0, window_ms) / 1000.0
-        self._max = max(1, max_batch)
-        self._cond = threading.Condition()
-        self._pending: list[_Call] = []
-        self._running = False  # the dispatcher is decoding (or about to)
-        self._thread: threading.Thread | None = None
+        self._batcher: Batcher[AsrRequest, Transcription] = Batcher(
+            self._alone, engine.transcribe_batch, window_ms=window_ms, max_batch=max_batch,
+            name="asr-batcher")
         self.partials: bool = bool(getattr(engine, "partials", False))
         self.prompted: bool = bool(getattr(engine, "prompted", False))
-        self.batch_sizes: Counter[int] = Counter()  # size -> decodes of that size, for the bench
-        self.waited = 0  # batches that held back for the window (a lone call never does)
-        self.retried = 0  # calls decoded alone again after their batch failed
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for what this class lacks: multilingual, transcribe_stock, ...
@@ -82,19 +63,14 @@ class BatchingAsr:
 
     def transcribe(self, audio: np.ndarray, language: str | None = None, prompt: str = "") -> Transcription:
         """Blocks the calling thread until its decode (alone or in a batch) is done; an error is
-        raised here, in the caller whose request caused it (or in each, if the engine fails)."""
+        raised here, in the caller whose request caused it."""
         request = AsrRequest(audio, language, prompt)
-        key = self._key(request)  # in the caller's thread: the dispatcher's is busy
-        with self._cond:
-            self._start()
-            call = _Call(request, key, time.monotonic(), self._running)
-            self._pending.append(call)
-            self._cond.notify_all()
-        call.done.wait()
-        if call.error is not None:
-            raise call.error
-        assert call.result is not None
-        return call.result
+        return self._batcher.submit(request, self._key(request))  # (key in the caller's thread)
+
+    def _alone(self, request: AsrRequest) -> Transcription:
+        result: Transcription = self._engine.transcribe(request.audio, request.language,
+                                                        prompt=request.prompt)
+        return result
 
     def _key(self, request: AsrRequest) -> Hashable | None:
         try:
@@ -103,79 +79,13 @@ class BatchingAsr:
             return None
         return key
 
+    @property
+    def batch_sizes(self) -> Counter[int]:
+        return self._batcher.batch_sizes
+
     def stats(self) -> dict[str, Any]:
         """Decodes per batch size, the calls they served, and the calls queued now."""
-        with self._cond:
-            sizes = dict(sorted(self.batch_sizes.items()))
-            waited, retried, pending = self.waited, self.retried, len(self._pending)
-        return {"batches": sum(sizes.values()), "calls": sum(k * v for k, v in sizes.items()),
-                "sizes": sizes, "waited": waited, "retried": retried, "pending": pending}
-
-    # --- the dispatcher thread -----------------------------------------------------------------
-
-    def _start(self) -> None:
-        if self._thread is None:  # lazily, so an engine that is never used costs no thread
-            self._thread = threading.Thread(target=self._serve, name="asr-batcher", daemon=True)
-            self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            batch = self._next_batch()
-            self._run(batch)
-            with self._cond:
-                self._running = False
-
-    def _next_batch(self) -> list[_Call]:
-        with self._cond:
-            while not self._pending:
-                self._cond.wait()
-            first = self._pending[0]
-            if first.behind and first.key is not None:  # company is likely: wait out the window
-                deadline = first.arrived + self._window_s
-                self.waited += int(len(self._alike(first)) < self._max
-                                   and deadline > time.monotonic())
-                while (len(self._alike(first)) < self._max
-                       and (left := deadline - time.monotonic()) > 0):
-                    self._cond.wait(left)
-            batch = self._alike(first)
-            self._pending = [call for call in self._pending if call not in batch]
-            self._running = True
-            self.batch_sizes[len(batch)] += 1
-            return batch
-
-    def _alike(self, first: _Call) -> list[_Call]:
-        """The oldest call and the queued calls that can share its decode (lock held)."""
-        if first.key is None:
-            return [first]
-        return [call for call in self._pending if call.key == first.key][: self._max]
-
-    def _run(self, batch: list[_Call]) -> None:
-        try:
-            results = self._decode(batch)
-        except BaseException as error:  # the dispatcher must outlive any error
-            if len(batch) == 1:
-                batch[0].error = error
-                batch[0].done.set()
-                return
-            # One session's bad request must not fail the others': each is decoded alone, so
-            # every caller gets its own result or its own error.
-            with self._cond:
-                self.retried += len(batch)
-            for call in batch:
-                self._run([call])
-            return
-        for call, result in zip(batch, results, strict=True):
-            call.result = result
-            call.done.set()
-
-    def _decode(self, batch: list[_Call]) -> list[Transcription]:
-        if len(batch) == 1:  # the single path, exactly as without batching
-            request = batch[0].request
-            return [self._engine.transcribe(request.audio, request.language, prompt=request.prompt)]
-        results: list[Transcription] = self._engine.transcribe_batch([c.request for c in batch])
-        if len(results) != len(batch):
-            raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} requests")
-        return results
+        return self._batcher.stats()
 
 
 def wrap(engine: ASR, settings: Settings) -> ASR:

@@ -180,15 +180,21 @@ class SerialWorker(Generic[Request]):
             assert self.runtime is not None
             self.runtime.busy = self._queue.qsize() + 1
             try:
-                if isinstance(request, WarmupRequest):
-                    await self.runtime.warm_up(request, self.warm)
-                else:
-                    await self.process(request)
-            except Exception:
-                log.exception("request failed", extra={"kind": self.runtime.kind})
-                await self.failed(request)
+                await self.serve_one(request)
             finally:
                 self.runtime.busy = self._queue.qsize()
+
+    async def serve_one(self, request: Request) -> None:
+        """One request (or warm-up); a failure is logged and the request closed, never raised."""
+        assert self.runtime is not None
+        try:
+            if isinstance(request, WarmupRequest):
+                await self.runtime.warm_up(request, self.warm)
+            else:
+                await self.process(request)
+        except Exception:
+            log.exception("request failed", extra={"kind": self.runtime.kind})
+            await self.failed(request)
 
     async def process(self, request: Request) -> None:
         raise NotImplementedError

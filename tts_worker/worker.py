@@ -23,7 +23,7 @@ from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
-from common.frames import AudioChunk, SynthesizeRequest, WarmupRequest, WorkerError
+from common.frames import AudioChunk, SynthesizeRequest, WorkerError
 from common.languages import registry as languages
 from common.languages.base import Phonemizer
 from common.languages.sn_g2p import EN_US_ESPEAK_SYMBOLS
@@ -114,7 +114,7 @@ class TtsWorker(SerialWorker[SynthesizeRequest]):
             self._lanes[lane].popleft()
             if not self._lanes[lane]:
                 del self._lanes[lane]
-            task = asyncio.create_task(self._serve_one(request))
+            task = asyncio.create_task(self.serve_one(request))
             self._running[lane] = task
             task.add_done_callback(functools.partial(self._finished, lane))
         self.runtime.busy = self._queue.qsize() + len(self._running) + sum(map(len, self._lanes.values()))
@@ -134,18 +134,6 @@ class TtsWorker(SerialWorker[SynthesizeRequest]):
             return False
         await self._use_voice(request)
         return True
-
-    async def _serve_one(self, request: Any) -> None:
-        """One phrase (or warm-up), as SerialWorker.run serves each of its requests."""
-        assert self.runtime is not None
-        try:
-            if isinstance(request, WarmupRequest):
-                await self.runtime.warm_up(request, self.warm)
-            else:
-                await self.process(request)
-        except Exception:
-            log.exception("request failed", extra={"kind": self.runtime.kind})
-            await self.failed(request)
 
     def _cache_key(self, request: SynthesizeRequest) -> str:
         if not self._model_id:  # the weights' sha256; a remote voice's name and version
