@@ -296,6 +296,10 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--only-caches", action="store_true",
                         help="only /v1/tts cold vs cached and the store's write latency "
                              "(bench/store.py, bench/results/conversations.json)")
+    parser.add_argument("--only-batching", action="store_true",
+                        help="only issue 15's batching and end-of-turn judges, offline: ASR, LLM and "
+                             "TTS batched vs one by one, the LLM end-of-turn judge "
+                             "(bench/results/{asr,llm,tts}_batch.json, turn_end_llm.json)")
     parser.add_argument("--only-handoff", action="store_true",
                         help="only the handoff triggers' cost per transcript (bench/handoff.py, "
                              "bench/results/handoff.json)")
@@ -314,6 +318,9 @@ def main() -> None:
 
         conversations_main()
         return
+    if args.only_batching:
+        batching_figures()
+        return
     if args.only_latency:
         from bench import latency
 
@@ -331,10 +338,16 @@ def main() -> None:
         (RESULTS / "transports.json").write_text(json.dumps(figures, indent=2))
         print_transports(figures)
         return
+    full_bench(args.rounds)
+
+
+def full_bench(rounds: int) -> None:
+    """Every figure: the stack, the ASR and sequential comparisons, the store, the handoff
+    triggers, issue 15's latency and its batching and end-of-turn judges."""
     settings = Settings()
     report: dict[str, Any] = {"machine": {"cpus": __import__("os").cpu_count(),
                                           "python": platform.python_version()},
-                              "stack": stack_figures(args.rounds)}
+                              "stack": stack_figures(rounds)}
     report["asr"] = asr_comparison(settings)
     report["sequential"] = sequential_baseline(settings)
     report["store"] = store_figures()  # per-turn write latency, 4 sessions at once (issue 13)
@@ -350,7 +363,18 @@ def main() -> None:
     print(json.dumps(report))
     from bench import latency  # issue 15: a stack of its own, so the figures above stay as they were
 
-    latency.main(args.rounds)
+    latency.main(rounds)
+    batching_figures()
+
+
+def batching_figures() -> None:
+    """Issue 15's engine-level figures, each module writing its own JSON with the previous run."""
+    from bench import asr_batch, llm_batch, tts_batch, turn_end_llm
+
+    asr_batch.main([])
+    llm_batch.main([])
+    tts_batch.main([])
+    turn_end_llm.main()
 
 
 if __name__ == "__main__":
