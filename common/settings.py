@@ -51,7 +51,9 @@ class Settings(BaseSettings):
     # --- voice sessions (WebSocket and WebRTC) and WebRTC (session/WebRTC area) ---
     session_idle_timeout_s: float = 120.0  # a started session with no audio or message: closed
     session_audio_rate: float = 1.2  # audio accepted per wall-clock second (x real time); 0: off
-    session_audio_burst_s: float = Field(default=2.0, ge=0.1)  # ... plus this much at once
+    # ... plus this much at once: a client catching up after a stall (a mobile network, or this
+    # gateway's own busy moment, as the WebRTC receiver) must not lose the user's speech
+    session_audio_burst_s: float = Field(default=5.0, ge=0.1)
     # STUN/TURN for WebRTC: [{"urls": "stun:host:3478"}, {"urls": [...], "username", "credential"}]
     rtc_ice_servers: list[dict[str, str | list[str]]] = Field(default_factory=list)
     rtc_connect_timeout_s: float = 15.0  # a peer not connected by then is dropped (and counted)

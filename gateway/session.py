@@ -63,6 +63,7 @@ from gateway.protocol import (
     phrase_event,
 )
 from gateway.token_rate import TokenRate
+from gateway.turn_length import TurnLength
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class VoiceSession:
         self.budget = AudioBudget(settings.session_audio_rate, settings.session_audio_burst_s)
         self.told_too_fast = False
         self.frames_in = 0
-        self.turn_audio_s = 0.0  # audio of the user's current turn
+        self.turn_length = TurnLength(settings.max_audio_seconds)  # the user's current turn
         self.uncharged_s = 0.0
         self.last_activity = time.monotonic()
         self._slot = False
@@ -210,7 +211,7 @@ class VoiceSession:
         try:
             message = parse_client_message(text)
             if isinstance(message, EndTurnMessage):
-                self.turn_audio_s = 0.0
+                self.turn_length.closed()
                 await self.bridge.send(EndTurn(session_id=self.session_id))
             elif isinstance(message, TextMessage):
                 await self._on_text(message.text)
@@ -232,7 +233,7 @@ class VoiceSession:
         except RateLimited as exc:
             error = rate_error(exc)
             raise ProtocolError(error.code, error.message, int(exc.retry_after_header)) from None
-        self.turn_audio_s = 0.0
+        self.turn_length.closed()
         self.metrics.typed()
         self.token_rate.typed()
         if instructions or self.manual_turns:  # (manual: answered with the spoken words held)
@@ -270,12 +271,14 @@ class VoiceSession:
         self.clock.received(len(pcm))
         self.frames_in += 1
         await self.bridge.send(AudioIn(session_id=self.session_id, seq=self.frames_in, pcm=pcm))
-        self.turn_audio_s += seconds
-        if self.turn_audio_s > self.settings.max_audio_seconds:
-            self.turn_audio_s = 0.0
-            await self.bridge.send(EndTurn(session_id=self.session_id))
-            raise ProtocolError("audio_too_long", f"a turn may last {self.settings.max_audio_seconds:g} s;"
-                                " it was ended here")
+        if self.turn_length.heard(len(pcm), manual=self.manual_turns):
+            raise await self._end_long_turn()
+
+    async def _end_long_turn(self) -> ProtocolError:
+        """The user's turn ran past max_audio_seconds: end it; the error to tell them."""
+        await self.bridge.send(EndTurn(session_id=self.session_id))
+        return ProtocolError("audio_too_long", f"a turn may last {self.settings.max_audio_seconds:g} s;"
+                             " it was ended here")
 
     async def _charge(self, seconds: float) -> None:
         self.uncharged_s += seconds
@@ -321,9 +324,11 @@ class VoiceSession:
             raise SessionClosed(frame.code, frame.message, CLOSE_POLICY)  # (refused, erased...)
         if isinstance(frame, VadEvent):
             await self.on_speech_start(frame)
+            if frame.event == "speech_start" and self.turn_length.speech_started(frame.at_ms):
+                await self.transport.send_event((await self._end_long_turn()).event())
             return
         if isinstance(frame, TranscriptChunk) and frame.is_final:
-            self.turn_audio_s = 0.0  # the ASR closed the user's turn
+            self.turn_length.closed()  # the ASR closed the user's turn
         self.metrics.observe(frame)
         self.token_rate.observe(frame)
         if isinstance(frame, TurnEvent) and frame.event in ("tts.end", "tts.cancel"):

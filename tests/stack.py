@@ -85,18 +85,38 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+class _PortBand:
+    """The ports this test process hands out: below the kernel's ephemeral range (32768 up), so
+    no outgoing connection takes one between our check and a stack's bind, and under
+    pytest-xdist a band of its own per worker, so two workers never pick the same range. Ranges
+    are handed out in turn from a random start, so one process reuses a range only after it has
+    gone round its band."""
+
+    SIZE = 2500
+
+    def __init__(self) -> None:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+        self.low = 10000 + (int(worker) % 8 if worker.isdigit() else 0) * self.SIZE
+        self.cursor = random.randrange(self.low, self.low + self.SIZE)
+
+    def take(self, count: int) -> int:
+        for _ in range(self.SIZE):
+            base = self.cursor if self.cursor + count <= self.low + self.SIZE else self.low
+            self.cursor = base + count
+            if all(_port_free(base + i) for i in range(count)):
+                return base
+        raise RuntimeError(f"no {count} free ports in {self.low}-{self.low + self.SIZE}")
+
+
+_PORTS = _PortBand()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return _PORTS.take(1)
 
 
 def free_port_range(count: int) -> int:
-    for _ in range(200):
-        base = random.randrange(20000, 45000)
-        if all(_port_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no free port range for the stack's ZeroMQ sockets")
+    return _PORTS.take(count)
 
 
 class Stack:

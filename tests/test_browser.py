@@ -16,6 +16,7 @@ import math
 import re
 import shutil
 import ssl
+import tempfile
 import threading
 import time
 import wave
@@ -383,7 +384,10 @@ def test_refusals_get_plain_messages(stack: Any, playwright: Playwright, tmp_pat
     from tests.stack import free_port_range
 
     browser = launch(playwright, fake_mic_wav(None, tmp_path / "silence.wav"))
-    lonely = GatewayThread(gateway_settings(stack, run_dir=tmp_path / "nobody",
+    # A short run dir: its plane's IPC socket paths must fit in 107 bytes, which a tmp_path under
+    # pytest-xdist's worker folders does not leave room for.
+    nobody = tempfile.TemporaryDirectory(prefix="inzwa-")
+    lonely = GatewayThread(gateway_settings(stack, run_dir=Path(nobody.name),
                                             zmq_base_port=free_port_range(40)))
     lonely.thread.start()  # no orchestrator behind it: /readyz stays 503, the page may still load
     try:
@@ -404,6 +408,7 @@ def test_refusals_get_plain_messages(stack: Any, playwright: Playwright, tmp_pat
             first.click("#stop")
     finally:
         lonely.stop()
+        nobody.cleanup()
         browser.close()
 
 

@@ -36,6 +36,7 @@ from common.settings import Settings, get_settings
 from deploy.compose.envfile import missing, render
 from deploy.compose.process import advertise, probe
 from gateway.client import Talker, TalkResult, load_clip
+from tests.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "compose-test-key"
@@ -242,12 +243,6 @@ class ComposeStack:
             raise AssertionError(f"{error}\n=== compose state and logs ===\n{self.logs(services)}") from error
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _readable_models(cache: Path, settings: Settings) -> Path:
     """The host's models, copied once so the container's non-root user can read them."""
     target = cache / "models"
@@ -322,7 +317,7 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeS
     # Longer replies, so the kill lands while the LLM is still generating.
     env_file.write_text("INZWA_LLM_MAX_NEW_TOKENS=160\nINZWA_LOG_LEVEL=INFO\n")
     project = f"inzwatest{os.getpid()}"
-    port = _free_port()
+    port = free_port()
     stack = ComposeStack(command, _stack_env(project, port, cache, env_file), port)
     started = time.monotonic()
     print(run(["bash", "scripts/build-image.sh"], stack.env, timeout=BUILD_TIMEOUT_S))

@@ -26,6 +26,7 @@ from gateway.limits import (
     RedisLimits,
     make_limits,
 )
+from tests.stack import free_port
 
 
 class FakeClock:
@@ -169,12 +170,6 @@ def test_make_limits_picks_the_backend() -> None:
 
 
 # --- Redis backend, against a real server ---
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_redis(process: subprocess.Popen[bytes], port: int, timeout_s: float = 5.0) -> None:

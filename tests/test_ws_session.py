@@ -117,18 +117,34 @@ def test_an_idle_session_is_closed_with_a_reason(stack: Stack) -> None:
     assert code == 1008
 
 
-def test_a_turn_longer_than_the_limit_is_ended_for_the_user(stack: Stack) -> None:
-    async def long_turn(url: str) -> list[dict[str, Any]]:
+def test_a_turn_longer_than_the_limit_is_ended_for_the_user(stack: Stack, fixtures_dir: Path) -> None:
+    """Silence longer than the limit is no turn (a person listening to a long reply with the
+    microphone open); speech running past it is ended, with the reason."""
+    speech = load_clip(fixtures_dir / "q_en_capital.wav")  # speech from ~0.3 s to ~3.2 s
+
+    async def talk(url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         async with websockets.connect(url) as ws:
             await ws.send(START)
             await ws.recv()
-            for _ in range(15):  # 1.5 s, within the burst
+            for _ in range(25):  # 2.5 s of silence
                 await ws.send(FRAME_100MS)
-            return [json.loads(await asyncio.wait_for(ws.recv(), 10))]
+            await ws.send(json.dumps({"type": "text", "text": ""}))  # answered after the audio
+            quiet = await _events_until(ws, "empty_text")
+            for at in range(0, len(speech), 3200):
+                await ws.send(speech[at:at + 3200])
+            return quiet, await _events_until(ws, "audio_too_long")
 
-    with running_gateway(stack, max_audio_seconds=1.0) as gateway:
-        events = asyncio.run(long_turn(gateway.url))
-    assert events[0]["code"] == "audio_too_long"
+    with running_gateway(stack, max_audio_seconds=1.0, session_audio_rate=0) as gateway:
+        quiet, spoken = asyncio.run(talk(gateway.url))
+    assert [e.get("code") for e in quiet if e.get("type") == "error"] == ["empty_text"], quiet
+    assert spoken[-1]["code"] == "audio_too_long" and "1 s" in spoken[-1]["message"], spoken
+
+
+async def _events_until(ws: Any, code: str, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    while not any(e.get("code") == code for e in events):
+        events.append(json.loads(await asyncio.wait_for(ws.recv(), timeout_s)))
+    return events
 
 
 async def _typed_turn(url: str, text: str) -> TalkResult:
