@@ -157,7 +157,8 @@ class ClientTurns:
             await self.on_final(session, TranscriptChunk(is_final=True))
 
     async def clear(self, session: Session) -> None:
-        session.audio_start_ms += len(session.audio) * 1000 // BYTES_PER_MS  # (as keep_audio counts)
-        session.audio.clear()  # (no replay of it to another ASR either)
+        whole = len(session.audio) - len(session.audio) % BYTES_PER_MS  # (a part of a ms stays)
+        session.audio_start_ms += whole // BYTES_PER_MS  # (as keep_audio counts)
+        del session.audio[:whole]  # (no replay of it to another ASR either)
         session.speech_open = False
         await self.to_worker(session, "asr", ClearAudio(session_id=session.session_id))

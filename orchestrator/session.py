@@ -144,16 +144,18 @@ class Session:
         self.audio.extend(pcm)
         excess = len(self.audio) - max_bytes
         if excess > 0:
-            excess += excess % 2
+            excess += -excess % BYTES_PER_MS  # whole milliseconds: the timeline stays exact
             del self.audio[:excess]
-            self.audio_start_ms += excess * 1000 // BYTES_PER_MS
+            self.audio_start_ms += excess // BYTES_PER_MS
 
     def audio_heard_until(self, end_ms: int) -> None:
         """A final transcript covered the audio up to `end_ms`: it needs no replay any more."""
-        cut = max(0, min(len(self.audio), (end_ms - self.audio_start_ms) * BYTES_PER_MS // 1000))
-        cut -= cut % 2
+        # What stays here is what a replay sends again: an utterance left here after its final
+        # would be heard, and answered, a second time.
+        cut = max(0, min(len(self.audio), (end_ms - self.audio_start_ms) * BYTES_PER_MS))
+        cut -= cut % BYTES_PER_MS
         del self.audio[:cut]
-        self.audio_start_ms += cut * 1000 // BYTES_PER_MS
+        self.audio_start_ms += cut // BYTES_PER_MS
 
     def remember(self, user_text: str, assistant_text: str, turn_id: int = 0) -> None:
         if user_text:  # (an operator may speak first during a handoff: no user words before it)
