@@ -35,6 +35,7 @@ QUIET_SPEECH_DBFS = -50.0
 QUIET_SPEECH_MIN_MS = 100
 QUIET_PREROLL_MS = 300
 QUIET_TAIL_MS = 200
+PIECE_BYTES = 32 * 60  # feed() looks for pauses every 60 ms of audio (3 VAD frames)
 # Commit the words before a pause once this much new audio came since the last commit: shorter
 # tails decode worse, longer ones cost the final more (the encoder and decoder grow with them).
 COMMIT_MIN_BYTES = 1000 * 32
@@ -248,6 +249,16 @@ class AsrSession:
         `partials=False` when the caller is behind real time: a partial then would only be
         superseded by the next one, and its CPU is better spent catching up.
         """
+        events: list[AsrEvent] = []
+        # Pauses and ends of turn are looked for every PIECE of audio, not once per call: a call
+        # carrying a backlog (the caller behind real time) must find the pause where it is in
+        # the audio, as it would have fed frame by frame, not miss it under the speech after.
+        for at in range(0, len(pcm), PIECE_BYTES):
+            last = at + PIECE_BYTES >= len(pcm)
+            events.extend(self._feed_piece(pcm[at:at + PIECE_BYTES], partials=partials and last))
+        return events
+
+    def _feed_piece(self, pcm: bytes, *, partials: bool) -> list[AsrEvent]:
         events: list[AsrEvent] = []
         for event in self._detector.feed(pcm):
             if isinstance(event, SpeechStart):

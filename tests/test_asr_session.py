@@ -344,6 +344,18 @@ def test_speech_after_a_pause_resumes_and_the_final_hears_everything(
     assert final.text == second.text != first.text  # it hears the speech after the pause
 
 
+def test_a_backlog_fed_at_once_finds_the_pause_inside_it(short_speech: bytes) -> None:
+    """A caller behind real time feeds pause and resumed speech in one call: the pause is still
+    seen where it is in the audio (the early reply and the end-of-turn model depend on it)."""
+    audio = short_speech + silence(300) + short_speech + silence(700)
+    kinds = []
+    for chunk in (640, len(audio)):  # frame by frame, then all at once
+        session = pausing_session(FakeEngine(lambda seconds, call: f"said {seconds:.1f}"))
+        events = feed(session, audio, chunk=chunk)
+        kinds.append([type(e).__name__ for e in events if not isinstance(e, Transcript) or e.is_final])
+    assert kinds[0] == kinds[1] == ["SpeechStarted", "Paused", "SpeechResumed", "Paused", "Transcript"]
+
+
 def test_no_pause_hypotheses_when_early_reply_is_off(short_speech: bytes) -> None:
     session = AsrSession(FakeEngine(growing), language="en", silence_ms=500, pause_ms=None)
     events = feed(session, short_speech + silence(700))
