@@ -30,8 +30,12 @@ models: $(STAMP)
 run: setup
 	exec $(BIN)/inzwa run
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist): most of its wall time is real
+# processes and real-time audio waiting, not CPU; tests sharing a stack stay in one worker
+# (tests/conftest.py). TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
 test: setup lint
-	$(BIN)/python -m pytest -ra --durations=25
+	$(BIN)/python -m pytest -ra --durations=25 -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not e2e and not models"

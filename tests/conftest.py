@@ -96,3 +96,25 @@ def llm_engine(settings: Settings):
 
     return LlamaCppEngine.load(resolve(settings.llm_model, settings.models_dir),
                                threads=settings.llm_threads, temperature=0.0)
+
+
+# `make test` runs the suite in parallel (pytest-xdist, `--dist loadgroup`): each worker is a
+# test session of its own, so a session fixture starts once in every worker that uses it. Tests
+# are grouped so that the real stack starts twice (its tests split in two halves of about equal
+# time, the browser's CPU-heavy half apart from the rest), each fake-engine stack once, and a
+# file's module fixtures once.
+REAL_STACK_FIRST_HALF = {"test_browser.py", "test_webrtc.py", "test_ws_session.py",
+                         "test_turn_end_stack.py", "test_certs_mic.py"}
+SHARED_STACKS = ("fake_stack", "deterministic_stack")
+
+
+def _xdist_group(item: pytest.Item) -> str:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if "stack" in fixtures:
+        return "stack-1" if item.path.name in REAL_STACK_FIRST_HALF else "stack-2"
+    return next((name for name in SHARED_STACKS if name in fixtures), item.path.name)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
