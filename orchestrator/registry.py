@@ -57,6 +57,11 @@ class WorkerRegistry:
         sender = self._spare_senders.pop(endpoint, None)
         if replaced is not None and replaced in self._instances:
             sender = self._instances.pop(replaced).sender  # same peer address: keep the socket
+        if sender is not None:
+            # A send that timed out was to the dead process: kept, the flag would make the first
+            # frame to this one (a replay) read as undelivered, and the session would wait for an
+            # instance that is there until request_timeout_s failed its turn.
+            sender.reachable = True
         instance = Instance(
             kind, instance_id, endpoint, model, sender or self._connect(endpoint), info=info
         )

@@ -8,6 +8,12 @@ there was wrong, the copy kept every answered utterance while its start moved on
 replay re-sent the whole session with a shifted offset, the new ASR heard each old question again,
 and the chaos loop (tests/test_chaos.py) got one more reply than it asked questions. In-process
 (tests/harness.py): frames in through the real orchestrator's handlers, no sockets.
+
+And a replay that reached its restarted worker is not taken for undelivered: the socket to an
+endpoint is kept across restarts, and a send to the dead process that timed out left it marked
+unreachable, so the replay to the new one read as failed, the session was set waiting for an
+instance that was there, and request_timeout_s later the turn then in progress was failed with
+`llm_unavailable` (a chaos-loop turn that never ended).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 from common.frames import (
     AudioIn,
     ClearAudio,
+    ErrorEvent,
     GenerateRequest,
     Ready,
     SessionStart,
@@ -97,3 +104,26 @@ def test_the_kept_audio_and_its_place_in_the_timeline_agree() -> None:
     assert (session.audio_start_ms, bytes(session.audio)) == (900, pcm(100, 1) + pcm(20, 2))
     session.audio_heard_until(5000)  # past what is kept: all of it, never beyond
     assert (session.audio_start_ms, bytes(session.audio)) == (1020, b"")
+
+
+def test_a_replay_to_a_restarted_worker_is_not_taken_for_undelivered(tmp_path: Path) -> None:
+    h = InProcess(tmp_path, request_timeout_s=0.2)
+    llm = h.settings.work_endpoint("llm", 0)
+
+    async def scenario() -> list[object]:
+        await h.ready()
+        await h.start()
+        await h.result(TranscriptChunk(session_id=SID, turn_id=1, text="count", is_final=True,
+                                       end_ms=1000, instance_id="asr-0"))
+        assert len(h.to_worker("llm")) == 1
+        h.orchestrator.workers[llm].reachable = False  # a send to the dying process timed out
+        await h.watchdog(WorkerExited(kind="llm", program="llm_worker", instance=0))
+        await h.result(Ready(kind="llm", instance_id="llm-0-restarted", endpoint=llm))
+        replay = h.to_worker("llm")
+        assert len(replay) == 1 and isinstance(replay[0], GenerateRequest)  # (same socket)
+        await asyncio.sleep(0.3)  # past request_timeout_s
+        await h.orchestrator.recovery.expire_waits()
+        return h.to_gateway()
+
+    sent = asyncio.run(scenario())
+    assert not [f for f in sent if isinstance(f, ErrorEvent)], sent  # nobody was waiting
