@@ -35,7 +35,7 @@ run: setup
 # (tests/conftest.py). TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 3
 test: setup lint
-	$(BIN)/python -m pytest -ra --durations=25 -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -ra --durations=25 -n $(TEST_WORKERS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not e2e and not models"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import functools
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,23 +101,42 @@ def llm_engine(settings: Settings):
                                threads=settings.llm_threads, temperature=0.0)
 
 
-# `make test` runs the suite in parallel (pytest-xdist, `--dist loadgroup`): each worker is a
-# test session of its own, so a session fixture starts once in every worker that uses it. Tests
-# are grouped so that the real stack starts twice (its tests split in two halves of about equal
-# time, the browser's CPU-heavy half apart from the rest), each fake-engine stack once, and a
-# file's module fixtures once.
+# `make test` runs the suite in parallel (pytest-xdist): each worker is a test session of its
+# own, so a session fixture starts once in every worker that uses it. Whole files go to a worker
+# (their module fixtures start once), and the files using the real stack go in two groups of
+# about equal time (the browser's CPU-heavy one apart from the rest), so that stack, with its
+# models, starts twice. A fake-engine stack starts in a second or two: its files spread freely,
+# but the deterministic stack's few stay together. (xdist's own `loadgroup` marks do not work
+# with this pytest: xdist renames node ids to group them, which pytest 9 no longer lets it do.)
 REAL_STACK_FIRST_HALF = {"test_browser.py", "test_webrtc.py", "test_ws_session.py",
-                         "test_turn_end_stack.py", "test_certs_mic.py"}
-SHARED_STACKS = ("fake_stack", "deterministic_stack")
+                         "test_turn_end_stack.py", "test_certs_mic.py", "test_api_auth.py"}
 
 
-def _xdist_group(item: pytest.Item) -> str:
-    fixtures = set(getattr(item, "fixturenames", ()))
-    if "stack" in fixtures:
-        return "stack-1" if item.path.name in REAL_STACK_FIRST_HALF else "stack-2"
-    return next((name for name in SHARED_STACKS if name in fixtures), item.path.name)
+@functools.cache
+def _group_of_file(path: str) -> str:
+    """The worker group of a test file, from the stack fixtures its tests and fixtures take."""
+    file = ROOT / path
+    taken = _fixtures_taken(file) if file.suffix == ".py" and file.is_file() else set()
+    if "stack" in taken:
+        return "stack-1" if file.name in REAL_STACK_FIRST_HALF else "stack-2"
+    return "deterministic_stack" if "deterministic_stack" in taken else path
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
+def _fixtures_taken(file: Path) -> set[str]:
+    """The parameter names of a file's tests and fixtures (what pytest will inject)."""
+    taken: set[str] = set()
+    for node in ast.walk(ast.parse(file.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and (node.name.startswith("test_")
+                or any("fixture" in ast.unparse(d) for d in node.decorator_list)):
+            taken.update(arg.arg for arg in node.args.args)
+    return taken
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByStack(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group_of_file(nodeid.split("::", 1)[0])
+
+    return ByStack(config, log)
