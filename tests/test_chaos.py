@@ -188,6 +188,9 @@ def test_chaos_loop_loses_no_turn(fake_stack: Stack, fixtures_dir: Path) -> None
     talk = asyncio.run(conversation())
     ends = talk.events("tts.end")
     assert len(ends) == TURNS and not talk.events("error")
+    # Each question heard once: a replay to a restarted ASR never re-asks an answered one (a
+    # duplicate that arrives in a burst is superseded and leaves no extra tts.end).
+    assert len(talk.events("asr.final")) == TURNS, talk.events("asr.final")
     for end in ends:
         seqs = [e["seq"] for e in talk.events("llm.partial") if e["turn_id"] == end["turn_id"]]
         assert seqs == list(range(1, len(seqs) + 1))
