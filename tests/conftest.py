@@ -108,7 +108,7 @@ def llm_engine(settings: Settings):
 # models, starts twice. A fake-engine stack starts in a second or two: its files spread freely,
 # but the deterministic stack's few stay together. (xdist's own `loadgroup` marks do not work
 # with this pytest: xdist renames node ids to group them, which pytest 9 no longer lets it do.)
-REAL_STACK_FIRST_HALF = {"test_browser.py", "test_webrtc.py", "test_ws_session.py",
+REAL_STACK_FIRST_HALF = {"test_browser.py", "test_webrtc.py", "test_ws_session.py", "test_shona.py",
                          "test_turn_end_stack.py", "test_certs_mic.py", "test_api_auth.py"}
 
 
