@@ -206,7 +206,7 @@ class Sender:
 
     async def run(self) -> None:
         while True:
-            data = await self._queue.get()
+            data = await self._next()
             sent = await self._send(data)
             self._queue.task_done()
             if sent:
@@ -219,6 +219,18 @@ class Sender:
                 self._queue.task_done()
                 stale += 1
             self._drop(stale, "peer_unreachable")
+
+    async def _next(self) -> bytes:
+        """The next queued frame. While the peer is unreachable, also look every `patience_s`
+        whether it takes frames again: a peer that stalled for a moment comes back without
+        announcing itself, and whoever waits on `reachable` (the orchestrator's replays) must
+        learn of it even when nothing else is sent to that peer."""
+        while not self.reachable:
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(self._queue.get(), self.patience_s)
+            if await writable(self.sock, 0):
+                self.reachable = True
+        return await self._queue.get()
 
     async def _send(self, data: bytes) -> bool:
         # Polling first keeps the send itself non-blocking: a timeout never cancels a send

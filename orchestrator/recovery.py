@@ -114,6 +114,16 @@ class Recovery:
                              manual_turns=session.manual)
         await self.to_worker(session, "asr", start)
 
+    async def retry_waits(self) -> None:
+        """Replay work that waits on a kind whose picked instance takes frames again: a worker
+        that stalled long enough for a send to time out comes back without a new READY, so
+        `on_ready` alone would leave its sessions waiting until `expire_waits` failed them."""
+        for session in list(self.sessions.values()):
+            for kind in sorted(session.needs_replay):
+                instance = self.registry.pick(kind)
+                if instance is not None and instance.sender.reachable:
+                    await self.replay(session, kind)
+
     async def expire_waits(self) -> None:
         """Work that waited too long for an instance ends with an error, not a hang."""
         horizon = time.monotonic() - self.timeout_s

@@ -179,6 +179,7 @@ class Orchestrator:
             await self._lost(dead.kind, dead.instance_id)
         for gateway_id in self.gateways.reap():
             await self._end_gateway_sessions(gateway_id, "gateway_lost")
+        await self.recovery.retry_waits()
         await self.recovery.expire_waits()
         await self.jobs.expire()
         await self.admin.expire()

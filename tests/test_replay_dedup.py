@@ -127,3 +127,34 @@ def test_a_replay_to_a_restarted_worker_is_not_taken_for_undelivered(tmp_path: P
 
     sent = asyncio.run(scenario())
     assert not [f for f in sent if isinstance(f, ErrorEvent)], sent  # nobody was waiting
+
+
+def test_work_waiting_on_a_stalled_worker_is_replayed_once_it_takes_frames_again(
+    tmp_path: Path,
+) -> None:
+    """A live worker whose last send timed out (a stall, no restart): the request put on it
+    reads as undelivered and the session waits; no READY will come, so the orchestrator's tick
+    replays the work once the worker takes frames again, instead of failing the turn later."""
+    h = InProcess(tmp_path, request_timeout_s=0.5)
+    llm = h.settings.work_endpoint("llm", 0)
+
+    async def scenario() -> tuple[list[object], list[object], list[object]]:
+        await h.ready()
+        await h.start()
+        h.orchestrator.workers[llm].reachable = False  # its last send timed out
+        await h.result(TranscriptChunk(session_id=SID, turn_id=1, text="count", is_final=True,
+                                       end_ms=1000, instance_id="asr-0"))
+        h.to_worker("llm")  # (queued, but read as undelivered: the session waits)
+        await h.orchestrator.recovery.retry_waits()
+        still_stalled = h.to_worker("llm")
+        h.orchestrator.workers[llm].reachable = True  # it takes frames again
+        await h.orchestrator.recovery.retry_waits()
+        replay = h.to_worker("llm")
+        await asyncio.sleep(0.6)  # past request_timeout_s
+        await h.orchestrator.recovery.expire_waits()
+        return still_stalled, replay, h.to_gateway()
+
+    still_stalled, replay, sent = asyncio.run(scenario())
+    assert still_stalled == []  # nothing is replayed onto a peer still stalled
+    assert len(replay) == 1 and isinstance(replay[0], GenerateRequest), replay
+    assert not [f for f in sent if isinstance(f, ErrorEvent)], sent  # the turn was not failed
