@@ -389,6 +389,7 @@ class RealtimeSocket:
     async def clear(self, event: dict[str, Any]) -> None:
         self.buffered_ms = 0
         self.conversation.user = None  # its words will not come: the ASR forgets that audio
+        self.session.turn_length.closed()  # ... and it is no part of a turn's length either
         if self.session.connection is not None:
             await self.session.send(ClearAudio())
         await self.conversation.emit({"type": "input_audio_buffer.cleared"})
