@@ -115,12 +115,13 @@ class Recovery:
         await self.to_worker(session, "asr", start)
 
     async def retry_waits(self) -> None:
-        """Replay work that waits on a kind whose picked instance takes frames again: a worker
+        """Replay work that waits on a kind whose instance for it takes frames again: a worker
         that stalled long enough for a send to time out comes back without a new READY, so
         `on_ready` alone would leave its sessions waiting until `expire_waits` failed them."""
         for session in list(self.sessions.values()):
             for kind in sorted(session.needs_replay):
-                instance = self.registry.pick(kind)
+                # (the instance the replay would go to: the pinned one while it lives)
+                instance = self.registry.serving(kind, session.pins.get(kind))
                 if instance is not None and instance.sender.reachable:
                     await self.replay(session, kind)
 

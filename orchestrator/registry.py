@@ -89,6 +89,14 @@ class WorkerRegistry:
         candidates = [i for i in self.alive(kind) if not i.leaving]
         return min(candidates, key=lambda i: i.sessions) if candidates else None
 
+    def serving(self, kind: WorkerKind, pinned: str | None) -> Instance | None:
+        """The instance a session's work of `kind` goes to: the one it is pinned to while that
+        is alive and staying, else the live instance with the fewest pinned sessions."""
+        instance = self.get(pinned)
+        if instance is not None and self.is_alive(instance) and not instance.leaving:
+            return instance
+        return self.pick(kind)
+
     def reap(self) -> list[Instance]:
         """Forget instances that missed their heartbeats; returns them."""
         dead = [i for i in self._instances.values() if not self.is_alive(i)]

@@ -604,11 +604,8 @@ class Orchestrator:
         return False
 
     def _pinned(self, session: Session, kind: WorkerKind) -> Instance | None:
-        instance = self.registry.get(session.pins.get(kind))
-        if instance is not None and self.registry.is_alive(instance) and not instance.leaving:
-            return instance
-        instance = self.registry.pick(kind)
-        if instance is not None:
+        instance = self.registry.serving(kind, session.pins.get(kind))
+        if instance is not None and session.pins.get(kind) != instance.instance_id:
             session.pins[kind] = instance.instance_id
             instance.sessions += 1
         return instance

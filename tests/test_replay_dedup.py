@@ -158,3 +158,29 @@ def test_work_waiting_on_a_stalled_worker_is_replayed_once_it_takes_frames_again
     assert still_stalled == []  # nothing is replayed onto a peer still stalled
     assert len(replay) == 1 and isinstance(replay[0], GenerateRequest), replay
     assert not [f for f in sent if isinstance(f, ErrorEvent)], sent  # the turn was not failed
+
+
+def test_no_replay_is_piled_onto_the_stalled_worker_a_session_is_pinned_to(tmp_path: Path) -> None:
+    """Two LLM instances: the session's pinned one stalls while the other takes frames. The
+    replay would go to the pinned one (it is alive), so the tick sends nothing until that one
+    takes frames again."""
+    h = InProcess(tmp_path, request_timeout_s=5.0, llm_replicas=2)
+    pinned = h.settings.work_endpoint("llm", 0)
+
+    async def scenario() -> tuple[list[object], list[object], list[object]]:
+        await h.ready()
+        await h.ready("llm", index=1)
+        await h.start()
+        h.orchestrator.workers[pinned].reachable = False
+        await h.result(TranscriptChunk(session_id=SID, turn_id=1, text="count", is_final=True,
+                                       end_ms=1000, instance_id="asr-0"))
+        h.to_worker("llm", 0)  # (read as undelivered: the session waits)
+        await h.orchestrator.recovery.retry_waits()
+        stalled, other = h.to_worker("llm", 0), h.to_worker("llm", 1)
+        h.orchestrator.workers[pinned].reachable = True
+        await h.orchestrator.recovery.retry_waits()
+        return stalled, other, h.to_worker("llm", 0)
+
+    stalled, other, replay = asyncio.run(scenario())
+    assert stalled == [] and other == []
+    assert len(replay) == 1 and isinstance(replay[0], GenerateRequest), replay
