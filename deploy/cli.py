@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import sys
+from typing import TYPE_CHECKING
 
-from common.settings import get_settings
+if TYPE_CHECKING:
+    from common.settings import Settings
 
 PROGRAM_HELP = "one of: orchestrator, asr_worker, llm_worker, tts_worker, gateway, all"
+
+
+def get_settings() -> Settings:
+    """The settings, imported on first use: `inzwa health` runs every few seconds in every
+    container and must not pay for pydantic (nor asyncio, imported where used)."""
+    from common.settings import get_settings as settings
+
+    return settings()
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -44,6 +52,9 @@ def _ctl(args: argparse.Namespace) -> int:
 
 
 def _talk(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
     settings = get_settings()
     scheme = "wss" if settings.tls_certfile else "ws"
     url = args.url or f"{scheme}://{settings.host}:{settings.port}/ws/audio"
@@ -62,6 +73,8 @@ def _talk(args: argparse.Namespace) -> int:
 
 
 def _talk_mic(url: str, args: argparse.Namespace) -> int:
+    import asyncio
+
     from deploy.mic import MicUnavailable, talk_mic
 
     try:
@@ -113,7 +126,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from deploy.compose.process import health
+    from deploy.compose import probe  # the standard library only: what `inzwa serve` recorded
+
+    status = probe.health(args.program)
+    if status is not None:
+        return status
+    from deploy.compose.process import health  # nothing recorded: the settings resolve it
 
     return health(args.program)
 
@@ -171,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["health"] and len(argv) <= 2 and not any(a.startswith("-") for a in argv):
+        # Docker's health check, every few seconds: building the parser costs more than it.
+        return _health(argparse.Namespace(program=argv[1] if len(argv) == 2 else ""))
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -21,20 +21,27 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
+import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from common.settings import Settings, get_settings
+from deploy import cli
+from deploy.certs import CertFiles, make_certificate
+from deploy.compose import probe as fast
 from deploy.compose.envfile import missing, render
-from deploy.compose.process import advertise, probe
+from deploy.compose.process import advertise, probe, serve, target
 from gateway.client import Talker, TalkResult, load_clip
 from tests.stack import free_port
 
@@ -155,6 +162,150 @@ def test_health_probe_follows_the_plane_socket(tmp_path: Path) -> None:
         assert probe(settings, "llm_worker") == (True, f"llm_worker socket tcp://0.0.0.0:{port}")
     assert probe(settings, "llm_worker")[0] is False  # closed: a dead worker
     assert probe(settings, "nonsense")[0] is False
+
+
+class _ReadyzServer(ThreadingHTTPServer):
+    status = 200  # what a stand-in gateway's /readyz answers; the test sets it
+
+
+class _Readyz(BaseHTTPRequestHandler):
+    server: _ReadyzServer
+
+    def do_GET(self) -> None:
+        self.send_response(self.server.status if self.path == "/readyz" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@contextmanager
+def readyz_server(tls: CertFiles | None = None) -> Iterator[_ReadyzServer]:
+    server = _ReadyzServer(("127.0.0.1", 0), _Readyz)
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls.cert, tls.key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("INZWA_RUN_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_fast_probe_follows_the_gateway_readyz(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The recorded gateway is healthy exactly while its /readyz answers 200."""
+    with readyz_server() as server:
+        url = f"http://127.0.0.1:{server.server_address[1]}/readyz"
+        fast.record(run_dir, "gateway", url)
+        assert fast.health("gateway") == 0
+        assert capsys.readouterr().out == "healthy: gateway /readyz\n"
+        server.status = 503
+        assert fast.health("gateway") == 1
+        assert capsys.readouterr().out == "unhealthy: gateway /readyz\n"
+        fast.record(run_dir, "gateway", url.replace("/readyz", "/elsewhere"))
+        assert fast.health("gateway") == 1  # a 404 is no readiness either
+    fast.record(run_dir, "gateway", url)
+    assert fast.health("gateway") == 1  # nothing listens any more
+
+
+def test_fast_probe_reads_a_gateway_serving_https(run_dir: Path) -> None:
+    """A gateway with its own (self-signed) certificate: the probe speaks TLS to it."""
+    with readyz_server(make_certificate(run_dir)) as server:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        fast.record(run_dir, "gateway", f"https://{address}/readyz")
+        assert fast.health("gateway") == 0
+        fast.record(run_dir, "gateway", f"http://{address}/readyz")
+        assert fast.health("gateway") == 1  # plain HTTP gets no status line from a TLS server
+
+
+def test_fast_probe_follows_the_plane_socket(run_dir: Path) -> None:
+    """A recorded worker (tcp) or orchestrator (ipc) is healthy exactly while its socket accepts;
+    without PROGRAM the probe takes the one `inzwa serve` recorded."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        fast.record(run_dir, "llm_worker", f"tcp://0.0.0.0:{listener.getsockname()[1]}")
+        (run_dir / "program").write_text("llm_worker")
+        assert fast.health() == 1  # bound, not yet listening
+        listener.listen()
+        assert fast.health() == 0
+    assert fast.health("llm_worker") == 1
+    path = run_dir / "ingress.sock"
+    fast.record(run_dir, "orchestrator", f"ipc://{path}")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen()
+        assert fast.health("orchestrator") == 0
+    assert fast.health("orchestrator") == 1  # the file is left, nobody accepts
+
+
+def test_probe_falls_back_to_the_settings_without_a_record(
+        run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """No record (or a run dir only the settings know): `inzwa health` resolves the target from
+    the settings, as before there were records."""
+    assert fast.health("llm_worker") is None
+    monkeypatch.setenv("INZWA_ZMQ_TRANSPORT", "tcp")
+    monkeypatch.setenv("INZWA_ZMQ_BIND_HOST", "0.0.0.0")
+    get_settings.cache_clear()
+    try:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            port = listener.getsockname()[1]
+            monkeypatch.setenv("INZWA_LLM_WORK_ENDPOINT", f"tcp://llm_worker:{port}")
+            assert cli.main(["health", "llm_worker"]) == 0
+        assert capsys.readouterr().out == f"healthy: llm_worker socket tcp://0.0.0.0:{port}\n"
+        assert cli.main(["health", "llm_worker"]) == 1
+        assert cli.main(["health"]) == 1  # nothing served here
+        assert "no program started here" in capsys.readouterr().err
+    finally:
+        get_settings.cache_clear()
+    monkeypatch.delenv("INZWA_RUN_DIR")
+    monkeypatch.chdir(run_dir)
+    assert fast.run_dir() == fast.DEFAULT_RUN_DIR == str(Settings(_env_file=None).run_dir)  # type: ignore[call-arg]
+    (run_dir / ".env").write_text("INZWA_RUN_DIR=/elsewhere\n")
+    assert fast.run_dir() is None
+
+
+HEAVY = ("pydantic", "pydantic_settings", "fastapi", "numpy", "asyncio", "urllib.request", "common.settings")
+
+
+def test_serve_records_what_the_probe_checks_and_the_probe_stays_light(
+        run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`inzwa serve` records the target the settings resolve; `inzwa health` in a fresh
+    interpreter then probes it without importing pydantic, asyncio or urllib."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        for unwanted in ("INZWA_METRICS_PORT", "INZWA_ADVERTISE_HOST", "INZWA_INSTANCE"):
+            monkeypatch.delenv(unwanted, raising=False)  # no metrics server here, no address change
+        monkeypatch.setenv("INZWA_ZMQ_TRANSPORT", "tcp")
+        monkeypatch.setenv("INZWA_TTS_WORK_ENDPOINT", f"tcp://127.0.0.1:{listener.getsockname()[1]}")
+        # The program itself is not what is tested: serve() records, then runs nothing.
+        monkeypatch.setattr("deploy.compose.process.runpy.run_module", lambda *_, **__: None)
+        monkeypatch.setattr(sys, "argv", list(sys.argv))  # serve sets it for the program
+        get_settings.cache_clear()
+        try:
+            serve("tts_worker")
+            expected = target(get_settings(), "tts_worker")
+        finally:
+            get_settings.cache_clear()
+        assert (run_dir / "tts_worker.probe").read_text() == expected
+        code = ("import sys; from deploy.cli import main; status = main(['health']); "
+                f"print(status, [m for m in {HEAVY!r} if m in sys.modules])")
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60)
+    assert done.stdout.splitlines() == [f"healthy: tts_worker socket {expected}", "0 []"], done.stderr
 
 
 def test_worker_announces_its_own_address(monkeypatch: pytest.MonkeyPatch) -> None:

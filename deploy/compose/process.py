@@ -12,18 +12,15 @@ from __future__ import annotations
 import os
 import runpy
 import socket
-import ssl
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Literal, cast
 
 from common.settings import Settings, get_settings
+from deploy.compose.probe import NO_PROGRAM, PROGRAM_FILE, PROGRAMS, check, describe, record
 
-PROGRAMS = ("orchestrator", "asr_worker", "llm_worker", "tts_worker", "gateway")
+__all__ = ["PROGRAMS", "advertise", "health", "probe", "serve", "target", "worker_kind"]
 WorkerKindName = Literal["asr", "llm", "tts"]
-PROBE_TIMEOUT_S = 3.0
 
 
 def worker_kind(program: str) -> WorkerKindName | None:
@@ -31,7 +28,7 @@ def worker_kind(program: str) -> WorkerKindName | None:
 
 
 def _program_file(settings: Settings) -> Path:
-    return settings.run_dir / "program"
+    return settings.run_dir / PROGRAM_FILE
 
 
 def advertise(settings: Settings, kind: WorkerKindName) -> str | None:
@@ -62,67 +59,53 @@ def start_metrics(settings: Settings) -> None:
 def serve(program: str) -> None:
     """Run PROGRAM in this process (as `python -m PROGRAM` would), containers' way."""
     settings = get_settings()
+    # Resolved before advertise(): `inzwa health` resolved it from the container's own
+    # environment, which advertise() does not change.
+    where = target(settings, program)
     kind = worker_kind(program)
     if kind is not None:
         advertise(settings, kind)
         settings = get_settings()
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     _program_file(settings).write_text(program)
+    if where is not None:
+        record(settings.run_dir, program, where)  # `inzwa health` probes it without the settings
     start_metrics(settings)
     sys.argv = [program]
     runpy.run_module(program, run_name="__main__", alter_sys=True)
 
 
-def _port_open(endpoint: str) -> bool:
-    """A plane socket is bound (tcp: something accepts on its port here; ipc: its file takes
-    connections). Workers and the orchestrator bind only once their model is loaded."""
-    try:
-        if endpoint.startswith("ipc://"):
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(PROBE_TIMEOUT_S)
-                sock.connect(endpoint.removeprefix("ipc://"))
-            return True
-        port = int(endpoint.rpartition(":")[2])
-        with socket.create_connection(("127.0.0.1", port), timeout=PROBE_TIMEOUT_S):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
-def _gateway_ready(settings: Settings) -> bool:
-    """The gateway's own /readyz: the orchestrator alive and a READY instance of every kind."""
-    scheme = "https" if settings.tls_certfile else "http"
-    context = ssl._create_unverified_context() if scheme == "https" else None  # our own cert
-    try:
-        with urllib.request.urlopen(f"{scheme}://127.0.0.1:{settings.port}/readyz",
-                                    timeout=PROBE_TIMEOUT_S, context=context) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+def target(settings: Settings, program: str) -> str | None:
+    """What says PROGRAM serves here: the gateway's own /readyz (the orchestrator alive and a
+    READY instance of every kind), else the plane socket it binds; None: no such program."""
+    kind = worker_kind(program)
+    if program == "gateway":
+        scheme = "https" if settings.tls_certfile else "http"
+        return f"{scheme}://127.0.0.1:{settings.port}/readyz"
+    if program == "orchestrator":
+        return settings.bindable(settings.ingress)
+    if kind is not None:
+        return settings.bindable(settings.work_endpoint(kind))
+    return None
 
 
 def probe(settings: Settings, program: str) -> tuple[bool, str]:
     """Whether PROGRAM serves here, and what was checked."""
-    kind = worker_kind(program)
-    if program == "gateway":
-        return _gateway_ready(settings), "gateway /readyz"
-    if program == "orchestrator":
-        endpoint = settings.bindable(settings.ingress)
-    elif kind is not None:
-        endpoint = settings.bindable(settings.work_endpoint(kind))
-    else:
+    where = target(settings, program)
+    if where is None:
         return False, f"unknown program {program!r}"
-    return _port_open(endpoint), f"{program} socket {endpoint}"
+    return check(where), describe(program, where)
 
 
 def health(program: str = "") -> int:
-    """Exit status for a container health check: 0 serving, 1 not (yet)."""
+    """Exit status for a container health check: 0 serving, 1 not (yet), from the settings
+    (deploy.compose.probe.health answers first from what `inzwa serve` recorded)."""
     settings = get_settings()
     if not program:
         try:
             program = _program_file(settings).read_text().strip()
         except OSError:
-            print("unhealthy: no program started here (inzwa serve PROGRAM)", file=sys.stderr)
+            print(NO_PROGRAM, file=sys.stderr)
             return 1
     ok, what = probe(settings, program)
     print(f"{'healthy' if ok else 'unhealthy'}: {what}")
