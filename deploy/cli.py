@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
 
+# typing.TYPE_CHECKING without importing typing (~3 ms of each health probe); mypy reads this
+# name as true wherever it comes from.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from common.settings import Settings
 
