@@ -37,6 +37,7 @@ class RtcCall:
     audio: bytearray = field(default_factory=bytearray)  # reply audio heard, PCM16 16 kHz
     audible_at: list[float] = field(default_factory=list)  # when audible reply frames arrived
     reply_from: int | None = None  # offset in `audio` of the first audible reply frame
+    quiet_frames: int = 0  # frames received since the last audible one
     speech_end_at: float | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -82,6 +83,15 @@ class RtcCall:
                 raise TimeoutError(f"waited {timeout_s} s; events: {[e.get('type') for e in self.events]}")
             await asyncio.sleep(0.02)
 
+    async def drained(self, quiet_s: float = 1.0, timeout_s: float = 30.0) -> None:
+        """Wait until the reply audio sent so far has been received: the server marks a reply's
+        end (`tts.end`, `turn.metrics`) once its last frame left, but the frames travel
+        separately from the events and a busy client decodes them later; `quiet_s` of quiet
+        frames received after the last audible one means the client is past the reply."""
+        frames = round(quiet_s / 0.02)
+        await self.wait_for(lambda: self.reply_from is not None and self.quiet_frames >= frames,
+                            timeout_s)
+
     async def close(self) -> None:
         for task in self.tasks:
             task.cancel()
@@ -96,8 +106,11 @@ async def _listen(call: RtcCall, track: Any) -> None:
             pcm = down.convert(await track.recv())
             if dbfs(pcm) > AUDIBLE_DBFS:
                 call.audible_at.append(time.monotonic())
+                call.quiet_frames = 0
                 if call.reply_from is None:
                     call.reply_from = len(call.audio)
+            else:
+                call.quiet_frames += 1
             call.audio.extend(pcm)
 
 

@@ -43,6 +43,8 @@ async def spoken_turn(stack: Stack, clip: Path) -> RtcCall:
     call = await connect(stack.http, language="en")
     call.play(load_clip(clip) + SILENCE_1S)
     await call.wait_for(lambda: call.of("turn.metrics") or call.of("error"), 90)
+    if not call.of("error"):
+        await call.drained()  # the reply's audio, not only its events
     return call
 
 
@@ -126,6 +128,8 @@ def test_killing_the_tts_worker_mid_reply_still_completes_the_turn(
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
         await call.wait_for(lambda: call.of("turn.metrics") or call.of("error"), 120)
+        if not call.of("error"):
+            await call.drained()
         await call.close()
         return call
 
@@ -264,6 +268,8 @@ def test_a_typed_message_over_the_data_channel_gets_a_spoken_reply(stack: Stack)
         call = await connect(stack.http, language="en")
         call.send({"type": "text", "text": "What is the capital city of Zimbabwe?"})
         await call.wait_for(lambda: call.of("turn.metrics") or call.of("error"), 90)
+        if not call.of("error"):
+            await call.drained()
         await call.close()
         return call
 
