@@ -105,6 +105,30 @@ def test_silence_and_tiny_audio_give_empty_text(whisper_engine) -> None:
 
 
 @pytest.mark.models
+def test_loud_noise_gives_empty_text_without_the_stock_window(
+    whisper_engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half-second bursts of full-scale white noise: no text, and one encoder pass each, even
+    where the trimmed decode looped (it does on some: "NONONO..."), since the model first said
+    there was no speech; the stock 30 s window, 8x the CPU, would give nothing either."""
+    from asr_worker.engines import whisper
+
+    encodes: list[int] = []
+    loops: list[bool] = []
+    encode, degenerate = whisper_engine._encode, whisper._degenerate
+    monkeypatch.setattr(whisper_engine, "_encode", lambda *a: encodes.append(a[1]) or encode(*a))
+    monkeypatch.setattr(whisper, "_degenerate", lambda d: loops.append(degenerate(d)) or loops[-1])
+    rng = np.random.default_rng(2)
+    for index in range(12):
+        noise = rng.integers(-32767, 32768, 8000) / 32768
+        encodes.clear()
+        result = whisper_engine.transcribe(noise.astype(np.float32), [None, "sn", "en"][index % 3])
+        assert result.text == "" and result.confidence == 0.0, (index, result)
+        assert len(encodes) == 1 and encodes[0] < WINDOW_FRAMES, (index, encodes)
+    assert any(loops)  # the case this is about did occur
+
+
+@pytest.mark.models
 def test_audio_longer_than_one_window(fixtures_dir: Path, whisper_engine) -> None:
     # Distinct utterances (repeating one clip would test Whisper's habit of skipping repeated
     # content instead), 0.2 s apart: 34.7 s, so two windows, the cut falling inside a clip.

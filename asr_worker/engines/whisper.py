@@ -350,6 +350,11 @@ class WhisperEngine:
     ) -> Transcription:
         """Shared by single and batched decodes: the fallback window, loops, the silence rule."""
         if _degenerate(decoded) and padded_frames(features.shape[-1]) < WINDOW_FRAMES:
+            if decoded.no_speech_prob > NO_SPEECH_PROB:
+                # The model said "no speech" and then looped: noise, not a trimmed window gone
+                # wrong. Measured on loud white noise: "NONONO..." at no-speech 0.72, and the
+                # stock-window re-decode (8x this decode's CPU) gave no text either.
+                return Transcription("", 0.0, lang)
             # The stock-sized window: slower, but what faster-whisper itself would decode.
             decoded = self._decode(self._encode(features, WINDOW_FRAMES), lang, max_new, prompt)
         text = decoded.text
