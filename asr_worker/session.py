@@ -12,6 +12,7 @@ it from one thread, so the session needs no locks and tests drive it by feeding 
 from __future__ import annotations
 
 import difflib
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -197,7 +198,7 @@ class AsrSession:
         min_speech_ms: int = 200, partial_interval_ms: int = 300, max_audio_s: float = 30.0,
         aggressiveness: int = 2, pause_ms: int | None = None, turn_end: TurnEnd | None = None,
         turn_end_threshold: float = 0.5, turn_end_wait_ms: int | None = None,
-        tail_decode: bool = True,
+        tail_decode: bool = True, partial_budget: float = 0.0,
     ) -> None:
         self._engine = engine
         # Tail-only decoding: the words before an inner pause are committed, and later decodes
@@ -217,6 +218,13 @@ class AsrSession:
         self._paused: _Hypothesis | None = None  # what the last Paused said, while still valid
         self._language = language
         self._partial_interval_ms = partial_interval_ms
+        # The share of stream time this session's partial decodes may take: after each one the
+        # next waits until its cost is that share of the audio since (0: every interval,
+        # whatever it costs). A partial decodes the whole open utterance, so its cost grows
+        # with the utterance, and with the machine's load: partials thin out there, not the
+        # CPU left for finals and for other sessions.
+        self._partial_budget = partial_budget
+        self._partial_gap_ms = partial_interval_ms
         self._detector = TurnDetector(
             aggressiveness, silence_ms=silence_ms, min_speech_ms=min_speech_ms,
             max_segment_ms=int(max_audio_s * 1000), buffer_ms=int(max_audio_s * 1000),
@@ -241,6 +249,7 @@ class AsrSession:
             pause_ms=settings.early_pause_ms if settings.early_reply or turn_end else None,
             turn_end=turn_end, turn_end_threshold=settings.turn_end_threshold,
             turn_end_wait_ms=settings.turn_end_wait_ms, tail_decode=settings.asr_tail_decode,
+            partial_budget=settings.asr_partial_budget,
         )
 
     def feed(self, pcm: bytes, *, partials: bool = True) -> list[AsrEvent]:
@@ -267,6 +276,7 @@ class AsrSession:
                 self._agreement.reset()
                 self._latest = self._paused = None
                 self._last_attempt_ms = event.at_ms
+                self._partial_gap_ms = self._partial_interval_ms  # (a new utterance: cheap again)
                 self._detector.set_silence_ms(self._silence_ms)  # (the detector's default otherwise)
                 events.append(SpeechStarted(event.at_ms))
             else:
@@ -396,10 +406,14 @@ class AsrSession:
         # hangover and LocalAgreement can catch up with the whole utterance before the final.
         if onset is None or self._detector.voiced_ms < MIN_PARTIAL_MS:
             return []
-        if now - self._last_attempt_ms < self._partial_interval_ms:
+        if now - self._last_attempt_ms < self._partial_gap_ms:
             return []
         self._last_attempt_ms = now
+        started = time.perf_counter()
         result = self._transcribe_segment()
+        if self._partial_budget > 0:
+            cost_ms = (time.perf_counter() - started) * 1000
+            self._partial_gap_ms = max(self._partial_interval_ms, round(cost_ms / self._partial_budget))
         open_end = self._detector.silence_ms < WORD_END_SILENCE_MS
         text = self._agreement.update(result.text, open_end=open_end)
         if text is None:

@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     vad_silence_ms: int = 400  # trailing silence that ends a turn (see README: tuning)
     vad_min_speech_ms: int = 200  # speech shorter than this does not open a turn
     asr_partial_interval_ms: int = 300
+    # Share of real time one session's partial decodes may take; the interval stretches to keep
+    # under it (long utterances, a loaded machine). 0: a partial every interval, whatever it costs.
+    asr_partial_budget: float = Field(default=0.5, ge=0.0, le=1.0)
     early_reply: bool = True  # start the LLM at a pause, before the end of turn is certain
     early_pause_ms: int = 100  # unvoiced ms inside speech (after webrtcvad's ~80 ms hangover): a pause
     # --- end of turn (ASR area, issue 15): at a pause, a model decides whether the turn is done

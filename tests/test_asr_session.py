@@ -7,6 +7,7 @@ deterministic, so every expectation here is exact up to the 20 ms frame grid.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -398,3 +399,43 @@ def test_a_word_the_audio_may_have_cut_waits_for_audio_after_it() -> None:
     whole = "What is the capital city unzimbabwe?"
     assert agreement.update(whole, open_end=False) is None  # it changed its mind: not agreed yet
     assert agreement.settle(whole) == whole
+
+
+class SlowEngine(FakeEngine):
+    """FakeEngine whose every decode takes at least `cost_s` of wall time."""
+
+    def __init__(self, cost_s: float) -> None:
+        super().__init__(growing)
+        self.cost_s = cost_s
+
+    def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcription:
+        time.sleep(self.cost_s)
+        return super().transcribe(audio, language)
+
+
+def test_partials_thin_out_to_stay_within_their_budget(speech: bytes) -> None:
+    """Decodes of at least 60 ms with a 0.1 budget: a partial at most every 600 ms of audio,
+    where the 100 ms interval alone would run one every 100 ms; the final still comes."""
+    pcm = silence(500) + speech + silence(1000)
+    budgeted = SlowEngine(0.06)
+    events = feed(AsrSession(budgeted, language="en", partial_interval_ms=100, partial_budget=0.1), pcm)
+    unbudgeted = SlowEngine(0.0)
+    feed(AsrSession(unbudgeted, language="en", partial_interval_ms=100), pcm)
+    gaps = np.diff(budgeted.durations[:-1])
+    assert len(gaps) >= 3 and all(gap >= 0.6 - 1e-6 for gap in gaps), gaps
+    assert len(unbudgeted.durations) >= 3 * len(budgeted.durations)
+    assert np.allclose(np.diff(unbudgeted.durations[:-1]), 0.1)
+    assert len(finals(events)) == 1 and partials(events)
+
+
+def test_a_new_utterance_starts_at_the_plain_interval(speech: bytes, short_speech: bytes) -> None:
+    """The budget's wider gap belongs to the utterance that cost it: the next one's first
+    partial comes at 0.5 s of voiced speech again, not 1.2 s (60 ms / 0.05) after its onset."""
+    engine = SlowEngine(0.06)
+    session = AsrSession(engine, language="en", partial_interval_ms=100, partial_budget=0.05)
+    feed(session, silence(300) + speech + silence(1000))
+    assert np.diff(engine.durations[:-1]).min() >= 1.2 - 1e-6  # the first utterance's gap grew
+    first = len(engine.durations)
+    feed(session, short_speech + silence(1000))
+    assert len(engine.durations) - first >= 2  # a partial, then the final
+    assert engine.durations[first] <= 1.1  # 0.3 s pre-roll + 0.5 s voiced, give or take a frame
