@@ -218,11 +218,13 @@ class AsrSession:
         self._paused: _Hypothesis | None = None  # what the last Paused said, while still valid
         self._language = language
         self._partial_interval_ms = partial_interval_ms
-        # The share of stream time this session's partial decodes may take: after each one the
-        # next waits until its cost is that share of the audio since (0: every interval,
-        # whatever it costs). A partial decodes the whole open utterance, so its cost grows
-        # with the utterance, and with the machine's load: partials thin out there, not the
-        # CPU left for finals and for other sessions.
+        # The share of stream time this session's partial decodes may take once the utterance
+        # shows words: after each partial the next waits until its cost is that share of the
+        # audio since (0: every interval, whatever it costs). A partial decodes the whole open
+        # utterance, so its cost grows with the utterance and with the machine's load:
+        # partials thin out there, not the CPU left for finals and other sessions. Until the
+        # first words show (two hypotheses must agree) they run at the interval: a short
+        # question would otherwise show nothing on a busy machine.
         self._partial_budget = partial_budget
         self._partial_gap_ms = partial_interval_ms
         self._detector = TurnDetector(
@@ -411,13 +413,13 @@ class AsrSession:
         self._last_attempt_ms = now
         started = time.perf_counter()
         result = self._transcribe_segment()
-        if self._partial_budget > 0:
-            cost_ms = (time.perf_counter() - started) * 1000
-            self._partial_gap_ms = max(self._partial_interval_ms, round(cost_ms / self._partial_budget))
+        cost_ms = (time.perf_counter() - started) * 1000
         open_end = self._detector.silence_ms < WORD_END_SILENCE_MS
         text = self._agreement.update(result.text, open_end=open_end)
         if text is None:
             return []
+        if self._partial_budget > 0:  # (once words show: the first come at the interval's pace)
+            self._partial_gap_ms = max(self._partial_interval_ms, round(cost_ms / self._partial_budget))
         return [Transcript(text, False, onset, now, result.confidence, result.language)]
 
     def _finish(self, ended: SpeechEnd) -> list[AsrEvent]:
