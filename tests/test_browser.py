@@ -46,7 +46,7 @@ if not Path(CHROMIUM).exists():
     pytest.skip("Chromium is not installed (scripts/install-system-deps.sh installs it)",
                 allow_module_level=True)
 
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page, Playwright, sync_playwright  # noqa: E402
 
 
 def _silence(seconds: float) -> np.ndarray:
@@ -81,42 +81,6 @@ def playwright() -> Iterator[Playwright]:
         yield driver
 
 
-Mic = tuple[Path | None, tuple[float, Path] | None]  # fake_mic_wav's question and `then`
-
-
-class Browsers:
-    """One Chromium per launch configuration (microphone file and flags), shared by the module's
-    tests, each test in a browser context of its own (fresh cookies, storage and permissions).
-    Launching is most of what a browser costs before the page does anything; the fake microphone
-    plays its file from the start for every getUserMedia, so a shared browser's test hears
-    exactly what a browser of its own would have."""
-
-    def __init__(self, playwright: Playwright, folder: Path) -> None:
-        self.playwright, self.folder = playwright, folder
-        self.running: dict[tuple[Mic, bool, tuple[str, ...]], Browser] = {}
-
-    def context(self, mic: Mic, *, allow_mic: bool = True,
-                extra_args: tuple[str, ...] = ()) -> BrowserContext:
-        key = (mic, allow_mic, extra_args)
-        if key not in self.running:
-            wav = fake_mic_wav(mic[0], self.folder / f"mic-{len(self.running)}.wav", then=mic[1])
-            self.running[key] = launch(self.playwright, wav, allow_mic=allow_mic, extra_args=extra_args)
-        return self.running[key].new_context()
-
-    def close(self) -> None:
-        for browser in self.running.values():
-            browser.close()
-
-
-@pytest.fixture(scope="module")
-def browsers(playwright: Playwright, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browsers]:
-    pool = Browsers(playwright, tmp_path_factory.mktemp("fake-mic"))
-    try:
-        yield pool
-    finally:
-        pool.close()
-
-
 def launch(playwright: Playwright, mic_wav: Path, *, allow_mic: bool = True,
            extra_args: tuple[str, ...] = ()) -> Browser:
     """Chromium with a fake microphone playing `mic_wav`; the fake permission UI says yes to it
@@ -131,7 +95,7 @@ def launch(playwright: Playwright, mic_wav: Path, *, allow_mic: bool = True,
     ])
 
 
-def open_page(browser: BrowserContext, stack: Any, transport: str) -> Page:
+def open_page(browser: Browser, stack: Any, transport: str) -> Page:
     page = browser.new_page()
     page.on("console", lambda message: print(f"page console: {message.text}"))
     page.on("pageerror", lambda error: print(f"page error: {error}"))
@@ -188,9 +152,9 @@ def assert_reply_heard(state: dict[str, Any], transport: str) -> None:
 
 
 @pytest.mark.parametrize("transport", ["websocket", "webrtc"])
-def test_spoken_question_in_the_browser(stack: Any, browsers: Browsers, fixtures_dir: Path,
+def test_spoken_question_in_the_browser(stack: Any, playwright: Playwright, fixtures_dir: Path,
                                         tmp_path: Path, transport: str) -> None:
-    browser = browsers.context((fixtures_dir / "q_en_capital.wav", None))
+    browser = launch(playwright, fake_mic_wav(fixtures_dir / "q_en_capital.wav", tmp_path / "mic.wav"))
     try:
         page = open_page(browser, stack, transport)
         page.click("#start")
@@ -209,9 +173,9 @@ def test_spoken_question_in_the_browser(stack: Any, browsers: Browsers, fixtures
 
 
 @pytest.mark.parametrize("transport", ["websocket", "webrtc"])
-def test_typed_message_gets_a_spoken_reply(stack: Any, browsers: Browsers, tmp_path: Path,
+def test_typed_message_gets_a_spoken_reply(stack: Any, playwright: Playwright, tmp_path: Path,
                                            transport: str) -> None:
-    browser = browsers.context((None, None))
+    browser = launch(playwright, fake_mic_wav(None, tmp_path / "silence.wav"))
     try:
         page = open_page(browser, stack, transport)
         page.click("#start")
@@ -243,12 +207,12 @@ PAGE_KEY = "page-test-key-5d1f3a9c"
 
 
 def test_page_with_credentials_asks_for_a_key_and_says_when_it_is_wrong(
-        stack: Any, browsers: Browsers) -> None:
+        stack: Any, playwright: Playwright, tmp_path: Path) -> None:
     """A gateway with API keys: the page shows its key field, a wrong key gets a plain message,
     the right one a live session (the key travels in the start message, never in the URL)."""
     from tests.gateway_thread import running_gateway
 
-    browser = browsers.context((None, None))
+    browser = launch(playwright, fake_mic_wav(None, tmp_path / "silence.wav"))
     try:
         with running_gateway(stack, api_keys=[PAGE_KEY]) as gateway:
             page = open_page(browser, gateway, "websocket")
@@ -267,11 +231,13 @@ def test_page_with_credentials_asks_for_a_key_and_says_when_it_is_wrong(
 
 
 @pytest.mark.parametrize("transport", ["websocket", "webrtc"])
-def test_speaking_over_the_reply_interrupts_it(stack: Any, browsers: Browsers, fixtures_dir: Path,
+def test_speaking_over_the_reply_interrupts_it(stack: Any, playwright: Playwright, fixtures_dir: Path,
                                               tmp_path: Path, transport: str) -> None:
     """A long answer, interrupted by a second question ~4 s into it (headphones: interrupting on):
     the page flushes what it had buffered, shows the cut, and answers the second question."""
-    browser = browsers.context((fixtures_dir / "q_en_long.wav", (5.5, fixtures_dir / "q_en_weather.wav")))
+    mic = fake_mic_wav(fixtures_dir / "q_en_long.wav", tmp_path / "mic.wav",
+                       then=(5.5, fixtures_dir / "q_en_weather.wav"))
+    browser = launch(playwright, mic)
     try:
         page = open_page(browser, stack, transport)
         page.check("#barge-in")
@@ -290,10 +256,11 @@ def test_speaking_over_the_reply_interrupts_it(stack: Any, browsers: Browsers, f
         browser.close()
 
 
-def test_push_to_talk_hears_only_while_held(stack: Any, browsers: Browsers, fixtures_dir: Path) -> None:
+def test_push_to_talk_hears_only_while_held(stack: Any, playwright: Playwright, fixtures_dir: Path,
+                                            tmp_path: Path) -> None:
     """Push-to-talk: the microphone sends silence until the button is held; letting go in the middle
     of the question sends end_turn, and the rest of the question is never heard."""
-    browser = browsers.context((fixtures_dir / "q_en_capital.wav", None))
+    browser = launch(playwright, fake_mic_wav(fixtures_dir / "q_en_capital.wav", tmp_path / "mic.wav"))
     try:
         page = open_page(browser, stack, "websocket")
         page.check("#ptt")
@@ -315,8 +282,8 @@ def test_push_to_talk_hears_only_while_held(stack: Any, browsers: Browsers, fixt
         browser.close()
 
 
-def test_microphone_denied_says_how_to_allow_it(stack: Any, browsers: Browsers) -> None:
-    browser = browsers.context((None, None), allow_mic=False)
+def test_microphone_denied_says_how_to_allow_it(stack: Any, playwright: Playwright, tmp_path: Path) -> None:
+    browser = launch(playwright, fake_mic_wav(None, tmp_path / "silence.wav"), allow_mic=False)
     try:
         page = open_page(browser, stack, "websocket")
         page.click("#start")
@@ -329,13 +296,13 @@ def test_microphone_denied_says_how_to_allow_it(stack: Any, browsers: Browsers) 
 
 
 def test_page_off_https_says_the_microphone_needs_a_secure_origin(
-        stack: Any, browsers: Browsers) -> None:
+        stack: Any, playwright: Playwright, tmp_path: Path) -> None:
     """Opened as http://<a LAN name>/ (here a name mapped to loopback, which the gateway is told to
     trust): not a secure context, so the page explains instead of offering Start."""
     from tests.gateway_thread import running_gateway
 
     rules = "--host-resolver-rules=MAP inzwa-lan.test 127.0.0.1"
-    browser = browsers.context((None, None), extra_args=(rules,))
+    browser = launch(playwright, fake_mic_wav(None, tmp_path / "silence.wav"), extra_args=(rules,))
     try:
         with running_gateway(stack, trusted_hosts=["inzwa-lan.test"]) as gateway:
             page = browser.new_page()
@@ -376,7 +343,7 @@ def tls_gateway(stack: Any, cert: Any, lan_name: str) -> Iterator[str]:
         thread.join(15)
 
 
-def test_lan_trial_over_https_with_inzwa_certs(stack: Any, browsers: Browsers, fixtures_dir: Path,
+def test_lan_trial_over_https_with_inzwa_certs(stack: Any, playwright: Playwright, fixtures_dir: Path,
                                                tmp_path: Path) -> None:
     """The README's LAN trial: `inzwa certs --name <LAN name>`, the gateway on HTTPS/WSS, the page
     opened by that name from a browser that accepts exactly that certificate (as a person does when
@@ -393,7 +360,8 @@ def test_lan_trial_over_https_with_inzwa_certs(stack: Any, browsers: Browsers, f
     pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
     accept = f"--ignore-certificate-errors-spki-list={pin}"
     rules = f"--host-resolver-rules=MAP {lan_name} 127.0.0.1"
-    browser = browsers.context((fixtures_dir / "q_en_capital.wav", None), extra_args=(rules, accept))
+    browser = launch(playwright, fake_mic_wav(fixtures_dir / "q_en_capital.wav", tmp_path / "mic.wav"),
+                     extra_args=(rules, accept))
     try:
         with tls_gateway(stack, cert, lan_name) as url:
             page = browser.new_page()
@@ -409,13 +377,13 @@ def test_lan_trial_over_https_with_inzwa_certs(stack: Any, browsers: Browsers, f
         browser.close()
 
 
-def test_refusals_get_plain_messages(stack: Any, browsers: Browsers) -> None:
+def test_refusals_get_plain_messages(stack: Any, playwright: Playwright, tmp_path: Path) -> None:
     """Close code 1013 both ways: a gateway with no assistant behind it (not ready), and a second
     session over a one-session limit (rate limited, with the server's retry time)."""
     from tests.gateway_thread import GatewayThread, gateway_settings, running_gateway
     from tests.stack import free_port_range
 
-    browser = browsers.context((None, None))
+    browser = launch(playwright, fake_mic_wav(None, tmp_path / "silence.wav"))
     # A short run dir: its plane's IPC socket paths must fit in 107 bytes, which a tmp_path under
     # pytest-xdist's worker folders does not leave room for.
     nobody = tempfile.TemporaryDirectory(prefix="inzwa-")
