@@ -27,6 +27,7 @@ import uvicorn
 from common.settings import Settings
 from gateway.app import create_app
 from gateway.server import server_options
+from tests.loopback import LOOPBACK
 from tests.stack import Stack, free_port
 
 
@@ -68,7 +69,7 @@ class GatewayThread:
             if not self.thread.is_alive():
                 raise RuntimeError(f"the gateway thread on port {self.port} ended early: {self.error!r}")
             try:
-                response = httpx.get(f"{self.http}/readyz", timeout=2)
+                response = LOOPBACK.get(f"{self.http}/readyz", timeout=2)
             except httpx.HTTPError as exc:
                 last = repr(exc)
             else:

@@ -27,6 +27,7 @@ import numpy as np
 from fastapi import FastAPI, Form, UploadFile
 from fastapi.responses import StreamingResponse
 
+from tests.loopback import LOOPBACK
 from tests.stack import free_port
 
 START_TIMEOUT_S = 120.0
@@ -57,7 +58,7 @@ class LlamaServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"llama_cpp.server exited:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/models", timeout=2).status_code == 200:
+                if LOOPBACK.get(f"{self.url}/models", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -17,6 +17,7 @@ import httpx
 
 from common.plane_auth import create_keys
 from common.settings import Settings
+from tests.loopback import LOOPBACK
 from tests.stack import ZMQ_PORTS, Stack, free_port_range
 
 GATEWAY_ID = "gw0"  # the one gateway (shard a's)
@@ -70,7 +71,7 @@ class TwoShards:
     def shard_status(self) -> dict[str, dict[str, object]]:
         """The gateway's /readyz view of each shard ({} while it does not answer)."""
         try:
-            body = httpx.get(f"{self.a.http}/readyz", timeout=2).json()
+            body = LOOPBACK.get(f"{self.a.http}/readyz", timeout=2).json()
         except (httpx.HTTPError, ValueError):
             return {}
         return dict(body.get("shards", {}))

@@ -29,6 +29,7 @@ from deploy.stack import (
     stack_env,
     supervisord_command,
 )
+from tests.loopback import LOOPBACK
 
 ROOT = Path(__file__).resolve().parent.parent
 ZMQ_PORTS = 40  # ports above the base that the stack may bind
@@ -174,13 +175,13 @@ class Stack:
     def metric(self, name: str, label: str) -> float:
         """The sum of `name`'s labelled samples on the gateway's /metrics whose labels hold
         `label` (e.g. 'cache="audio"'): what a test reads before and after to count."""
-        text = httpx.get(f"{self.http}/metrics", headers=self.admin_headers(), timeout=10).text
+        text = LOOPBACK.get(f"{self.http}/metrics", headers=self.admin_headers(), timeout=10).text
         return sum(float(line.split()[-1]) for line in text.splitlines()
                    if line.startswith(name + "{") and label in line)
 
     def ready(self) -> bool:
         try:
-            return httpx.get(f"{self.http}/readyz", timeout=2).status_code == 200
+            return LOOPBACK.get(f"{self.http}/readyz", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -27,6 +27,7 @@ import websockets
 
 from gateway.auth import make_token
 from tests.gateway_thread import GatewayThread, running_gateway
+from tests.loopback import LOOPBACK
 from tests.stack import ROOT, Stack, free_port, free_port_range
 
 pytestmark = pytest.mark.e2e
@@ -121,12 +122,12 @@ def ws_handshake(url: str, token: str | None = None,
 
 
 def test_healthz_needs_no_credentials(gateway: GatewayThread) -> None:
-    response = httpx.get(f"{gateway.http}/healthz", timeout=10)
+    response = LOOPBACK.get(f"{gateway.http}/healthz", timeout=10)
     assert response.status_code == 200 and response.json() == {"status": "ok"}
 
 
 def test_missing_credentials_are_refused_with_401(gateway: GatewayThread) -> None:
-    response = httpx.get(f"{gateway.http}/v1/models", timeout=10)
+    response = LOOPBACK.get(f"{gateway.http}/v1/models", timeout=10)
     assert response.status_code == 401
     assert response.json()["error"] == "missing_credentials"
     assert response.headers.get("WWW-Authenticate", "").startswith("Bearer")
@@ -142,7 +143,7 @@ def test_missing_credentials_are_refused_with_401(gateway: GatewayThread) -> Non
     ],
 )
 def test_bad_credentials_are_refused_with_401(gateway: GatewayThread, token: str, code: str) -> None:
-    response = httpx.get(f"{gateway.http}/v1/models", headers=bearer(token), timeout=10)
+    response = LOOPBACK.get(f"{gateway.http}/v1/models", headers=bearer(token), timeout=10)
     assert response.status_code == 401
     assert response.json()["error"] == code
     assert "WWW-Authenticate" in response.headers
@@ -150,7 +151,7 @@ def test_bad_credentials_are_refused_with_401(gateway: GatewayThread, token: str
 
 @pytest.mark.parametrize("token", [KEY, ADMIN_KEY, jwt_for()], ids=["key", "admin-key", "jwt"])
 def test_valid_credentials_list_the_models(gateway: GatewayThread, token: str) -> None:
-    response = httpx.get(f"{gateway.http}/v1/models", headers=bearer(token), timeout=60)
+    response = LOOPBACK.get(f"{gateway.http}/v1/models", headers=bearer(token), timeout=60)
     assert response.status_code == 200, response.text
     roles = {model["role"] for model in response.json()["models"]}
     assert {"asr", "llm", "tts"} <= roles
@@ -158,23 +159,23 @@ def test_valid_credentials_list_the_models(gateway: GatewayThread, token: str) -
 
 @pytest.mark.parametrize("token", [KEY, jwt_for()], ids=["key", "jwt-without-admin-scope"])
 def test_warmup_needs_an_admin_credential(gateway: GatewayThread, token: str) -> None:
-    response = httpx.post(f"{gateway.http}/v1/admin/warmup", headers=bearer(token), timeout=60)
+    response = LOOPBACK.post(f"{gateway.http}/v1/admin/warmup", headers=bearer(token), timeout=60)
     assert response.status_code == 403
     assert response.json()["error"] == "admin_required"
 
 
 @pytest.mark.parametrize("token", [ADMIN_KEY, jwt_for(scope="admin")], ids=["admin-key", "admin-jwt"])
 def test_warmup_with_an_admin_credential(gateway: GatewayThread, token: str) -> None:
-    response = httpx.post(f"{gateway.http}/v1/admin/warmup", headers=bearer(token), timeout=90)
+    response = LOOPBACK.post(f"{gateway.http}/v1/admin/warmup", headers=bearer(token), timeout=90)
     assert response.status_code == 200, response.text
     assert response.json()["missing"] == []
 
 
 def test_metrics_need_an_admin_credential(gateway: GatewayThread) -> None:
-    assert httpx.get(f"{gateway.http}/metrics", timeout=10).status_code == 401
-    refused = httpx.get(f"{gateway.http}/metrics", headers=bearer(KEY), timeout=10)
+    assert LOOPBACK.get(f"{gateway.http}/metrics", timeout=10).status_code == 401
+    refused = LOOPBACK.get(f"{gateway.http}/metrics", headers=bearer(KEY), timeout=10)
     assert refused.status_code == 403 and refused.json()["error"] == "admin_required"
-    allowed = httpx.get(f"{gateway.http}/metrics", headers=bearer(ADMIN_KEY), timeout=10)
+    allowed = LOOPBACK.get(f"{gateway.http}/metrics", headers=bearer(ADMIN_KEY), timeout=10)
     assert allowed.status_code == 200
     assert "inzwa_http_requests_total" in allowed.text
 
@@ -304,7 +305,7 @@ def test_audio_seconds_per_day_quota(stack: Stack) -> None:
         assert isinstance(errors[-1].get("retry_after_s"), int) and errors[-1]["retry_after_s"] > 0
         assert close_code == 1008
 
-        response = httpx.post(f"{gateway.http}/v1/asr", content=silent_wav(3.0),
+        response = LOOPBACK.post(f"{gateway.http}/v1/asr", content=silent_wav(3.0),
                               headers={**bearer(KEY), "Content-Type": "audio/wav"}, timeout=30)
         assert response.status_code == 429, response.text
         assert response.json()["error"] == "rate_limited"
@@ -351,7 +352,7 @@ def wait_healthy(process: subprocess.Popen[bytes], http: str, log_path: Path, ti
         assert process.poll() is None, log_path.read_text()
         assert time.monotonic() < deadline, "the gateway did not come up"
         try:
-            if httpx.get(f"{http}/healthz", timeout=2).status_code == 200:
+            if LOOPBACK.get(f"{http}/healthz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

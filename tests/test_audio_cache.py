@@ -7,11 +7,11 @@ import asyncio
 import time
 import uuid
 
-import httpx
 import pytest
 
 from common.frames import AudioChunk, SynthesizeRequest
 from common.metrics import CACHE_BYTES, CACHE_EVICTIONS, CACHE_HITS, CACHE_MISSES
+from tests.loopback import LOOPBACK
 from tests.stack import Stack, free_port
 from tests.test_engine_failures import RecordingRuntime, run, stop
 from tests.test_limits import redis_url  # noqa: F401  (a throwaway redis-server, the fixture)
@@ -144,8 +144,8 @@ def test_an_unreachable_redis_is_a_miss_not_a_failure() -> None:
 def test_a_second_identical_tts_request_is_served_from_the_cache(fake_stack: Stack) -> None:
     body = {"text": f"Cache check number {uuid.uuid4().int % 100000}.", "format": "wav"}
     hits, misses = (fake_stack.metric(f"inzwa_cache_{n}_total", AUDIO) for n in ("hits", "misses"))
-    first = httpx.post(f"{fake_stack.http}/v1/tts", json=body, timeout=60)
-    second = httpx.post(f"{fake_stack.http}/v1/tts", json=body, timeout=60)
+    first = LOOPBACK.post(f"{fake_stack.http}/v1/tts", json=body, timeout=60)
+    second = LOOPBACK.post(f"{fake_stack.http}/v1/tts", json=body, timeout=60)
     assert first.status_code == second.status_code == 200, (first.text, second.text)
     assert len(first.content) > 16000 and second.content == first.content  # the same audio
     assert fake_stack.metric("inzwa_cache_misses_total", AUDIO) - misses >= 1

@@ -27,6 +27,7 @@ from common.audio import frame_bytes
 from deploy.certs import instructions, make_certificate
 from deploy.mic import MISSING_PACKAGE, MicTalker
 from gateway.client import load_clip
+from tests.loopback import LOOPBACK
 from tests.stack import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +69,7 @@ def test_certs_serve_https_that_a_client_trusting_them_accepts(tmp_path: Path) -
             reply = httpx.get(f"https://{host}:{port}/ping", verify=trusting, timeout=10)
             assert reply.json() == {"ok": "yes"}
         with pytest.raises(httpx.ConnectError):  # and an ordinary client does not trust it
-            httpx.get(f"https://127.0.0.1:{port}/ping", timeout=10)
+            LOOPBACK.get(f"https://127.0.0.1:{port}/ping", timeout=10)
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -9,7 +9,6 @@ import os
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import websockets
@@ -17,6 +16,7 @@ import websockets
 from asr_worker.wer import normalize
 from common.audio import SAMPLE_RATE, pcm16_to_float, rms_dbfs
 from gateway.client import TalkResult, talk
+from tests.loopback import LOOPBACK
 from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -229,7 +229,7 @@ def test_bad_inputs_get_clear_errors_and_a_parallel_session_is_unaffected(
 
 
 def test_metrics_of_every_process_in_one_scrape(stack: Stack, capital_turn: TalkResult) -> None:
-    body = httpx.get(f"{stack.http}/metrics", headers=stack.admin_headers(), timeout=10).text
+    body = LOOPBACK.get(f"{stack.http}/metrics", headers=stack.admin_headers(), timeout=10).text
     samples = {}
     for line in body.splitlines():
         if line and not line.startswith("#"):

@@ -13,7 +13,6 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import websockets
 
@@ -24,6 +23,7 @@ from common.models import resolve
 from common.settings import Settings
 from gateway.client import load_clip, talk
 from tests.conftest import FAKE_TTS_MS_PER_CHAR
+from tests.loopback import LOOPBACK
 from tests.remote_servers import LlamaServer, SpeechServer
 from tests.stack import Stack
 from tests.test_turn_taking import Conversation, silence
@@ -34,7 +34,7 @@ FAKE_TEXT = "what is the capital of zimbabwe"
 
 
 def models_by_role(stack: Stack) -> dict[str, dict[str, object]]:
-    body = httpx.get(f"{stack.http}/v1/models", timeout=10).json()
+    body = LOOPBACK.get(f"{stack.http}/v1/models", timeout=10).json()
     return {model["role"]: model for model in body["models"]}
 
 

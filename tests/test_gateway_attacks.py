@@ -36,6 +36,7 @@ import websockets
 from asr_worker.wer import normalize
 from common.audio import SAMPLE_RATE
 from gateway.client import TalkResult, load_clip, speech_end_s, talk
+from tests.loopback import LOOPBACK
 from tests.stack import Stack, free_port
 from tests.test_api_auth import gateway_env, wait_healthy
 
@@ -253,7 +254,7 @@ def test_a_200_mb_json_body_is_refused_before_it_is_read(
     else:
         assert answer.body_bytes_sent < 1024 * 1024  # refused right after the 64 KiB cap
     assert memory.growth < MAX_GROWTH_KIB
-    assert httpx.get(f"{keyed_gateway.http}/healthz", timeout=10).status_code == 200
+    assert LOOPBACK.get(f"{keyed_gateway.http}/healthz", timeout=10).status_code == 200
 
 
 def test_an_upload_is_authenticated_before_its_body_and_capped(keyed_gateway: GatewayProcess) -> None:
@@ -270,7 +271,7 @@ def test_an_upload_is_authenticated_before_its_body_and_capped(keyed_gateway: Ga
 
 def test_a_body_within_the_cap_still_reaches_the_route(keyed_gateway: GatewayProcess) -> None:
     body = {"messages": [{"role": "user", "content": "hello " * 300}]}  # 1.8 KB: under every cap
-    response = httpx.post(f"{keyed_gateway.http}/v1/chat", json=body, timeout=10,
+    response = LOOPBACK.post(f"{keyed_gateway.http}/v1/chat", json=body, timeout=10,
                           headers={"Authorization": f"Bearer {KEY}"})
     assert response.json()["error"] == "not_ready", response.text  # no orchestrator behind it
 
@@ -396,9 +397,10 @@ def test_a_client_that_trickles_its_headers_is_cut_off(anonymous_gateway: Gatewa
 
 def test_a_foreign_host_header_is_refused(anonymous_gateway: GatewayProcess) -> None:
     for path in ("/metrics", "/v1/models", "/healthz"):
-        response = httpx.get(f"{anonymous_gateway.http}{path}", headers={"Host": "evil.example"}, timeout=10)
+        response = LOOPBACK.get(f"{anonymous_gateway.http}{path}", headers={"Host": "evil.example"},
+                                timeout=10)
         assert response.status_code == 421 and response.json()["error"] == "untrusted_host", path
-    assert httpx.get(f"{anonymous_gateway.http}/healthz", headers={"Host": "localhost:8000"},
+    assert LOOPBACK.get(f"{anonymous_gateway.http}/healthz", headers={"Host": "localhost:8000"},
                      timeout=10).status_code == 200
 
 
@@ -409,21 +411,22 @@ def test_a_foreign_host_header_is_refused(anonymous_gateway: GatewayProcess) -> 
 ])
 def test_a_cross_site_post_is_refused(anonymous_gateway: GatewayProcess, headers: dict[str, str]) -> None:
     for path in ("/v1/admin/warmup", "/v1/chat"):
-        response = httpx.post(f"{anonymous_gateway.http}{path}", content=b"{}", headers=headers, timeout=10)
+        response = LOOPBACK.post(f"{anonymous_gateway.http}{path}", content=b"{}", headers=headers,
+                                 timeout=10)
         assert response.status_code == 403 and response.json()["error"] == "cross_origin", response.text
 
 
 def test_anonymous_callers_are_not_admins_but_the_local_token_is(anonymous_gateway: GatewayProcess) -> None:
     for method, path in (("GET", "/metrics"), ("POST", "/v1/admin/warmup")):
-        response = httpx.request(method, f"{anonymous_gateway.http}{path}", timeout=10)
+        response = LOOPBACK.request(method, f"{anonymous_gateway.http}{path}", timeout=10)
         assert response.status_code == 403 and response.json()["error"] == "admin_required", path
     token_file = anonymous_gateway.run_dir / "admin.token"
     assert token_file.stat().st_mode & 0o777 == 0o600
     admin = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
-    metrics = httpx.get(f"{anonymous_gateway.http}/metrics", headers=admin, timeout=10)
+    metrics = LOOPBACK.get(f"{anonymous_gateway.http}/metrics", headers=admin, timeout=10)
     assert metrics.status_code == 200 and "inzwa_http_requests_total" in metrics.text
     # Same-origin page (localhost) and the local token: past auth, to the (absent) orchestrator.
-    warmup = httpx.post(f"{anonymous_gateway.http}/v1/admin/warmup", timeout=30,
+    warmup = LOOPBACK.post(f"{anonymous_gateway.http}/v1/admin/warmup", timeout=30,
                         headers={**admin, "Origin": f"http://localhost:{anonymous_gateway.port}"})
     assert warmup.status_code == 503, warmup.text
 
@@ -501,7 +504,7 @@ def test_the_gateway_serves_https_and_wss(tmp_path: Path, self_signed: tuple[Pat
                              verify=ssl.create_default_context(cafile=str(cert)))
         assert response.status_code == 200 and response.url.scheme == "https"
         with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port gets nowhere
-            httpx.get(f"http://127.0.0.1:{gateway.port}/healthz", timeout=5).raise_for_status()
+            LOOPBACK.get(f"http://127.0.0.1:{gateway.port}/healthz", timeout=5).raise_for_status()
 
         async def wss_start() -> dict[str, Any]:
             context = ssl.create_default_context(cafile=str(cert))
@@ -596,7 +599,7 @@ BYPASSES = {
 
 
 def _safety_count(stack: Stack, reason: str) -> float:
-    body = httpx.get(f"{stack.http}/metrics", headers=stack.admin_headers(), timeout=10).text
+    body = LOOPBACK.get(f"{stack.http}/metrics", headers=stack.admin_headers(), timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
                if line.startswith("inzwa_safety_refusals_total{")
                and 'direction="input"' in line and f'reason="{reason}"' in line)
@@ -622,17 +625,17 @@ def test_forwarding_headers_count_only_from_a_trusted_proxy(tmp_path: Path) -> N
     anonymous gateway refuses); from anybody else the header is ignored."""
     forwarded = {"X-Forwarded-For": "203.0.113.5"}
     with gateway_process(tmp_path) as plain:
-        ignored = httpx.get(f"{plain.http}/v1/sessions/{uuid.uuid4()}", headers=forwarded, timeout=10)
+        ignored = LOOPBACK.get(f"{plain.http}/v1/sessions/{uuid.uuid4()}", headers=forwarded, timeout=10)
         # still the loopback caller it really is (admitted; no orchestrator behind it: 503)
         assert ignored.status_code == 503, ignored.text
     with gateway_process(tmp_path, INZWA_TRUSTED_PROXIES="127.0.0.1") as proxied:
-        honoured = httpx.get(f"{proxied.http}/v1/sessions/{uuid.uuid4()}", headers=forwarded, timeout=10)
+        honoured = LOOPBACK.get(f"{proxied.http}/v1/sessions/{uuid.uuid4()}", headers=forwarded, timeout=10)
         assert honoured.status_code == 403 and honoured.json()["error"] == "loopback_only", honoured.text
 
 
 def test_deeply_nested_json_is_an_invalid_request(keyed_gateway: GatewayProcess) -> None:
     body = '{"messages": [{"role": "user", "content": "hi", "x": ' + "[" * 5000 + "]" * 5000 + "}]}"
-    response = httpx.post(f"{keyed_gateway.http}/v1/chat", content=body, timeout=10,
+    response = LOOPBACK.post(f"{keyed_gateway.http}/v1/chat", content=body, timeout=10,
                           headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     assert response.status_code == 422 and response.json()["error"] == "invalid_request", response.text
     assert "nests deeper" in response.json()["message"]
@@ -641,11 +644,11 @@ def test_deeply_nested_json_is_an_invalid_request(keyed_gateway: GatewayProcess)
 def test_an_allowed_cors_origin_may_post_in_anonymous_mode(tmp_path: Path) -> None:
     page = "https://app.example"
     with gateway_process(tmp_path, INZWA_CORS_ALLOWED_ORIGINS=page) as gateway:
-        allowed = httpx.post(f"{gateway.http}/v1/chat", timeout=10, json={"messages": []},
+        allowed = LOOPBACK.post(f"{gateway.http}/v1/chat", timeout=10, json={"messages": []},
                              headers={"Origin": page, "Sec-Fetch-Site": "cross-site"})
         assert allowed.status_code == 422, allowed.text  # past the edge, to validation
         assert allowed.headers.get("access-control-allow-origin") == page
-        refused = httpx.post(f"{gateway.http}/v1/chat", timeout=10, json={"messages": []},
+        refused = LOOPBACK.post(f"{gateway.http}/v1/chat", timeout=10, json={"messages": []},
                              headers={"Origin": "https://other.example"})
         assert refused.status_code == 403 and refused.json()["error"] == "cross_origin"
 
@@ -657,13 +660,13 @@ def test_connections_beyond_the_concurrency_limit_get_503(tmp_path: Path) -> Non
             for sock in idle:
                 sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # held open, headers unfinished
             time.sleep(0.5)  # let the server accept them all
-            refused = httpx.get(f"{gateway.http}/healthz", timeout=10)
+            refused = LOOPBACK.get(f"{gateway.http}/healthz", timeout=10)
             assert refused.status_code == 503, refused.text
         finally:
             for sock in idle:
                 sock.close()
         deadline = time.monotonic() + 10
-        while (status := httpx.get(f"{gateway.http}/healthz", timeout=10).status_code) != 200:
+        while (status := LOOPBACK.get(f"{gateway.http}/healthz", timeout=10).status_code) != 200:
             assert time.monotonic() < deadline, status
             time.sleep(0.2)
 

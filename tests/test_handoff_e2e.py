@@ -10,13 +10,13 @@ import json
 import uuid
 from typing import Any
 
-import httpx
 import pytest
 import websockets
 
 from common.languages import registry as languages
 from tests.gateway_thread import running_gateway
 from tests.handoff_client import Peer, caller, operator
+from tests.loopback import LOOPBACK
 from tests.stack import Stack
 
 OPERATOR_SAYS = "I have blocked your card and sent a new one"
@@ -70,7 +70,7 @@ async def _conversation(stack: Stack, client_id: str) -> None:
 def test_a_caller_gets_a_person_and_back_with_nothing_lost(fake_stack: Stack) -> None:
     client_id = str(uuid.uuid4())
     asyncio.run(_conversation(fake_stack, client_id))
-    body: dict[str, Any] = httpx.get(f"{fake_stack.http}/v1/sessions/{client_id}", timeout=30).json()
+    body: dict[str, Any] = LOOPBACK.get(f"{fake_stack.http}/v1/sessions/{client_id}", timeout=30).json()
     history = [(m["role"], m["content"]) for m in body["history"]]
     at = history.index(("assistant", OPERATOR_SAYS))  # the operator's turn, in the prompt history
     assert history[at - 1] == ("user", "my card was stolen")

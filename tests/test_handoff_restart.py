@@ -15,6 +15,7 @@ import websockets
 
 from common.languages import handoff as handoff_data
 from tests.handoff_client import caller, operator
+from tests.loopback import LOOPBACK
 from tests.stack import Stack, fake_env, serving
 from tests.test_sessions_api import kill_and_wait
 
@@ -30,7 +31,7 @@ def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def stored(stack: Stack, client_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{stack.http}/v1/sessions/{client_id}", timeout=30)
+    response = LOOPBACK.get(f"{stack.http}/v1/sessions/{client_id}", timeout=30)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body

@@ -16,13 +16,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import websockets
 
 from common.frames import AudioIn, ErrorEvent, GatewayHeartbeat, HandoffAsk, HistoryReply, HistoryRequest
 from common.metrics import SESSIONS_ENDED
 from tests.harness import SID, InProcess
+from tests.loopback import LOOPBACK
 from tests.stack import Stack
 from tests.test_store import run, whole_turn
 from tests.test_turns_inprocess import speak
@@ -160,6 +160,6 @@ def test_a_silent_client_is_closed_with_a_reason_and_its_history_kept(determinis
     assert events[-1]["code"] == "idle_timeout" and close_code == 1008, (events[-1], close_code)
     assert silent_s < 10  # the orchestrator's 2 s, not the gateway's own 120 s socket timeout
     assert stack.metric("inzwa_sessions_ended_total", 'reason="idle_timeout"') - before >= 1
-    body = httpx.get(f"{stack.http}/v1/sessions/{chosen}", timeout=10).json()
+    body = LOOPBACK.get(f"{stack.http}/v1/sessions/{chosen}", timeout=10).json()
     assert body["live"] is False and body["ended"] and body["end_reason"] == "idle_timeout", body
     assert [m["role"] for m in body["messages"]] == ["user", "assistant"]

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.gateway_thread import GatewayThread, running_gateway
+from tests.loopback import LOOPBACK
 from tests.stack import Stack
 from tests.test_turns_api import audible, heard, wav_samples
 
@@ -43,7 +44,7 @@ def gateway(fake_stack: Stack) -> Iterator[GatewayThread]:
 
 def start(gateway: GatewayThread, key: str, headers: dict[str, str] | None = None,
           **request: Any) -> dict[str, Any]:
-    response = httpx.post(f"{gateway.http}/api/v1/interaction/start", headers=auth(key) | (headers or {}),
+    response = LOOPBACK.post(f"{gateway.http}/api/v1/interaction/start", headers=auth(key) | (headers or {}),
                           timeout=TIMEOUT, **request)
     assert response.status_code == 202, response.text
     body = response.json()
@@ -52,7 +53,7 @@ def start(gateway: GatewayThread, key: str, headers: dict[str, str] | None = Non
 
 
 def result(gateway: GatewayThread, key: str, job_id: str, **params: str) -> httpx.Response:
-    return httpx.get(f"{gateway.http}/api/v1/interaction/result/{job_id}", headers=auth(key),
+    return LOOPBACK.get(f"{gateway.http}/api/v1/interaction/result/{job_id}", headers=auth(key),
                      params=params, timeout=TIMEOUT)
 
 
@@ -83,7 +84,7 @@ def test_an_audio_job_gives_its_texts_as_json_and_its_audio_as_ogg(gateway: Gate
     assert heard() in done["reply_text"].lower() and done["session_id"] == job["session_id"]
     timings = done["timings_ms"]
     assert timings["asr_final"] <= timings["first_token"] <= timings["first_audio"] <= timings["total"]
-    ogg = httpx.get(f"{gateway.http}/api/v1/interaction/result/{job['job_id']}", timeout=TIMEOUT,
+    ogg = LOOPBACK.get(f"{gateway.http}/api/v1/interaction/result/{job['job_id']}", timeout=TIMEOUT,
                     headers={"Accept": "audio/ogg", **auth(BOB)})
     assert ogg.status_code == 200 and ogg.content[:4] == b"OggS" and len(ogg.content) > 2000
 
@@ -94,13 +95,13 @@ def test_a_job_continues_its_callers_conversation(gateway: GatewayThread) -> Non
     second = start(gateway, ALICE, json={"text": "Thanks.", "session_id": first["session_id"]})
     assert second["session_id"] == first["session_id"]
     assert result(gateway, ALICE, second["job_id"], format="json", wait="true").json()["status"] == "done"
-    history = httpx.get(f"{gateway.http}/v1/sessions/{first['session_id']}", headers=auth(ALICE),
+    history = LOOPBACK.get(f"{gateway.http}/v1/sessions/{first['session_id']}", headers=auth(ALICE),
                         timeout=TIMEOUT).json()["history"]
     assert [m["content"] for m in history if m["role"] == "user"] == ["My name is Tendai.", "Thanks."]
     # The same id from another caller is another conversation: nothing of Alice's is in it.
     bobs = start(gateway, BOB, json={"text": "Hello.", "session_id": first["session_id"]})
     assert result(gateway, BOB, bobs["job_id"], format="json", wait="true").json()["status"] == "done"
-    theirs = httpx.get(f"{gateway.http}/v1/sessions/{first['session_id']}", headers=auth(BOB),
+    theirs = LOOPBACK.get(f"{gateway.http}/v1/sessions/{first['session_id']}", headers=auth(BOB),
                        timeout=TIMEOUT).json()["history"]
     assert [m["content"] for m in theirs if m["role"] == "user"] == ["Hello."]
 
@@ -125,12 +126,12 @@ def test_an_expired_job_is_404(gateway: GatewayThread) -> None:
 
 
 def test_health_is_open_and_metrics_need_an_admin(gateway: GatewayThread) -> None:
-    health = httpx.get(f"{gateway.http}/api/v1/health", timeout=TIMEOUT)
+    health = LOOPBACK.get(f"{gateway.http}/api/v1/health", timeout=TIMEOUT)
     assert health.status_code == 200 and health.json()["ready"] is True, health.text
-    assert httpx.get(f"{gateway.http}/api/v1/metrics", timeout=TIMEOUT).status_code == 401
-    user = httpx.get(f"{gateway.http}/api/v1/metrics", headers=auth(ALICE), timeout=TIMEOUT)
+    assert LOOPBACK.get(f"{gateway.http}/api/v1/metrics", timeout=TIMEOUT).status_code == 401
+    user = LOOPBACK.get(f"{gateway.http}/api/v1/metrics", headers=auth(ALICE), timeout=TIMEOUT)
     assert user.status_code == 403
-    metrics = httpx.get(f"{gateway.http}/api/v1/metrics", headers=auth(ADMIN), timeout=TIMEOUT)
+    metrics = LOOPBACK.get(f"{gateway.http}/api/v1/metrics", headers=auth(ADMIN), timeout=TIMEOUT)
     assert metrics.status_code == 200 and "inzwa_llm_token_interval_ms" in metrics.text
-    assert httpx.post(f"{gateway.http}/api/v1/interaction/start", json={"text": "hi"},
+    assert LOOPBACK.post(f"{gateway.http}/api/v1/interaction/start", json={"text": "hi"},
                       timeout=TIMEOUT).status_code == 401

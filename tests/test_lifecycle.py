@@ -22,6 +22,7 @@ import websockets
 
 from gateway.client import talk
 from tests.conftest import FAKE_ENGINES, FAKE_TTS_MS_PER_CHAR
+from tests.loopback import LOOPBACK
 from tests.stack import ROOT, Stack
 
 pytestmark = pytest.mark.e2e
@@ -105,7 +106,7 @@ def test_replicas_start_announce_and_serve(tmp_path: Path, fixtures_dir: Path) -
         processes = replicated.pids(by_process=True)
         assert {"llm_worker_0", "llm_worker_1", "tts_worker_0", "tts_worker_1"} <= set(processes)
         deadline = time.monotonic() + 60
-        while (workers := httpx.get(f"{replicated.http}/readyz").json()["workers"]) != {
+        while (workers := LOOPBACK.get(f"{replicated.http}/readyz").json()["workers"]) != {
             "asr": 1, "llm": 2, "tts": 2
         }:
             assert time.monotonic() < deadline, workers
@@ -204,6 +205,6 @@ async def _history_found(observer: Any, session_id: str, *, until: bool, within_
 
 def _ready(port: int) -> bool:
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+        return LOOPBACK.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False

@@ -25,6 +25,7 @@ import pytest
 
 from asr_worker.wer import normalize, word_error_rate
 from common.audio import read_wav, resample_pcm16, rms_dbfs, wav_bytes
+from tests.loopback import LOOPBACK
 from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -123,7 +124,7 @@ def voiced_seconds(pcm: bytes, rate: int = 24000) -> float:
 
 
 def transcribe_back(stack: Stack, pcm: bytes, rate: int) -> str:
-    response = httpx.post(f"{stack.http}/v1/audio/transcriptions", timeout=120,
+    response = LOOPBACK.post(f"{stack.http}/v1/audio/transcriptions", timeout=120,
                           files={"file": ("reply.wav", wav_bytes(pcm, rate), "audio/wav")},
                           data={"model": "whisper-1", "language": "en"})
     assert response.status_code == 200, response.text
@@ -359,7 +360,7 @@ LONG_ASK = "Tell me, please, a long story. " + "The lion ran to the river and th
 
 def history_of(stack: Stack, created: Any) -> dict[str, Any]:
     session_id = created.session.id.removeprefix("sess_")
-    reply = httpx.get(f"{stack.http}/v1/sessions/{session_id}", timeout=10)
+    reply = LOOPBACK.get(f"{stack.http}/v1/sessions/{session_id}", timeout=10)
     assert reply.status_code == 200, reply.text
     return dict(reply.json())
 

@@ -11,12 +11,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from common.frames import ChatJob, ChatMessage, GatewayHeartbeat, GenerateRequest, TokenChunk, WorkerExited
 from common.metrics import CACHE_HITS, CACHE_MISSES
 from tests.harness import InProcess
+from tests.loopback import LOOPBACK
 from tests.stack import Stack
 
 RESPONSE = 'cache="response"'  # the label of this cache's samples on /metrics
@@ -109,8 +109,8 @@ def test_a_second_identical_chat_is_served_from_the_cache(deterministic_stack: S
     stack = deterministic_stack
     body = {"messages": [{"role": "user", "content": f"Cache check {uuid.uuid4().hex[:8]}."}]}
     hits, misses = (stack.metric(f"inzwa_cache_{n}_total", RESPONSE) for n in ("hits", "misses"))
-    first = httpx.post(f"{stack.http}/v1/chat", json=body, timeout=60)
-    second = httpx.post(f"{stack.http}/v1/chat", json=body, timeout=60)
+    first = LOOPBACK.post(f"{stack.http}/v1/chat", json=body, timeout=60)
+    second = LOOPBACK.post(f"{stack.http}/v1/chat", json=body, timeout=60)
     assert first.status_code == second.status_code == 200, (first.text, second.text)
     assert second.json()["message"] == first.json()["message"] and first.json()["message"]["content"]
     assert stack.metric("inzwa_cache_misses_total", RESPONSE) - misses == 1
@@ -128,7 +128,7 @@ def test_a_chat_with_history_is_cached_for_its_caller_only(deterministic_stack: 
                          {"role": "user", "content": "What is my code?"}]}
     hits, misses = (stack.metric(f"inzwa_cache_{n}_total", RESPONSE) for n in ("hits", "misses"))
     for headers in ({}, {}, stack.admin_headers()):
-        reply = httpx.post(f"{stack.http}/v1/chat", json=body, headers=headers, timeout=60)
+        reply = LOOPBACK.post(f"{stack.http}/v1/chat", json=body, headers=headers, timeout=60)
         assert reply.status_code == 200, reply.text
     assert stack.metric("inzwa_cache_hits_total", RESPONSE) - hits == 1  # the anonymous caller's repeat
     assert stack.metric("inzwa_cache_misses_total", RESPONSE) - misses == 2  # its first, the admin's

@@ -22,6 +22,7 @@ import websockets
 
 from gateway.client import load_clip
 from tests.gateway_thread import running_gateway
+from tests.loopback import LOOPBACK
 from tests.stack import FAKE_ENGINES, UNLIMITED, Stack, serving
 
 pytestmark = pytest.mark.e2e
@@ -116,7 +117,7 @@ def test_a_conversation_survives_orchestrator_and_gateway_kills(own_stack: Stack
     assert "pineapple" in third_prompt and "Tariro" in third_prompt, third_prompt
     assert third_prompt.index("pineapple") < third_prompt.index("Tariro") < third_prompt.index("What did I")
 
-    body = httpx.get(f"{own_stack.http}/v1/sessions/{chosen}", timeout=10).json()
+    body = LOOPBACK.get(f"{own_stack.http}/v1/sessions/{chosen}", timeout=10).json()
     messages = body["messages"]
     assert [(m["turn_id"], m["role"]) for m in messages] == [
         (t, role) for t in (1, 2, 3) for role in ("user", "assistant")]
@@ -134,7 +135,7 @@ def test_a_conversation_survives_orchestrator_and_gateway_kills(own_stack: Stack
     asyncio.run(typed_turns(own_stack.url, chosen, ["And my name?"]))
     [fourth_prompt] = prompts(own_stack, 4)
     assert "Tariro" in fourth_prompt and "What did I tell you?" in fourth_prompt
-    listing = httpx.get(f"{own_stack.http}/v1/sessions", timeout=10).json()
+    listing = LOOPBACK.get(f"{own_stack.http}/v1/sessions", timeout=10).json()
     [mine] = [s for s in listing["sessions"] if s["session_id"] == body["store_id"]]
     assert mine["turns"] == 4
 
@@ -146,7 +147,7 @@ def test_sessions_are_listed_read_resumed_and_erased_only_by_their_owner(own_sta
         asyncio.run(typed_turns(gateway.url, chosen, ["Remember the word pineapple."], alice))
 
         def call(method: str, path: str, key: str) -> httpx.Response:
-            return httpx.request(method, f"{gateway.http}{path}", timeout=10,
+            return LOOPBACK.request(method, f"{gateway.http}{path}", timeout=10,
                                  headers={"Authorization": f"Bearer {key}"})
 
         owner = call("GET", f"/v1/sessions/{chosen}", alice)
@@ -196,7 +197,7 @@ def test_a_reply_interrupted_by_a_new_message_is_stored_as_heard(own_stack: Stac
             assert events.index("tts.cancel") < events.index("tts.end"), events
 
     asyncio.run(talk())
-    body = httpx.get(f"{own_stack.http}/v1/sessions/{chosen}", timeout=10).json()
+    body = LOOPBACK.get(f"{own_stack.http}/v1/sessions/{chosen}", timeout=10).json()
     first = [m for m in body["messages"] if m["turn_id"] == 1 and m["role"] == "assistant"]
     assert len(first) == 1 and first[0]["heard"] is not None, body["messages"]
     generated, heard = first[0]["content"], first[0]["heard"]
@@ -264,7 +265,7 @@ def test_the_sessions_of_a_gateway_that_stopped_heartbeating_end_and_keep_their_
     chosen, pid = str(uuid.uuid4()), own_stack.pids()["gateway"]
 
     def lost() -> float:
-        text = httpx.get(f"{own_stack.http}/metrics", headers=own_stack.admin_headers(), timeout=10).text
+        text = LOOPBACK.get(f"{own_stack.http}/metrics", headers=own_stack.admin_headers(), timeout=10).text
         return sum(float(line.split()[-1]) for line in text.splitlines()
                    if line.startswith("inzwa_sessions_ended_total{") and 'reason="gateway_lost"' in line)
 
@@ -276,6 +277,6 @@ def test_the_sessions_of_a_gateway_that_stopped_heartbeating_end_and_keep_their_
     errors = [(e["code"], close_code) for e in events if e["type"] == "error"]
     assert errors in ([("gateway_lost", 1008)], [("orchestrator_unavailable", 1012)]), (events, close_code)
     assert lost() - before >= 1
-    body = httpx.get(f"{own_stack.http}/v1/sessions/{chosen}", timeout=10).json()
+    body = LOOPBACK.get(f"{own_stack.http}/v1/sessions/{chosen}", timeout=10).json()
     assert body["end_reason"] == "gateway_lost" and body["live"] is False, body
     assert [m["content"] for m in body["messages"] if m["role"] == "user"] == ["Remember the word pineapple."]

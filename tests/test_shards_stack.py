@@ -15,13 +15,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import websockets
 
 from gateway.auth import ANONYMOUS_ID
 from gateway.bridge import scoped_session_id
 from gateway.shards import owner
+from tests.loopback import LOOPBACK
 from tests.shards import TwoShards
 from tests.stack import fake_env, serving
 
@@ -120,11 +120,11 @@ def check_spread(shards: TwoShards, ids: dict[str, list[str]]) -> None:
 def check_rest(shards: TwoShards) -> None:
     """REST on a sharded gateway: the models of both shards (one instance of each kind per
     shard, merged), and chat jobs answered by whichever shard takes them."""
-    body = httpx.get(f"{shards.a.http}/v1/models", timeout=10).json()
+    body = LOOPBACK.get(f"{shards.a.http}/v1/models", timeout=10).json()
     instances = {m["role"]: len(m["instances"]) for m in body["models"]}
     assert instances == {"asr": 2, "llm": 2, "tts": 2}, body
     for _ in range(2):
-        reply = httpx.post(f"{shards.a.http}/v1/chat", timeout=30, json={
+        reply = LOOPBACK.post(f"{shards.a.http}/v1/chat", timeout=30, json={
             "messages": [{"role": "user", "content": "What is the capital of Zimbabwe?"}]})
         assert reply.status_code == 200, reply.text
 
@@ -143,9 +143,9 @@ def check_resumed(shards: TwoShards, ids: dict[str, list[str]]) -> None:
             await ws.close()
 
     asyncio.run(resume())
-    body = httpx.get(f"{shards.a.http}/v1/sessions/{client_id}", timeout=10).json()
+    body = LOOPBACK.get(f"{shards.a.http}/v1/sessions/{client_id}", timeout=10).json()
     assert body["turns"] >= 2, body  # the stored turn from before the kill, and this one
-    listing = httpx.get(f"{shards.a.http}/v1/sessions?limit=100", timeout=10).json()
+    listing = LOOPBACK.get(f"{shards.a.http}/v1/sessions?limit=100", timeout=10).json()
     listed = {s["session_id"] for s in listing["sessions"]}
     assert {_internal(c) for name in NAMES for c in ids[name]} <= listed  # from both stores
 

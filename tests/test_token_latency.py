@@ -13,7 +13,6 @@ import asyncio
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,6 +21,7 @@ from common.frames import TokenChunk
 from gateway.client import Talker, load_clip
 from gateway.token_rate import TokenRate
 from llm_worker.token_clock import TokenClock
+from tests.loopback import LOOPBACK
 from tests.stack import Stack
 
 HISTOGRAMS = ("inzwa_llm_token_since_request_ms", "inzwa_llm_token_interval_ms",
@@ -78,7 +78,7 @@ def test_token_rate_counts_one_turns_tokens_and_skips_typed_v2v() -> None:
 
 
 def scrape(stack: Stack) -> dict[str, float]:
-    text = httpx.get(f"{stack.http}/metrics", headers=stack.admin_headers(), timeout=30).text
+    text = LOOPBACK.get(f"{stack.http}/metrics", headers=stack.admin_headers(), timeout=30).text
     return {sample.name: sample.value for family in text_string_to_metric_families(text)
             for sample in family.samples
             if sample.name.startswith(HISTOGRAMS) and sample.name.endswith(("_count", "_sum"))}
@@ -97,7 +97,7 @@ def test_a_spoken_turn_reports_its_tokens_everywhere(fake_stack: Stack, fixtures
     span = grown["inzwa_llm_total_ms_sum"] - grown["inzwa_llm_first_token_ms_sum"]
     assert abs(span - grown["inzwa_llm_token_interval_ms_sum"]) < 0.5  # monotone: gaps add up
     _check_event(result.metrics, len(tokens))
-    stored = httpx.get(f"{fake_stack.http}/v1/sessions/{result.session_id}", timeout=30).json()
+    stored = LOOPBACK.get(f"{fake_stack.http}/v1/sessions/{result.session_id}", timeout=30).json()
     timings = stored["messages"][-1]["timings"]
     assert timings["tokens"] == len(tokens), timings
     assert timings["first_token"] <= timings["last_token"] <= timings["tts_end"], timings

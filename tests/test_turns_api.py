@@ -25,6 +25,7 @@ from schemathesis.checks import not_a_server_error
 
 from common.audio import read_wav
 from common.settings import Settings
+from tests.loopback import LOOPBACK
 from tests.stack import Stack
 from tests.test_openai_rest import transcode
 
@@ -69,21 +70,21 @@ def test_a_typed_turn_streams_its_spoken_answer_and_continues(fake_stack: Stack)
     assert unquote(response.headers["x-transcript"]) == "Hello there."
     assert audible(wav_samples(body))
     session_id = response.headers["x-session-id"]
-    result = httpx.get(f"{fake_stack.http}/api/v1/interaction/result/{response.headers['x-job-id']}",
+    result = LOOPBACK.get(f"{fake_stack.http}/api/v1/interaction/result/{response.headers['x-job-id']}",
                        params={"format": "json"}, timeout=TIMEOUT).json()
     assert result["status"] == "done" and "You said Hello there" in result["reply_text"], result
     assert result["audio_bytes"] == len(body) - 44  # every sample of the turn was streamed
     again, body2 = streamed_turn(fake_stack, json={"text": "And again.", "session_id": session_id})
     assert again.status_code == 200 and again.headers["x-session-id"] == session_id
     assert audible(wav_samples(body2))
-    stored = httpx.get(f"{fake_stack.http}/v1/sessions/{session_id}", timeout=TIMEOUT).json()
+    stored = LOOPBACK.get(f"{fake_stack.http}/v1/sessions/{session_id}", timeout=TIMEOUT).json()
     users = [m["content"] for m in stored["history"] if m["role"] == "user"]
     assert users == ["Hello there.", "And again."], stored["history"]
 
 
 def test_an_audio_turn_answers_as_json_with_base64_audio(fake_stack: Stack, fixtures_dir: Path) -> None:
     wav = (fixtures_dir / CLIP).read_bytes()
-    response = httpx.post(f"{fake_stack.http}/v1/turns", content=wav, timeout=TIMEOUT,
+    response = LOOPBACK.post(f"{fake_stack.http}/v1/turns", content=wav, timeout=TIMEOUT,
                           headers={"Content-Type": "audio/wav", "Accept": "application/json"})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -93,7 +94,7 @@ def test_an_audio_turn_answers_as_json_with_base64_audio(fake_stack: Stack, fixt
     assert audible(samples) and len(samples) * 2 == body["audio_bytes"]
     stages = [body["timings_ms"][k] for k in ("asr_final", "first_token", "first_audio", "total")]
     assert stages == sorted(stages) and stages[0] > 0, body["timings_ms"]
-    stored = httpx.get(f"{fake_stack.http}/v1/sessions/{body['session_id']}", timeout=TIMEOUT).json()
+    stored = LOOPBACK.get(f"{fake_stack.http}/v1/sessions/{body['session_id']}", timeout=TIMEOUT).json()
     user = [m for m in stored["messages"] if m["role"] == "user"]
     assert isinstance(body["confidence"], float)  # the ASR's, stored with the turn:
     assert [m["confidence"] for m in user] == [body["confidence"]], stored["messages"]
@@ -125,13 +126,13 @@ def test_compressed_uploads_are_decoded_and_answered_in_ogg_opus(fake_stack: Sta
 ])
 def test_what_cannot_be_a_turn_gets_a_clear_4xx(fake_stack: Stack, request_args: dict[str, Any],
                                                 status: int, code: str) -> None:
-    response = httpx.post(f"{fake_stack.http}/v1/turns", timeout=TIMEOUT, **request_args)
+    response = LOOPBACK.post(f"{fake_stack.http}/v1/turns", timeout=TIMEOUT, **request_args)
     assert response.status_code == status, response.text
     assert response.json()["error"] == code
 
 
 def test_the_safety_filter_answers_a_whole_turn_too(fake_stack: Stack) -> None:
-    response = httpx.post(f"{fake_stack.http}/v1/turns", json={"text": "How do I make a bomb?"},
+    response = LOOPBACK.post(f"{fake_stack.http}/v1/turns", json={"text": "How do I make a bomb?"},
                           params={"format": "json"}, timeout=TIMEOUT)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -146,7 +147,7 @@ def test_a_silent_upload_is_no_speech_not_a_reply(fake_stack: Stack) -> None:
         writer.setsampwidth(2)
         writer.setframerate(16000)
         writer.writeframes(bytes(32000))
-    response = httpx.post(f"{fake_stack.http}/v1/turns", content=out.getvalue(), timeout=TIMEOUT,
+    response = LOOPBACK.post(f"{fake_stack.http}/v1/turns", content=out.getvalue(), timeout=TIMEOUT,
                           headers={"Content-Type": "audio/wav", "Accept": "application/json"},
                           params={"session_id": str(uuid.uuid4())})
     assert response.status_code == 422 and response.json()["error"] == "no_speech", response.text

@@ -27,6 +27,7 @@ from gateway.client import load_clip
 from gateway.rtc_client import RtcCall, connect
 from gateway.rtc_media import PcmTrack
 from tests.gateway_thread import running_gateway
+from tests.loopback import LOOPBACK
 from tests.stack import Stack
 from tests.test_e2e import collapse_gaps, sounds_like
 
@@ -206,7 +207,7 @@ async def _offer(data_channel: bool, audio: bool) -> str:
 
 def test_webrtc_off_and_bad_offers_are_refused_with_reasons(stack: Stack) -> None:
     with running_gateway(stack, enable_webrtc=False) as gateway:
-        response = httpx.post(f"{gateway.http}/rtc/session", json={"sdp": "v=0", "type": "offer"})
+        response = LOOPBACK.post(f"{gateway.http}/rtc/session", json={"sdp": "v=0", "type": "offer"})
         assert response.status_code == 404 and response.json()["error"] == "webrtc_disabled"
     for body, code in [({"sdp": "v=0", "type": "answer"}, "bad_offer"), ({"type": "offer"}, "bad_offer"),
                        ({"sdp": "v=0\r\nnonsense", "type": "offer"}, "bad_sdp"),
@@ -214,7 +215,7 @@ def test_webrtc_off_and_bad_offers_are_refused_with_reasons(stack: Stack) -> Non
                        ({"sdp": "v=0", "type": "offer", "session_id": "abc"}, "bad_session_id"),
                        ({"sdp": asyncio.run(_offer(False, True)), "type": "offer"}, "bad_sdp"),
                        ({"sdp": asyncio.run(_offer(True, False)), "type": "offer"}, "bad_sdp")]:
-        response = httpx.post(f"{stack.http}/rtc/session", json=body, timeout=30)
+        response = LOOPBACK.post(f"{stack.http}/rtc/session", json=body, timeout=30)
         assert response.status_code == 400 and response.json()["error"] == code, (body, response.text)
 
 
