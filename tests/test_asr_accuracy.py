@@ -129,6 +129,31 @@ def test_loud_noise_gives_empty_text_without_the_stock_window(
 
 
 @pytest.mark.models
+def test_file_transcription_caps_tokens_by_the_audios_length(
+    whisper_engine, human_clips: list[Clip], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """faster-whisper's own windows (uploads) get the token cap of the live path, per window:
+    its temperature fallback otherwise decodes up to 448 tokens five more times on noise. The
+    speech of a human clip still comes through whole."""
+    caps: list[int] = []
+    transcribe = whisper_engine._model.transcribe
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        caps.append(kwargs["max_new_tokens"])
+        return transcribe(*args, **kwargs)
+
+    monkeypatch.setattr(whisper_engine._model, "transcribe", spy)
+    noise = np.random.default_rng(0).integers(-32767, 32768, 11200) / 32768
+    whisper_engine.transcribe_file(noise.astype(np.float32), "sn")
+    assert caps and set(caps) == {max_new_tokens(0.7)}
+    clip = next(c for c in human_clips if c.name == "jfk.wav")
+    caps.clear()
+    heard = " ".join(s.text for s in whisper_engine.transcribe_file(clip.audio, "en").segments)
+    assert caps == [max_new_tokens(clip.audio.size / 16000)]
+    assert word_error_rate(clip.reference, heard) <= 0.1, heard
+
+
+@pytest.mark.models
 def test_audio_longer_than_one_window(fixtures_dir: Path, whisper_engine) -> None:
     # Distinct utterances (repeating one clip would test Whisper's habit of skipping repeated
     # content instead), 0.2 s apart: 34.7 s, so two windows, the cut falling inside a clip.
