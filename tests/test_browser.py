@@ -38,7 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / ".artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FAKE_MIC_RATE = 48000  # what a real microphone delivers; Chromium resamples any rate it is given
-LEAD_S = 3.0  # silence before the question: the session (ICE, DTLS for WebRTC) is up by then
+# Silence before the question: the session (ICE, DTLS for WebRTC) is up by then. Start to live
+# measured 0.1 s (WebSocket) and 0.2-0.4 s (WebRTC), also with every core busy: 2 s is ~5x that.
+LEAD_S = 2.0
 TAIL_S = 30.0  # silence after it: the fake microphone loops its file, the question must not repeat
 TURN_TIMEOUT_S = 120.0
 
