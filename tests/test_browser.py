@@ -192,6 +192,31 @@ def test_typed_message_gets_a_spoken_reply(stack: Any, playwright: Playwright, t
         browser.close()
 
 
+def test_a_spoken_turn_after_a_typed_one_reports_its_felt_latency(
+    stack: Any, playwright: Playwright, fixtures_dir: Path, tmp_path: Path
+) -> None:
+    """The typed turn takes the server's turn 1 while the ASR's first final is still its own
+    first: the spoken question's reply carries another id than its final, and the page ties
+    the two by order (a regression: it keyed them by id, and such a turn never reported its
+    latency; early replies the speaker talks over shift the ids the same way)."""
+    mic = fake_mic_wav(None, tmp_path / "mic.wav", then=(16.0, fixtures_dir / "q_en_capital.wav"))
+    browser = launch(playwright, mic)
+    try:
+        page = open_page(browser, stack, "websocket")
+        page.click("#start")
+        wait_until(page, "window.inzwa.state === 'live'", 30)
+        page.fill("#message", "Say hello.")
+        page.click("#send")
+        wait_until(page, "window.inzwa.turns.filter(t => t.felt_ms != null).length >= 1", TURN_TIMEOUT_S)
+        wait_until(page, "window.inzwa.turns.filter(t => t.felt_ms != null).length >= 2", TURN_TIMEOUT_S)
+        state = hooks(page)
+        assert "capital" in state["transcript"].lower(), (state["transcript"], state["turns"])
+        felt = [t["felt_ms"] for t in state["turns"] if t.get("felt_ms") is not None]
+        assert len(felt) == 2 and all(0 < ms < 30000 for ms in felt), state["turns"]
+    finally:
+        browser.close()
+
+
 def test_page_config_and_static_files(stack: Any) -> None:
     config = httpx.get(f"{stack.http}/client-config", timeout=10).json()
     assert config["auth_required"] is False
@@ -373,7 +398,7 @@ def test_lan_trial_over_https_with_inzwa_certs(stack: Any, playwright: Playwrigh
             page.select_option("#transport", "websocket")  # wss:// to the same origin
             page.click("#start")
             state = wait_for_reply(page)
-            assert "capital" in state["transcript"].lower(), state["transcript"]
+            assert "capital" in state["transcript"].lower(), (state["transcript"], state["turns"])
             assert_reply_heard(state, "websocket")
     finally:
         browser.close()

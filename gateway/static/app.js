@@ -49,6 +49,7 @@ class App {
     this.pttHeld = false;
     this.pttReleaseT = null;
     this.typedEndT = null;
+    this.finalEndT = null; // the end of speech of the last final, for the reply that answers it
     this.audioCancelled = false;
     this.stopping = false;
     this.turnCount = 0;
@@ -299,10 +300,15 @@ class App {
   onEvent(event) {
     this.hooks.events += 1;
     const key = event.turn_id === undefined ? null : String(event.turn_id);
-    // A typed message's turn is the first reply after it (its echoed final may carry another id).
-    if (key !== null && this.typedEndT !== null && ['llm.partial', 'tts.start'].includes(event.type)) {
-      this.latency.markEnd(key, this.typedEndT);
+    // A turn's reply is the first one after its final (or its typed message): the reply's id is
+    // the server's turn count, which early replies the speaker talked over have moved on, so
+    // it need not be the final's. A reply that already has its end is an earlier turn's.
+    const end = this.typedEndT ?? this.finalEndT;
+    if (key !== null && end !== null && ['llm.partial', 'tts.start'].includes(event.type)
+        && !this.latency.ends.has(key)) {
+      this.latency.markEnd(key, end);
       this.typedEndT = null;
+      this.finalEndT = null;
     }
     this.transcript.apply(event);
     const handler = EVENT_HANDLERS[event.type];
@@ -311,9 +317,9 @@ class App {
     this.hooks.reply = this.transcript.replyText();
   }
 
-  onFinal(key) {
+  onFinal() {
     const end = $('ptt').checked && this.pttReleaseT !== null ? this.pttReleaseT : this.speech.lastSpeechT;
-    this.latency.markEnd(key, end);
+    this.finalEndT = end ?? null;
     this.pttReleaseT = null;
   }
 
@@ -438,7 +444,7 @@ const EVENT_HANDLERS = {
   'asr.partial': (app, event) => { app.hooks.partial = event.text || ''; },
   'asr.final': (app, event, key) => {
     app.hooks.partial = '';
-    if (app.typedEndT === null) app.onFinal(key);
+    if (app.typedEndT === null) app.onFinal();
   },
   'tts.start': (app, event, key) => app.onReplyStart(key),
   'tts.end': (app) => { app.hooks.replies_ended += 1; app.onReplyEnd(false); },

@@ -64,33 +64,51 @@ class Turn {
 export class Transcript {
   constructor(listEl) {
     this.list = listEl;
-    this.turns = new Map();
-    this.pendingTyped = null; // a typed message's turn, until the server names its turn id
+    this.rows = []; // every turn shown, in order
+    this.turns = new Map(); // the server's reply turn id -> its row
+    this.pendingTyped = null; // a typed message's row, until a reply claims it
   }
 
   clear() {
     this.list.replaceChildren();
+    this.rows = [];
     this.turns.clear();
     this.pendingTyped = null;
   }
 
-  // The turn with this id; a reply event for a new id adopts a pending typed message's turn.
-  turn(id, reply = false) {
-    const key = id === undefined || id === null ? 'current' : String(id);
-    let turn = this.turns.get(key);
-    if (!turn && reply && this.pendingTyped) {
-      turn = this.pendingTyped;
-      this.pendingTyped = null;
-      turn.id = key;
-    }
-    if (!turn) turn = new Turn(this.list, key);
-    this.turns.set(key, turn);
+  newRow() {
+    const turn = new Turn(this.list, null);
+    this.rows.push(turn);
     this.list.scrollTop = this.list.scrollHeight;
     return turn;
   }
 
+  // The row of a reply: the one its id already has, else the newest row whose words no reply
+  // has claimed. Rows go by order, not by id: a reply's id is the server's turn count, which
+  // typed turns and early replies the speaker talked over move past the ASR's own count that
+  // asr.* events carry.
+  replyTurn(id) {
+    const key = id === undefined || id === null ? 'current' : String(id);
+    let turn = this.turns.get(key);
+    if (!turn) {
+      turn = [...this.rows].reverse().find((t) => t.id === null && t.userText) || this.newRow();
+      turn.id = key;
+      this.turns.set(key, turn);
+      if (turn === this.pendingTyped) this.pendingTyped = null;
+    }
+    return turn;
+  }
+
+  // The row the person's words go to: the last one while no reply has claimed it (several
+  // finals of one turn add up), else a new one.
+  userTurn() {
+    const last = this.rows[this.rows.length - 1];
+    if (last && last.id === null && !last.user.classList.contains('typed')) return last;
+    return this.newRow();
+  }
+
   typed(text) {
-    this.pendingTyped = new Turn(this.list, null);
+    this.pendingTyped = this.newRow();
     this.pendingTyped.setUser(text, true);
     this.pendingTyped.user.classList.add('typed');
   }
@@ -111,7 +129,7 @@ export class Transcript {
   userWords(event, final) {
     const pending = this.pendingTyped;
     if (final && pending && (event.text || '').trim() === pending.userText) return pending; // its echo
-    const turn = this.turn(event.turn_id);
+    const turn = this.userTurn();
     if (!turn.user.classList.contains('typed')) {
       // Several finals in one turn (a long utterance) add up; a partial follows the finals so far.
       const text = [turn.finalsText || '', event.text].filter(Boolean).join(' ');
@@ -122,7 +140,7 @@ export class Transcript {
   }
 
   update(event, change) {
-    const turn = this.turn(event.turn_id, true);
+    const turn = this.replyTurn(event.turn_id);
     change(turn);
     turn.render();
     return turn;
@@ -140,11 +158,10 @@ export class Transcript {
 
   // For the test hooks: everything the person said, and everything the assistant said.
   userText() {
-    const turns = [...this.turns.values(), ...(this.pendingTyped ? [this.pendingTyped] : [])];
-    return turns.map((t) => t.userText).filter(Boolean).join(' ');
+    return this.rows.map((t) => t.userText).filter(Boolean).join(' ');
   }
 
   replyText() {
-    return [...this.turns.values()].map((t) => t.spokenText() || t.tokens).filter(Boolean).join(' ');
+    return this.rows.map((t) => t.spokenText() || t.tokens).filter(Boolean).join(' ');
   }
 }
