@@ -33,7 +33,7 @@ run: setup
 # The suite runs in TEST_WORKERS processes (pytest-xdist): most of its wall time is real
 # processes and real-time audio waiting, not CPU; tests sharing a stack stay in one worker
 # (tests/conftest.py). TEST_WORKERS=0 runs it in one process.
-TEST_WORKERS ?= 5
+TEST_WORKERS ?= 4
 test: setup lint
 	$(BIN)/python -m pytest -ra --durations=25 -n $(TEST_WORKERS)
 
