@@ -256,10 +256,10 @@ def test_metrics_of_every_process_in_one_scrape(stack: Stack, capital_turn: Talk
         return sum(v for k, v in samples.items() if k.startswith(prefix))
 
     assert total("inzwa_v2v_ms_count") >= 1  # gateway
-    skipped = {k: v for k, v in samples.items()
+    counters = {k: v for k, v in samples.items()
                if k.startswith(("inzwa_dropped_frames_total", "inzwa_overload_level"))}
     assert total("inzwa_asr_partial_latency_ms_count") >= 1, (  # gateway, from ASR timestamps
-        len(capital_turn.partials), skipped)
+        len(capital_turn.partials), counters)
     assert total("inzwa_llm_ttfw_ms_count") >= 1  # orchestrator
     assert total("inzwa_tts_rtf_count") >= 1  # tts worker
     assert total('inzwa_turns_total{outcome="completed"}') >= 1
