@@ -83,6 +83,10 @@ class TokenChunk(Frame):
     token: str = ""
     logprob: float | None = None
     is_final: bool = False
+    # ms from the generation request's arrival at the LLM worker to this token leaving the
+    # engine: the generation's own clock, so a token rate read downstream is not skewed by the
+    # plane's queues (None: not generated, e.g. a fallback line, or an older worker)
+    elapsed_ms: float | None = None
 
 
 class AudioChunk(Frame):

@@ -30,8 +30,9 @@ class TokenClock:
         self.last: float | None = None
         self.tokens = 0
 
-    def token(self) -> None:
-        """One token was produced (call it as the piece leaves the engine)."""
+    def token(self) -> float:
+        """One token was produced (call it as the piece leaves the engine); returns its ms since
+        the request arrived."""
         now = time.perf_counter()
         since_request = (now - self.started) * 1000
         LLM_TOKEN_SINCE_REQUEST_MS.observe(since_request)
@@ -42,6 +43,7 @@ class TokenClock:
         LLM_TOKENS.inc()
         self.last = now
         self.tokens += 1
+        return round(since_request, 2)
 
     def done(self) -> None:
         """The generation ended; a request that produced no token has no total to report."""

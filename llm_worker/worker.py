@@ -136,8 +136,8 @@ class LlmWorker:
         clock = TokenClock(arrived)  # token-level latency, from the request's arrival
         try:
             async for piece in pieces:
-                clock.token()
-                await self._emit(request, seq=sent[0], token=piece, final=False)
+                elapsed = clock.token()
+                await self._emit(request, seq=sent[0], token=piece, final=False, elapsed_ms=elapsed)
                 sent[0] += 1
         finally:
             clock.done()
@@ -149,8 +149,9 @@ class LlmWorker:
                                             request_id=request.request_id, kind="llm", code=code,
                                             message=message))
 
-    async def _emit(self, request: GenerateRequest, *, seq: int, token: str, final: bool) -> None:
+    async def _emit(self, request: GenerateRequest, *, seq: int, token: str, final: bool,
+                    elapsed_ms: float | None = None) -> None:
         assert self.runtime is not None
         await self.runtime.emit(TokenChunk(session_id=request.session_id, turn_id=request.turn_id,
                                            request_id=request.request_id, seq=seq, token=token,
-                                           is_final=final))
+                                           is_final=final, elapsed_ms=elapsed_ms))

@@ -321,7 +321,8 @@ class Turns:
             # generation span and tokens/s can be read back from the conversation store.
             turn.timings["last_token"] = round((turn.progress_at - turn.started_at) * 1000, 1)
             turn.timings["tokens"] = turn.token_seq
-            token = TokenChunk(turn_id=turn.turn_id, seq=turn.token_seq, token=chunk.token)
+            token = TokenChunk(turn_id=turn.turn_id, seq=turn.token_seq, token=chunk.token,
+                               elapsed_ms=chunk.elapsed_ms)
             await self._emit(session, turn, token)
             for phrase in turn.cutter.feed(chunk.token):
                 await self._queue_checked(session, turn, phrase)
