@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from common.settings import Settings
 
 MIN_PARTIAL_MS = 500  # less voiced audio than this and Whisper mostly guesses
+# Under congestion partials are skipped, but not for longer than this much speech: a person on a
+# busy server still sees words appear (one decode per 1.5 s of audio keeps the CPU for catching up)
+STARVED_PARTIAL_MS = 1500
 # Push-to-talk turns the VAD never opened: frames louder than this count as sound (quiet-room
 # noise sits well below; soft speech into a headset well above), and we need this much of it.
 QUIET_SPEECH_DBFS = -50.0
@@ -254,11 +257,14 @@ class AsrSession:
             partial_budget=settings.asr_partial_budget,
         )
 
-    def feed(self, pcm: bytes, *, partials: bool = True) -> list[AsrEvent]:
+    def feed(self, pcm: bytes, *, partials: bool = True, congested: bool = False) -> list[AsrEvent]:
         """Process PCM16 mono 16 kHz audio of any length.
 
-        `partials=False` when the caller is behind real time: a partial then would only be
-        superseded by the next one, and its CPU is better spent catching up.
+        `partials=False`: none at all (the client or the overload ladder turned them off).
+        `congested=True` when the caller is behind real time or busy elsewhere: a partial then
+        would mostly be superseded by the next one, and its CPU is better spent catching up; yet
+        one is still tried once STARVED_PARTIAL_MS of speech went by without one, so a person
+        on a busy server still sees their words appear during a long utterance.
         """
         events: list[AsrEvent] = []
         # Pauses and ends of turn are looked for every PIECE of audio, not once per call: a call
@@ -266,10 +272,11 @@ class AsrSession:
         # the audio, as it would have fed frame by frame, not miss it under the speech after.
         for at in range(0, len(pcm), PIECE_BYTES):
             last = at + PIECE_BYTES >= len(pcm)
-            events.extend(self._feed_piece(pcm[at:at + PIECE_BYTES], partials=partials and last))
+            piece = pcm[at:at + PIECE_BYTES]
+            events.extend(self._feed_piece(piece, partials=partials and last, congested=congested))
         return events
 
-    def _feed_piece(self, pcm: bytes, *, partials: bool) -> list[AsrEvent]:
+    def _feed_piece(self, pcm: bytes, *, partials: bool, congested: bool) -> list[AsrEvent]:
         events: list[AsrEvent] = []
         for event in self._detector.feed(pcm):
             if isinstance(event, SpeechStart):
@@ -287,7 +294,8 @@ class AsrSession:
             events.extend(self._pause_events())
             self._force_commit()
             if self._paused is None and partials and self._engine.partials:
-                events.extend(self._maybe_partial())
+                if not congested or self._partial_starved():
+                    events.extend(self._maybe_partial())
         return events
 
     def _pause_events(self) -> list[AsrEvent]:
@@ -399,6 +407,12 @@ class AsrSession:
         self._agreement.reset()
         self._latest = self._paused = None
         self._carry = None
+
+    def _partial_starved(self) -> bool:
+        """No partial tried for long, in stream time (at least 3 of the current gaps, so a
+        slow engine's adaptive pace is kept)."""
+        since = self._detector.elapsed_ms - self._last_attempt_ms
+        return since >= max(STARVED_PARTIAL_MS, 3 * self._partial_gap_ms)
 
     def _maybe_partial(self) -> list[AsrEvent]:
         onset = self._detector.onset_ms

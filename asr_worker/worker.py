@@ -238,15 +238,16 @@ class AsrWorker:
                 events.append(Transcript("", True, 0, 0, 0.0, ""))
         else:
             assert isinstance(item, bytes)
-            # Partials are best effort: none while this session is behind real time or another
-            # session is being transcribed; finals and pause hypotheses always run.
+            # Partials are best effort: few while this session is behind real time or another
+            # session is being transcribed (see AsrSession.feed); finals and pause hypotheses
+            # always run.
             congested = len(item) > BACKLOG_BYTES or self._feeding > 0
             if congested:
                 DROPPED_FRAMES.labels("partial_skipped_congestion").inc()
             self._feeding += 1
             try:
-                events = await asyncio.to_thread(stream.asr.feed, item,
-                                                 partials=stream.partials and not congested)
+                events = await asyncio.to_thread(stream.asr.feed, item, partials=stream.partials,
+                                                 congested=congested)
             finally:
                 self._feeding -= 1
         for event in events:

@@ -16,6 +16,7 @@ import pytest
 
 from asr_worker.interface import Transcription
 from asr_worker.session import (
+    STARVED_PARTIAL_MS,
     AsrEvent,
     AsrSession,
     LocalAgreement,
@@ -370,6 +371,26 @@ def test_a_caller_behind_real_time_can_skip_partials(speech: bytes) -> None:
     events = session.feed(speech, partials=False) + session.feed(silence(700), partials=False)
     assert partials(events) == [] and len(finals(events)) == 1
     assert len(engine.durations) == 1  # only the final was transcribed
+
+
+def test_a_congested_caller_still_sees_a_partial_every_starved_stretch(speech: bytes) -> None:
+    engine = FakeEngine(growing)
+    session = AsrSession(engine, language="en", partial_interval_ms=300)
+    pcm = silence(500) + speech + silence(1000)
+    events = [e for at in range(0, len(pcm), 640)
+              for e in session.feed(pcm[at:at + 640], congested=True)]
+    attempts = engine.durations[:-1]  # the last call is the final
+    # 5.7 s of speech: one try per 1.5 s of it instead of one per 300 ms (~17)
+    assert 2 <= len(attempts) <= 4, attempts
+    assert all(gap >= STARVED_PARTIAL_MS / 1000 - 1e-6 for gap in np.diff(attempts)), attempts
+    assert partials(events) and len(finals(events)) == 1
+
+
+def test_partials_turned_off_stay_off_however_long_the_congestion(speech: bytes) -> None:
+    engine = FakeEngine(growing)
+    session = AsrSession(engine, language="en", silence_ms=500)
+    events = session.feed(speech + silence(700), partials=False, congested=True)
+    assert partials(events) == [] and len(engine.durations) == 1  # only the final
 
 
 @pytest.mark.parametrize(
