@@ -293,9 +293,9 @@ class AsrSession:
         if self._detector.in_speech:
             events.extend(self._pause_events())
             self._force_commit()
-            if self._paused is None and partials and self._engine.partials:
-                if not congested or self._partial_starved():
-                    events.extend(self._maybe_partial())
+            wanted = self._paused is None and partials and self._engine.partials
+            if wanted and (not congested or self._partial_starved()):
+                events.extend(self._maybe_partial())
         return events
 
     def _pause_events(self) -> list[AsrEvent]:
