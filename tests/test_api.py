@@ -70,6 +70,16 @@ def client(stack: Stack) -> Iterator[httpx.Client]:
         yield http
 
 
+@pytest.fixture(scope="module")
+def fake_client(fake_stack: Stack) -> Iterator[httpx.Client]:
+    """The same gateway, orchestrator and workers with scripted engines: for the fuzzers of
+    model-bound routes, whose parsing, validation and error paths are all ours and the same on
+    every engine, while a real model would spend seconds of CPU on each generated input (and a
+    fuzzed chat could leave the shared real stack's LLM busy for the tests after it)."""
+    with httpx.Client(base_url=fake_stack.http, timeout=TIMEOUT) as http:
+        yield http
+
+
 # --- chat ------------------------------------------------------------------------------------------
 
 
@@ -363,10 +373,11 @@ def uploads(draw: st.DrawFn) -> tuple[dict[str, Any], bytes]:
 
 @given(upload=uploads())
 @settings(max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-def test_no_upload_gets_a_server_error(client: httpx.Client, upload: tuple[dict[str, Any], bytes]) -> None:
-    """Whatever WAV header or raw PCM arrives: a transcript, or a 4xx that says why."""
+def test_no_upload_gets_a_server_error(fake_client: httpx.Client, upload: tuple[dict[str, Any], bytes]) -> None:
+    """Whatever WAV header or raw PCM arrives: a transcript, or a 4xx that says why. (The real
+    engine's share, odd audio that passes the checks, is test_odd_audio_reaches_the_real_engine.)"""
     params, body = upload
-    response = client.post("/v1/asr", params=params, content=body,
+    response = fake_client.post("/v1/asr", params=params, content=body,
                            headers={"content-type": "application/octet-stream"})
     assert response.status_code in (200, 413, 415, 422), (response.status_code, response.text)
     result = response.json()
@@ -376,6 +387,24 @@ def test_no_upload_gets_a_server_error(client: httpx.Client, upload: tuple[dict[
             assert result["language"] == params["language"], result
     else:
         assert result["error"] and result["message"], result
+
+
+@pytest.mark.parametrize(("rate", "seconds", "amplitude"), [
+    (8000, 0.1, 32767),  # the shortest accepted, full-scale noise, upsampled
+    (48000, 1.0, 32767),  # a second of full-scale noise, downsampled
+    (22050, 0.5, 300),  # quiet noise at an odd rate
+    (16000, 1.0, 0),  # digital silence
+])
+def test_odd_audio_reaches_the_real_engine(client: httpx.Client, rate: int, seconds: float,
+                                            amplitude: int) -> None:
+    """What the upload fuzzer generates that passes every check, through the real Whisper."""
+    audio = np.random.default_rng(rate).integers(-amplitude, amplitude + 1, int(rate * seconds))
+    response = client.post("/v1/asr", params={"sample_rate": rate, "language": "en"},
+                           content=audio.astype("<i2").tobytes())
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert isinstance(result["text"], str) and result["language"] == "en", result
+    assert abs(result["duration_ms"] - seconds * 1000) <= 1, result
 
 
 def test_asr_rejects_what_is_not_usable_audio(client: httpx.Client) -> None:
@@ -548,9 +577,18 @@ MAX_FUZZ_TOKENS = 8  # what a generated chat may ask of the LLM
 MAX_FUZZ_TEXT = 120  # characters a generated text to speak may have
 
 
+# Fuzzed on the fake stack (see `fake_client`): the routes that reach a model.
+MODEL_BOUND = {("POST", "/v1/chat"), ("POST", "/v1/tts"), ("POST", "/v1/asr")}
+
+
 @pytest.fixture(scope="module")
 def api_schema(stack: Stack) -> schemathesis.BaseSchema:
     return schemathesis.openapi.from_url(f"{stack.http}/openapi.json", wait_for_schema=30)
+
+
+@pytest.fixture(scope="module")
+def fake_api_schema(fake_stack: Stack) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_url(f"{fake_stack.http}/openapi.json", wait_for_schema=30)
 
 
 def test_fuzzing_covers_every_operation(api_schema: schemathesis.BaseSchema) -> None:
@@ -575,10 +613,12 @@ def bound_cost(case: schemathesis.Case) -> None:
 
 
 @pytest.mark.parametrize(("method", "path"), FUZZED, ids=[f"{m} {p}" for m, p in FUZZED])
-def test_no_request_gets_a_server_error(api_schema: schemathesis.BaseSchema, stack: Stack, method: str,
-                                        path: str) -> None:
+def test_no_request_gets_a_server_error(request: pytest.FixtureRequest, method: str, path: str) -> None:
     """Valid and invalid requests generated from the schema: 2xx or 4xx, never a 5xx."""
-    operation = api_schema[path][method]
+    bound = (method, path) in MODEL_BOUND
+    schema: schemathesis.BaseSchema = request.getfixturevalue("fake_api_schema" if bound else "api_schema")
+    stack: Stack = request.getfixturevalue("fake_stack" if bound else "stack")
+    operation = schema[path][method]
     strategy = operation.as_strategy(GenerationMode.POSITIVE)
     if operation.body or operation.query:  # something to get wrong
         strategy = strategy | operation.as_strategy(GenerationMode.NEGATIVE)
