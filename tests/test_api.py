@@ -373,7 +373,8 @@ def uploads(draw: st.DrawFn) -> tuple[dict[str, Any], bytes]:
 
 @given(upload=uploads())
 @settings(max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-def test_no_upload_gets_a_server_error(fake_client: httpx.Client, upload: tuple[dict[str, Any], bytes]) -> None:
+def test_no_upload_gets_a_server_error(fake_client: httpx.Client,
+                                       upload: tuple[dict[str, Any], bytes]) -> None:
     """Whatever WAV header or raw PCM arrives: a transcript, or a 4xx that says why. (The real
     engine's share, odd audio that passes the checks, is test_odd_audio_reaches_the_real_engine.)"""
     params, body = upload
