@@ -33,7 +33,7 @@ def measure(clip: Path) -> dict[str, float]:
     from common.models import resolve
     from common.settings import Settings
 
-    settings = Settings(_env_file=None)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
     engine = WhisperEngine.load(resolve(settings.asr_model, settings.models_dir),
                                 compute_type=settings.asr_compute_type, threads=settings.asr_threads)
     audio = pcm16_to_float(read_wav(clip)[0])
