@@ -38,6 +38,10 @@ class RtcCall:
     audible_at: list[float] = field(default_factory=list)  # when audible reply frames arrived
     reply_from: int | None = None  # offset in `audio` of the first audible reply frame
     quiet_frames: int = 0  # frames received since the last audible one
+    # How late frames arrive against their media time (arrival minus RTP time, seconds): the
+    # least seen is the path's own delay; a frame much later than that is from a backlog
+    lag_least: float | None = None
+    lag_last: float = 0.0
     speech_end_at: float | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -89,8 +93,14 @@ class RtcCall:
         separately from the events and a busy client decodes them later; `quiet_s` of quiet
         frames received after the last audible one means the client is past the reply."""
         frames = round(quiet_s / 0.02)
-        await self.wait_for(lambda: self.reply_from is not None and self.quiet_frames >= frames,
-                            timeout_s)
+        await self.wait_for(lambda: self.reply_from is not None and self.quiet_frames >= frames
+                            and self.caught_up(), timeout_s)
+
+    def caught_up(self, slack_s: float = 0.2) -> bool:
+        """Whether the frames now arriving are current, not a backlog the sender or this client
+        fell behind on: a busy client can hold a reply's later phrases queued behind a second of
+        silence it has already decoded (a pause in the reply), which looked drained."""
+        return self.lag_least is not None and self.lag_last - self.lag_least <= slack_s
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -103,7 +113,9 @@ async def _listen(call: RtcCall, track: Any) -> None:
     down = Downsampler()
     with contextlib.suppress(MediaStreamError):
         while True:
-            pcm = down.convert(await track.recv())
+            frame = await track.recv()
+            time_frame(call, frame)
+            pcm = down.convert(frame)
             if dbfs(pcm) > AUDIBLE_DBFS:
                 call.audible_at.append(time.monotonic())
                 call.quiet_frames = 0
@@ -112,6 +124,14 @@ async def _listen(call: RtcCall, track: Any) -> None:
             else:
                 call.quiet_frames += 1
             call.audio.extend(pcm)
+
+
+def time_frame(call: RtcCall, frame: Any) -> None:
+    if frame.pts is None or frame.time_base is None:
+        return
+    call.lag_last = time.monotonic() - float(frame.pts * frame.time_base)
+    if call.lag_least is None or call.lag_last < call.lag_least:
+        call.lag_least = call.lag_last
 
 
 async def connect(http_url: str, *, language: str = "", token: str = "", session_id: str = "",

@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 from asr_worker.wer import normalize
 from common.audio import pcm16_to_float, rms_dbfs
 from gateway.client import load_clip
-from gateway.rtc_client import RtcCall, connect
+from gateway.rtc_client import RtcCall, time_frame, connect
 from gateway.rtc_media import PcmTrack
 from tests.gateway_thread import running_gateway
 from tests.loopback import LOOPBACK
@@ -280,3 +280,27 @@ def test_a_typed_message_over_the_data_channel_gets_a_spoken_reply(stack: Stack)
     assert call.of("tts.end")[0]["text"].strip() and call.heard_s() > 0.5
     metrics = call.of("turn.metrics")[0]
     assert all(isinstance(v, float) and 0 <= v < 30000 for v in numbers(metrics)), metrics
+
+
+def test_a_call_is_drained_only_once_its_frames_are_current() -> None:
+    """A backlog of frames (a busy client, or a sender that fell behind) is not "drained" even
+    when its newest decoded frames are a second of silence: a pause in the reply can sit in
+    front of its later phrases."""
+    from fractions import Fraction
+
+    import av
+
+    def frame(media_s: float) -> av.AudioFrame:
+        out = av.AudioFrame(format="s16", layout="mono", samples=960)
+        out.pts, out.time_base, out.sample_rate = round(media_s * 48000), Fraction(1, 48000), 48000
+        return out
+
+    call = RtcCall(pc=RTCPeerConnection(), mic=PcmTrack(), channel=None)
+    start = time.monotonic()
+    time_frame(call, frame(0.0))  # on time: the path's own delay
+    assert call.caught_up()
+    time.sleep(0.3)
+    time_frame(call, frame(0.02))  # 0.3 s late: from a backlog
+    assert not call.caught_up()
+    time_frame(call, frame(time.monotonic() - start))  # current again
+    assert call.caught_up()
