@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 from asr_worker.wer import normalize
 from common.audio import pcm16_to_float, rms_dbfs
 from gateway.client import load_clip
-from gateway.rtc_client import RtcCall, time_frame, connect
+from gateway.rtc_client import RtcCall, connect, time_frame
 from gateway.rtc_media import PcmTrack
 from tests.gateway_thread import running_gateway
 from tests.loopback import LOOPBACK
