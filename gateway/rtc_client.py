@@ -127,6 +127,7 @@ async def _listen(call: RtcCall, track: Any) -> None:
 
 
 def time_frame(call: RtcCall, frame: Any) -> None:
+    """Note how late `frame` arrived against its media time (`RtcCall.caught_up` reads it)."""
     if frame.pts is None or frame.time_base is None:
         return
     call.lag_last = time.monotonic() - float(frame.pts * frame.time_base)
