@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     asr_engine: str = "faster-whisper"  # a name of asr_worker/registry.py (checked there)
     asr_model: str = "whisper-base"  # a name from the model catalogue, or a local directory
     asr_compute_type: str = "int8"
-    asr_threads: int = 2
+    asr_threads: int = 1  # CTranslate2 decode threads: see README, "One BLAS thread per process"
     asr_beam_size: int = 1
     asr_language: str = ""  # empty: follow `language`; "auto": detect
     vad_aggressiveness: int = Field(default=2, ge=0, le=3)
