@@ -49,6 +49,7 @@ if not Path(CHROMIUM).exists():
                 allow_module_level=True)
 
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright  # noqa: E402
+from playwright.sync_api import Error as PlaywrightError  # noqa: E402
 
 
 def _silence(seconds: float) -> np.ndarray:
@@ -102,7 +103,15 @@ def open_page(browser: Browser, stack: Any, transport: str) -> Page:
     page.on("console", lambda message: print(f"page console: {message.text}"))
     page.on("pageerror", lambda error: print(f"page error: {error}"))
     page.goto(f"{stack.http}/")
-    wait_until(page, "Boolean(window.inzwa && window.inzwa.config)", 15)
+    try:
+        wait_until(page, "Boolean(window.inzwa && window.inzwa.config)", 15)
+    except (TimeoutError, PlaywrightError) as failed:
+        # Docker adding or removing a network (the compose tests, beside this one) makes
+        # Chromium abort loads in flight with net::ERR_NETWORK_CHANGED: reload once, as a
+        # person would
+        print(f"page did not start ({failed}); reloading")
+        page.reload()
+        wait_until(page, "Boolean(window.inzwa && window.inzwa.config)", 15)
     page.select_option("#transport", transport)
     return page
 

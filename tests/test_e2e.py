@@ -84,32 +84,46 @@ def sounds_like(word: str, heard: set[str]) -> bool:
     return any(difflib.SequenceMatcher(None, word, other).ratio() >= 0.75 for other in heard)
 
 
-def recovered_share(whisper_engine, pcm: bytes, said: list[str]) -> float:
-    """The share of the words `said` that Whisper hears (or nearly) in the PCM16 audio."""
-    heard = set(normalize(whisper_engine.transcribe(collapse_gaps(pcm16_to_float(pcm)), "en").text).split())
-    return sum(sounds_like(word, heard) for word in said) / len(said)
+def heard_words(whisper_engine, pcm: bytes) -> set[str]:
+    """The words Whisper hears in the PCM16 audio, each stretch between pauses of 200 ms or
+    more decoded on its own (Whisper sometimes stops after an odd word and drops the rest)."""
+    audio = pcm16_to_float(pcm)
+    frame = SAMPLE_RATE // 50  # 20 ms
+    quiet = [10 * np.log10(np.mean(audio[i:i + frame] ** 2) + 1e-12) < -45.0
+             for i in range(0, len(audio), frame)]
+    words: set[str] = set()
+    start, run = None, 0
+    for index, is_quiet in enumerate([*quiet, *[True] * 10]):
+        run = run + 1 if is_quiet else 0
+        if not is_quiet and start is None:
+            start = index
+        if start is not None and run == 10:  # 200 ms of quiet ends a stretch
+            words |= set(normalize(whisper_engine.transcribe(
+                audio[start * frame:(index + 1) * frame], "en").text).split())
+            start = None
+    return words
 
 
 def test_reply_audio_is_intelligible(capital_turn: TalkResult, whisper_engine, piper_voice) -> None:
-    """The voice says the reply: transcribing the streamed reply recovers most of its words, or
-    at least as many as the same phrases synthesized offline do. (A full run once had the ASR
-    hear "capital city unzimbabwe", the LLM repeat the non-word and Whisper lose it in the
-    voice's audio: that is the voice's limit, not audio the stream lost.) The offline reference
-    speaks the stream's own phrases, one synthesis each (a phrase cut moves the prosody), and is
-    the worst of three renditions: VITS samples its noise, and the stream is one sample of it
-    (two runs had 4 of 7 words streamed against 6 and 7 of 7 in one offline rendition)."""
+    """The voice says the reply: transcribing the streamed reply recovers most of the words the
+    voice can make heard. Those are the reply's words Whisper hears in at least one of three
+    offline renditions of the stream's own phrases (one synthesis each: a phrase cut moves the
+    prosody; three: VITS samples its noise). The ASR often hears the robotic clip as "capital
+    city unzimbabwe" and the LLM repeats the non-word; Whisper reads it differently each time
+    and then sometimes drops the words after it, in the stream as offline (runs had 4 of 7
+    words, the whole 2.9 s of audio there): that is the voice and Whisper, not audio the stream
+    lost."""
     said = normalize(capital_turn.reply_text).split()
-    streamed = recovered_share(whisper_engine, bytes(capital_turn.reply_audio), said)
     phrases = [e["text"] for e in capital_turn.events if e["type"] == "tts.phrase"]
     assert normalize(" ".join(phrases)) == normalize(capital_turn.reply_text), phrases
-    offline = min(recovered_share(whisper_engine, b"".join(
-        b"".join(piper_voice.synthesize_stream(phrase, sample_rate=SAMPLE_RATE)) for phrase in phrases), said)
-        for _ in range(3))
-    slack = 1 / len(said)  # one word either way
-    heard = normalize(whisper_engine.transcribe(
-        collapse_gaps(pcm16_to_float(bytes(capital_turn.reply_audio))), "en").text)
+    renditions = [heard_words(whisper_engine, b"".join(b"".join(piper_voice.synthesize_stream(
+        phrase, sample_rate=SAMPLE_RATE)) for phrase in phrases)) for _ in range(3)]
+    audible = [word for word in said if any(sounds_like(word, heard) for heard in renditions)]
+    assert len(audible) >= len(said) / 2, (said, renditions)  # the voice itself is intelligible
+    streamed = heard_words(whisper_engine, bytes(capital_turn.reply_audio))
+    share = sum(sounds_like(word, streamed) for word in audible) / len(audible)
     seconds = len(capital_turn.reply_audio) / 2 / SAMPLE_RATE  # (a lost phrase shows here too)
-    assert streamed >= min(0.6, offline - slack), (capital_turn.reply_text, heard, seconds, streamed, offline)
+    assert share >= 0.6, (capital_turn.reply_text, audible, sorted(streamed), seconds)
 
 
 def test_sounds_like_accepts_near_spellings_only() -> None:
