@@ -63,19 +63,24 @@ def test_events_arrive_in_turn_order(capital_turn: TalkResult) -> None:
     assert kinds.count("tts.end") == 1
 
 
+def quiet_frames(audio: np.ndarray, frame_ms: int = 20) -> list[bool]:
+    """Whether each `frame_ms` frame is quiet (under -45 dBFS: comfort noise, pauses)."""
+    size = SAMPLE_RATE * frame_ms // 1000
+    return [10 * np.log10(np.mean(audio[i : i + size] ** 2) + 1e-12) < -45.0
+            for i in range(0, len(audio), size)]
+
+
 def collapse_gaps(audio: np.ndarray, frame_ms: int = 20, keep_ms: int = 200) -> np.ndarray:
     """Shorten every quiet stretch (comfort noise while a phrase is late) to keep_ms.
 
     Whisper tends to drop what follows a long gap, which would test the network's timing
     rather than the voice."""
     size = SAMPLE_RATE * frame_ms // 1000
-    frames = [audio[i : i + size] for i in range(0, len(audio), size)]
     kept, quiet_run = [], 0
-    for frame in frames:
-        quiet = 10 * np.log10(np.mean(frame * frame) + 1e-12) < -45.0
+    for index, quiet in enumerate(quiet_frames(audio, frame_ms)):
         quiet_run = quiet_run + 1 if quiet else 0
         if quiet_run * frame_ms <= keep_ms:
-            kept.append(frame)
+            kept.append(audio[index * size : (index + 1) * size])
     return np.concatenate(kept) if kept else audio
 
 
@@ -89,11 +94,9 @@ def heard_words(whisper_engine, pcm: bytes) -> set[str]:
     more decoded on its own (Whisper sometimes stops after an odd word and drops the rest)."""
     audio = pcm16_to_float(pcm)
     frame = SAMPLE_RATE // 50  # 20 ms
-    quiet = [10 * np.log10(np.mean(audio[i:i + frame] ** 2) + 1e-12) < -45.0
-             for i in range(0, len(audio), frame)]
     words: set[str] = set()
     start, run = None, 0
-    for index, is_quiet in enumerate([*quiet, *[True] * 10]):
+    for index, is_quiet in enumerate([*quiet_frames(audio), *[True] * 10]):
         run = run + 1 if is_quiet else 0
         if not is_quiet and start is None:
             start = index
