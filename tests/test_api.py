@@ -379,7 +379,7 @@ def test_no_upload_gets_a_server_error(fake_client: httpx.Client,
     engine's share, odd audio that passes the checks, is test_odd_audio_reaches_the_real_engine.)"""
     params, body = upload
     response = fake_client.post("/v1/asr", params=params, content=body,
-                           headers={"content-type": "application/octet-stream"})
+                                headers={"content-type": "application/octet-stream"})
     assert response.status_code in (200, 413, 415, 422), (response.status_code, response.text)
     result = response.json()
     if response.status_code == 200:
