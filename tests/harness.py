@@ -85,7 +85,10 @@ class InProcess:
     """One recorded orchestrator and the helpers to drive it."""
 
     def __init__(self, run_dir: Path, **overrides: Any) -> None:
-        options: dict[str, Any] = {"heartbeat_interval_s": 0.2, "system_prompt": "SYSTEM",
+        # Instances stay live for 50 s of beats unless a test asks otherwise: nothing beats here,
+        # and a busy machine once stalled a test past a 1 s liveness between `ready` and its
+        # first session, so that the session found no ASR to start on.
+        options: dict[str, Any] = {"heartbeat_interval_s": 10, "system_prompt": "SYSTEM",
                                    "run_dir": run_dir, **overrides}
         self.settings = Settings(_env_file=None, **options)
         self.orchestrator = Recorded(self.settings)
