@@ -104,11 +104,12 @@ def llm_engine(settings: Settings):
 # `make test` runs the suite in parallel (pytest-xdist): each worker is a test session of its
 # own, so a session fixture starts once in every worker that uses it. Whole files go to a worker
 # (their module fixtures start once), and the files using the real stack go in two groups of
-# about equal time (the browser's CPU-heavy one apart from the rest), so that stack, with its
-# models, starts twice. A fake-engine stack starts in a second or two: its files spread freely,
-# but the deterministic stack's few stay together. (xdist's own `loadgroup` marks do not work
-# with this pytest: xdist renames node ids to group them, which pytest 9 no longer lets it do.)
-REAL_STACK_FIRST_HALF = {"test_browser.py", "test_webrtc.py", "test_ws_session.py", "test_shona.py",
+# about equal time (~260 s each; the browser's CPU-heavy one apart from the rest), so that
+# stack, with its models, starts twice. A fake-engine stack starts in a second or two: its files
+# spread freely, but the deterministic stack's few stay together. (xdist's own `loadgroup` marks
+# do not work with this pytest: xdist renames node ids to group them, which pytest 9 no longer
+# lets it do.)
+REAL_STACK_FIRST_HALF = {"test_browser.py", "test_webrtc.py", "test_ws_session.py",
                          "test_turn_end_stack.py", "test_certs_mic.py", "test_api_auth.py"}
 
 
@@ -132,11 +133,40 @@ def _fixtures_taken(file: Path) -> set[str]:
     return taken
 
 
+# Seconds the long groups take in a full `make test` (4 workers, 2026-11-30). The scheduler
+# hands the longest out first, so no worker picks up a long group when the others are nearly
+# done (longest-first packing; xdist's own order, most tests first, left one worker ~80 s
+# behind the rest in one run). A group not listed weighs 0.15 s a test, as the short ones do.
+GROUP_SECONDS = {
+    "stack-1": 260, "stack-2": 260, "test_compose.py": 97, "test_chaos.py": 86,
+    "test_gateway_attacks.py": 53, "test_engine_stack.py": 50, "test_lifecycle.py": 44,
+    "test_plane_security.py": 43, "test_asr_accuracy.py": 34, "test_turn_end.py": 29,
+    "test_sessions_api.py": 28, "test_llm_batched.py": 21, "test_remote_speech.py": 13,
+    "deterministic_stack": 13, "test_handoff_restart.py": 13, "test_shards_stack.py": 12,
+    "test_overload.py": 11, "test_tts_batching.py": 10,
+}
+
+
+def _group_seconds(group: str, tests: int) -> float:
+    return GROUP_SECONDS.get(group.removeprefix("tests/"), 0.15 * tests)
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from collections import OrderedDict
+
     from xdist.scheduler import LoadScopeScheduling
 
     class ByStack(LoadScopeScheduling):
+        ordered = False
+
         def _split_scope(self, nodeid: str) -> str:
             return _group_of_file(nodeid.split("::", 1)[0])
+
+        def _assign_work_unit(self, node: Any) -> None:
+            if not self.ordered:  # (the queue is complete by the first assignment)
+                self.workqueue = OrderedDict(sorted(
+                    self.workqueue.items(), key=lambda unit: -_group_seconds(unit[0], len(unit[1]))))
+                self.ordered = True
+            super()._assign_work_unit(node)
 
     return ByStack(config, log)
