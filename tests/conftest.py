@@ -102,35 +102,49 @@ def llm_engine(settings: Settings):
 
 
 # `make test` runs the suite in parallel (pytest-xdist): each worker is a test session of its
-# own, so a session fixture starts once in every worker that uses it. Whole files go to a worker
-# (their module fixtures start once), and the files using the real stack go in two groups of
-# about equal time (~260 s each; the browser's CPU-heavy one apart from the rest), so that
-# stack, with its models, starts twice. A fake-engine stack starts in a second or two: its files
-# spread freely, but the deterministic stack's few stay together. (xdist's own `loadgroup` marks
-# do not work with this pytest: xdist renames node ids to group them, which pytest 9 no longer
-# lets it do.)
+# own, so a session fixture starts once in every worker that uses it. A file's tests go to one
+# worker (their module fixtures start once), except that the tests taking the real stack go in
+# two groups of about equal time (the browser's CPU-heavy one apart from the rest), so that
+# stack, with its models, starts twice; a file's other tests (no stack, or the fake one) stay out
+# of those groups, free to run beside them. A fake-engine stack starts in a second or two: its
+# tests spread freely, but the deterministic stack's few stay together. (xdist's own `loadgroup`
+# marks do not work with this pytest: xdist renames node ids to group them, which pytest 9 no
+# longer lets it do.)
 REAL_STACK_FIRST_HALF = {"test_browser.py", "test_webrtc.py", "test_ws_session.py",
-                         "test_turn_end_stack.py", "test_certs_mic.py", "test_api_auth.py"}
+                         "test_turn_end_stack.py", "test_certs_mic.py"}
 
 
-@functools.cache
-def _group_of_file(path: str) -> str:
-    """The worker group of a test file, from the stack fixtures its tests and fixtures take."""
-    file = ROOT / path
-    taken = _fixtures_taken(file) if file.suffix == ".py" and file.is_file() else set()
+def _group_of_test(nodeid: str) -> str:
+    """The worker group of a test, from the stack fixtures it takes (directly or through the
+    fixtures of its file)."""
+    path, _, name = nodeid.partition("::")
+    fixtures, tests = _definitions(path)
+    taken, todo = set(), list(tests.get(name.split("[", 1)[0], ()))
+    while todo:
+        if (arg := todo.pop()) not in taken:
+            taken.add(arg)
+            todo += fixtures.get(arg, ())
     if "stack" in taken:
-        return "stack-1" if file.name in REAL_STACK_FIRST_HALF else "stack-2"
+        return "stack-1" if Path(path).name in REAL_STACK_FIRST_HALF else "stack-2"
     return "deterministic_stack" if "deterministic_stack" in taken else path
 
 
-def _fixtures_taken(file: Path) -> set[str]:
-    """The parameter names of a file's tests and fixtures (what pytest will inject)."""
-    taken: set[str] = set()
-    for node in ast.walk(ast.parse(file.read_text())):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and (node.name.startswith("test_")
-                or any("fixture" in ast.unparse(d) for d in node.decorator_list)):
-            taken.update(arg.arg for arg in node.args.args)
-    return taken
+@functools.cache
+def _definitions(path: str) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """A test file's fixtures and tests, each with its parameter names (what pytest injects)."""
+    fixtures: dict[str, list[str]] = {}
+    tests: dict[str, list[str]] = {}
+    file = ROOT / path
+    if file.suffix != ".py" or not file.is_file():
+        return fixtures, tests
+    for node in ast.parse(file.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            args = [arg.arg for arg in node.args.args]
+            if any("fixture" in ast.unparse(d) for d in node.decorator_list):
+                fixtures[node.name] = args
+            elif node.name.startswith("test_"):
+                tests[node.name] = args
+    return fixtures, tests
 
 
 # Seconds the long groups take in a full `make test` (4 workers, 2026-11-30). The scheduler
@@ -160,7 +174,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         ordered = False
 
         def _split_scope(self, nodeid: str) -> str:
-            return _group_of_file(nodeid.split("::", 1)[0])
+            return _group_of_test(nodeid)
 
         def _assign_work_unit(self, node: Any) -> None:
             if not self.ordered:  # (the queue is complete by the first assignment)

@@ -1,7 +1,9 @@
-"""Auth, rate limits and secret-free logs, end to end: real gateways on the real stack.
+"""Auth, rate limits and secret-free logs, end to end: real gateways on a real stack.
 
 Each configuration runs as an extra gateway thread (`tests/gateway_thread.py`) wired to the
-shared stack's orchestrator; bind safety and logging run `python -m gateway` as a real process.
+orchestrator of the shared fake-engine stack (what is under test is the gateway's refusals and
+limits, which no engine takes part in); bind safety and logging run `python -m gateway` as a
+real process.
 """
 
 from __future__ import annotations
@@ -58,14 +60,14 @@ def retry_after(response: httpx.Response) -> int:
 
 
 @pytest.fixture(scope="module")
-def gateway(stack: Stack) -> Iterator[GatewayThread]:
-    with running_gateway(stack, **AUTH) as running:
+def gateway(fake_stack: Stack) -> Iterator[GatewayThread]:
+    with running_gateway(fake_stack, **AUTH) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def rpm_gateway(stack: Stack) -> Iterator[GatewayThread]:
-    with running_gateway(stack, api_keys=list(RPM_KEYS), rate_requests_per_minute=60) as running:
+def rpm_gateway(fake_stack: Stack) -> Iterator[GatewayThread]:
+    with running_gateway(fake_stack, api_keys=list(RPM_KEYS), rate_requests_per_minute=60) as running:
         yield running
 
 
@@ -251,7 +253,7 @@ def test_limits_are_per_caller(rpm_gateway: GatewayThread) -> None:
         assert other.status_code == 404, other.text
 
 
-def test_concurrent_sessions_limit(stack: Stack) -> None:
+def test_concurrent_sessions_limit(fake_stack: Stack) -> None:
     async def scenario(url: str) -> None:
         async with websockets.connect(url, open_timeout=WS_TIMEOUT_S, close_timeout=5) as first:
             await first.send(start_message(KEY))
@@ -271,7 +273,7 @@ def test_concurrent_sessions_limit(stack: Stack) -> None:
         assert event["type"] == "session.started", event
         assert close_code is None
 
-    with running_gateway(stack, **AUTH, rate_concurrent_sessions=1) as gateway:
+    with running_gateway(fake_stack, **AUTH, rate_concurrent_sessions=1) as gateway:
         asyncio.run(scenario(gateway.url))
 
 
@@ -285,7 +287,7 @@ def silent_wav(seconds: float, rate: int = 16000) -> bytes:
     return buffer.getvalue()
 
 
-def test_audio_seconds_per_day_quota(stack: Stack) -> None:
+def test_audio_seconds_per_day_quota(fake_stack: Stack) -> None:
     async def stream(url: str, seconds: float) -> tuple[list[dict[str, Any]], int | None]:
         async with websockets.connect(url, open_timeout=WS_TIMEOUT_S, close_timeout=5) as ws:
             await ws.send(start_message(KEY))
@@ -298,7 +300,7 @@ def test_audio_seconds_per_day_quota(stack: Stack) -> None:
             events = await until_closed(ws)
             return events, ws.close_code
 
-    with running_gateway(stack, **AUTH, rate_audio_seconds_per_day=2) as gateway:
+    with running_gateway(fake_stack, **AUTH, rate_audio_seconds_per_day=2) as gateway:
         events, close_code = asyncio.run(stream(gateway.url, 3.0))
         errors = [event for event in events if event.get("type") == "error"]
         assert errors and errors[-1]["code"] == "rate_limited", events

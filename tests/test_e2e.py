@@ -115,7 +115,8 @@ def test_reply_audio_is_intelligible(capital_turn: TalkResult, whisper_engine, p
     city unzimbabwe" and the LLM repeats the non-word; Whisper reads it differently each time
     and then sometimes drops the words after it, in the stream as offline (runs had 4 of 7
     words, the whole 2.9 s of audio there): that is the voice and Whisper, not audio the stream
-    lost."""
+    lost. So the stream must be heard as well as the worst offline rendition of this run is,
+    and at least 60 % of the audible words whenever every rendition reaches that."""
     said = normalize(capital_turn.reply_text).split()
     phrases = [e["text"] for e in capital_turn.events if e["type"] == "tts.phrase"]
     assert normalize(" ".join(phrases)) == normalize(capital_turn.reply_text), phrases
@@ -123,10 +124,14 @@ def test_reply_audio_is_intelligible(capital_turn: TalkResult, whisper_engine, p
         phrase, sample_rate=SAMPLE_RATE)) for phrase in phrases)) for _ in range(3)]
     audible = [word for word in said if any(sounds_like(word, heard) for heard in renditions)]
     assert len(audible) >= len(said) / 2, (said, renditions)  # the voice itself is intelligible
+    def share(heard: set[str]) -> float:
+        return sum(sounds_like(word, heard) for word in audible) / len(audible)
+
     streamed = heard_words(whisper_engine, bytes(capital_turn.reply_audio))
-    share = sum(sounds_like(word, streamed) for word in audible) / len(audible)
+    offline = min(share(heard) for heard in renditions)
     seconds = len(capital_turn.reply_audio) / 2 / SAMPLE_RATE  # (a lost phrase shows here too)
-    assert share >= 0.6, (capital_turn.reply_text, audible, sorted(streamed), seconds)
+    assert share(streamed) >= min(0.6, offline), (
+        capital_turn.reply_text, audible, sorted(streamed), renditions, seconds)
 
 
 def test_sounds_like_accepts_near_spellings_only() -> None:
