@@ -37,7 +37,7 @@ run: setup
 # (PYTHONDONTWRITEBYTECODE, as on these machines): else each xdist worker rewrites every test
 # module's asserts anew (collection 2.9 -> 6.7 CPU-s) and each of the suite's ~150 process
 # starts compiles our modules again.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 5
 test: setup lint
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -ra --durations=25 -n $(TEST_WORKERS)
 

@@ -211,6 +211,8 @@ class Sender:
             self._queue.task_done()
             if sent:
                 self.reachable = True
+                if not self._queue.empty():  # a burst: let the loop's other tasks run between frames
+                    await asyncio.sleep(0)
                 continue
             self.reachable = False
             stale = 1
@@ -233,15 +235,21 @@ class Sender:
         return await self._queue.get()
 
     async def _send(self, data: bytes) -> bool:
-        # Polling first keeps the send itself non-blocking: a timeout never cancels a send
-        # half-way (which could lose or duplicate a message).
-        if await writable(self.sock, self.patience_s):
-            try:
-                await self.sock.send(data, flags=zmq.NOBLOCK)
-                return True
-            except zmq.Again:
-                return False
-        return False
+        # Sends never block (NOBLOCK): a timeout never cancels a send half-way, which could lose
+        # or duplicate a message. The socket takes most frames at once; only when it cannot (no
+        # admitted peer, or the peer's queue full) is it polled for room, up to `patience_s`,
+        # and tried once more. (Polling before every send made a frame cost ~120 us of CPU,
+        # sent and received over loopback TCP, against ~30 us this way.)
+        if await self._try_send(data):
+            return True
+        return await writable(self.sock, self.patience_s) and await self._try_send(data)
+
+    async def _try_send(self, data: bytes) -> bool:
+        try:
+            await self.sock.send(data, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
 
     def _drop(self, count: int, reason: str) -> None:
         self.dropped += count

@@ -58,9 +58,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     # The chaos test kills workers far more often than real failures would: give the shared
     # stack a restart budget to match (the default budget is tested on a stack of its own).
     # Replies of at most 48 tokens (~10 s of speech) keep the suite quick; paced playback
-    # otherwise makes every test that waits for tts.end wait for the whole answer.
+    # otherwise makes every test that waits for tts.end wait for the whole answer. A session's
+    # partial decodes may take a quarter of real time (the default budget is half): the suite
+    # runs many sessions at once on two cores, and partials still come, further apart (the
+    # budget's own behaviour; the partials tests check they arrive and grow into the final).
     running = Stack(tmp_path_factory.mktemp("stack"), INZWA_RESTART_BUDGET="40",
-                    INZWA_LLM_MAX_NEW_TOKENS="48", **UNLIMITED,
+                    INZWA_LLM_MAX_NEW_TOKENS="48", INZWA_ASR_PARTIAL_BUDGET="0.25", **UNLIMITED,
                     INZWA_ENABLE_WEBRTC="true")  # the browser and WebRTC tests use /rtc/session
     with serving(running):
         yield running
@@ -152,12 +155,14 @@ def _definitions(path: str) -> tuple[dict[str, list[str]], dict[str, list[str]]]
 # done (longest-first packing; xdist's own order, most tests first, left one worker ~80 s
 # behind the rest in one run). A group not listed weighs 0.15 s a test, as the short ones do.
 GROUP_SECONDS = {
-    "stack-1": 260, "stack-2": 260, "test_compose.py": 97, "test_chaos.py": 86,
-    "test_gateway_attacks.py": 53, "test_engine_stack.py": 50, "test_lifecycle.py": 44,
-    "test_plane_security.py": 43, "test_asr_accuracy.py": 34, "test_turn_end.py": 29,
-    "test_sessions_api.py": 28, "test_llm_batched.py": 21, "test_remote_speech.py": 13,
-    "deterministic_stack": 13, "test_handoff_restart.py": 13, "test_shards_stack.py": 12,
-    "test_overload.py": 11, "test_tts_batching.py": 10,
+    "stack-2": 262, "stack-1": 244, "test_chaos.py": 101, "test_compose.py": 96,
+    "test_engine_stack.py": 74, "test_gateway_attacks.py": 55, "test_lifecycle.py": 50,
+    "test_plane_security.py": 43, "test_sessions_api.py": 31, "test_openai_realtime.py": 30,
+    "test_asr_accuracy.py": 27, "test_turn_end.py": 24, "test_api_auth.py": 21,
+    "test_llm_batched.py": 21, "test_shards_stack.py": 17, "test_handoff_restart.py": 12,
+    "test_tts_batching.py": 11, "test_jobs.py": 9, "test_remote_llm.py": 9,
+    "deterministic_stack": 9, "test_remote_speech.py": 9, "test_job_api.py": 8,
+    "test_overload.py": 8, "test_asr_batching.py": 8,
 }
 
 
