@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from asr_worker.wer import corpus_wer
+from bench import FIXTURES, ROOT
 from bench.jobs import jobs_figures, print_jobs
 from bench.realtime import compare as realtime_compare
 from bench.rest import cache_figures, rest_figures
@@ -36,8 +37,6 @@ from common.models import resolve
 from common.settings import Settings
 from gateway.client import Talker, TalkResult, load_clip, speech_end_s
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "speech"
 RESULTS = ROOT / "bench" / "results"
 
 

@@ -30,12 +30,11 @@ import numpy as np
 
 from asr_worker.batching import BatchingAsr
 from asr_worker.interface import Transcription
+from bench import FIXTURES, ROOT
 from bench.keep import save_with_previous
 from common.audio import pcm16_to_float, read_wav
 from common.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "speech"
 RESULTS = ROOT / "bench" / "results" / "asr_batch.json"
 STACK_RESULTS = RESULTS.with_name("asr_batch_stack.json")
 CLIPS = ("q_en_capital.wav", "q_en_weather.wav", "q_en_long.wav", "q_sn_greeting.wav",

@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "speech"
+from bench import FIXTURES
+
 STEP = 4800  # 300 ms of 16 kHz audio
 
 

@@ -24,12 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import FIXTURES, ROOT
 from bench.keep import save_with_previous
 from common.audio import read_wav
 from gateway.client import Talker, TalkResult, speech_end_s
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "speech"
 RESULTS = ROOT / "bench" / "results"
 TAIL_S = 2.0  # silence after each utterance: longer than the longest end-of-turn wait
 # Human utterances of growing length (LJ Speech clips joined; their own short silences stay).

@@ -25,9 +25,9 @@ import numpy as np
 
 from asr_worker.interface import Transcription
 from asr_worker.turn_end import TurnEnd
+from bench import FIXTURES
 
 RESULTS = Path(__file__).resolve().parent / "results" / "turn_end_llm.json"
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "speech"
 LLM_THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 SMART_THRESHOLDS = (0.5, 0.7)
 WAITS_MS = (700, 1100)
